@@ -1,0 +1,166 @@
+"""The `potstill` command: one thin command per stage. The logic lives in the stage modules."""
+
+from __future__ import annotations
+
+import shutil
+import sys
+from pathlib import Path
+from typing import Annotated, Optional
+
+import typer
+
+app = typer.Typer(
+    name="potstill",
+    help="Distill an expensive teacher into a small student you own, measured against the teacher.",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+)
+teacher_app = typer.Typer(help="Teacher commands.", no_args_is_help=True)
+app.add_typer(teacher_app, name="teacher")
+
+SpecArg = Annotated[Path, typer.Argument(help="Task spec (potstill.yaml or .toml).")]
+SetOpt = Annotated[Optional[list[str]], typer.Option(
+    "--set", help="Override a spec field, e.g. --set train.epochs=3 --set student.layers=[0,5]. Repeatable.")]
+WorkdirOpt = Annotated[Optional[Path], typer.Option(
+    "--workdir", "-w", help="Run directory (default: runs/<name> beside the spec).")]
+
+
+def examples_dir() -> Path:
+    return Path(__file__).resolve().parent.parent / "examples"
+
+
+def _load(spec: Path, overrides: list[str] | None, workdir: Path | None):
+    from .config import load_spec
+    from .loop import run_paths
+
+    s = load_spec(spec, overrides or [])
+    return s, run_paths(s, workdir)
+
+
+@app.command()
+def init(
+    directory: Annotated[Path, typer.Argument(help="Folder to create for the task.")],
+    example: Annotated[str, typer.Option(help="Bundled example to copy (see examples/).")] = "clinc150",
+    force: Annotated[bool, typer.Option(help="Overwrite an existing folder.")] = False,
+):
+    """Create a ready task folder from a bundled example: spec, data and the data's licence."""
+    src = examples_dir() / example
+    if not (src / "potstill.yaml").exists():
+        have = sorted(p.name for p in examples_dir().glob("*") if (p / "potstill.yaml").exists())
+        raise typer.BadParameter(f"no example {example!r}; bundled examples: {', '.join(have) or 'none'}")
+    if directory.exists() and any(directory.iterdir()) and not force:
+        raise typer.BadParameter(f"{directory} exists and is not empty (use --force to overwrite)")
+    shutil.copytree(src, directory, dirs_exist_ok=True, ignore=shutil.ignore_patterns("runs", "__pycache__"))
+    typer.echo(f"created {directory}/ from example {example!r}; next: potstill run {directory}/potstill.yaml")
+
+
+@app.command()
+def run(spec: SpecArg, set: SetOpt = None, workdir: WorkdirOpt = None):
+    """Run the whole flow: inputs -> teacher -> label -> filter -> student + baseline -> evaluation.
+
+    Finished stages whose inputs did not change are skipped, and teacher calls come from the
+    cache, so a second run costs nothing. Prints the evaluation table at the end.
+    """
+    from .loop import run_all
+    from .config import load_spec
+
+    s = load_spec(spec, set or [])
+    report = run_all(s, workdir)
+    _print_report(report)
+
+
+@teacher_app.command("fit")
+def teacher_fit(spec: SpecArg, set: SetOpt = None, workdir: WorkdirOpt = None):
+    """Fine-tune a local encoder (teacher.fit.model, all layers) on the gold labels: the teacher
+    when teacher.kind is 'fit', and the plain fine-tuning path."""
+    from .train import fit_teacher
+
+    s, r = _load(spec, set, workdir)
+    m = fit_teacher(s, r)
+    typer.echo(f"teacher: {r.teacher} (best validation accuracy {m['metrics']['best_val_accuracy']:.4f})")
+
+
+@app.command()
+def label(spec: SpecArg, set: SetOpt = None, workdir: WorkdirOpt = None):
+    """Label the training inputs with the teacher (cached; a killed run resumes)."""
+    from .data.label import label as label_stage
+
+    s, r = _load(spec, set, workdir)
+    label_stage(s, r)
+
+
+@app.command("filter")
+def filter_cmd(spec: SpecArg, set: SetOpt = None, workdir: WorkdirOpt = None):
+    """Apply the spec's filters to the labelled records; every drop keeps its reason."""
+    from .data.filters import filter_stage
+
+    s, r = _load(spec, set, workdir)
+    filter_stage(s, r)
+
+
+@app.command()
+def train(
+    spec: SpecArg, set: SetOpt = None, workdir: WorkdirOpt = None,
+    baseline: Annotated[bool, typer.Option("--baseline", help="Train the gold-only baseline instead.")] = False,
+):
+    """Train the student on the kept records (or, with --baseline, the same student on gold only).
+
+    Runs on accelerate: `accelerate launch --cpu --num_processes 2 -m potstill train SPEC`
+    trains on two processes. A killed run resumes from its last checkpoint.
+    """
+    from .train import train_student
+
+    s, r = _load(spec, set, workdir)
+    m = train_student(s, r, "baseline" if baseline else "student")
+    if m and m.get("metrics"):
+        typer.echo(f"{m['stage']}: best validation accuracy {m['metrics']['best_val_accuracy']:.4f}")
+
+
+@app.command("eval")
+def eval_cmd(spec: SpecArg, set: SetOpt = None, workdir: WorkdirOpt = None):
+    """Evaluate teacher, student and baseline on the held-out test split; writes report.json/.md."""
+    from .evaluate import evaluate
+
+    s, r = _load(spec, set, workdir)
+    _print_report(evaluate(s, r))
+
+
+def _print_report(report: dict) -> None:
+    from rich.console import Console
+    from rich.table import Table
+
+    t = Table(title=f"{report['task']}: {report['test_rows']} held-out test rows")
+    for col in ("model", "accuracy", "macro-F1", "agree w/ teacher", "params", "p50 ms", "p95 ms", "inputs/s"):
+        t.add_column(col, justify="left" if col == "model" else "right")
+    for name, m in report["models"].items():
+        t.add_row(name, f"{m['accuracy']:.4f}", f"{m['macro_f1']:.4f}",
+                  str(m.get("agreement_with_teacher", "—")),
+                  f"{m['params'] / 1e6:.1f}M" if m.get("params") else "—",
+                  str(m.get("latency_ms_p50") or "—"), str(m.get("latency_ms_p95") or "—"),
+                  str(m.get("throughput_per_s") or "—"))
+    c = Console()
+    if not c.is_terminal:
+        c = Console(width=160)
+    c.print(t)
+    for k, v in report.get("summary", {}).items():
+        c.print(f"  {k.replace('_', ' ')}: {v}")
+
+
+def main() -> None:
+    from .config import SpecError
+    from .data.inputs import InputError
+    from .teachers.base import BudgetExceeded
+
+    try:
+        app()
+    except (SpecError, InputError, BudgetExceeded, FileNotFoundError, ValueError) as e:
+        typer.secho(f"error: {e}", fg="red", err=True)
+        sys.exit(2)
+    except KeyboardInterrupt:
+        typer.secho("interrupted; finished work is kept, rerun to resume", fg="yellow", err=True)
+        sys.exit(130)
+
+
+if __name__ == "__main__":
+    main()

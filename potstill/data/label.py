@@ -1,0 +1,69 @@
+"""Stage `label`: training inputs x teacher -> records (teacher label, distribution, confidence).
+
+Every teacher call goes through the content-keyed cache in the run's SQLite store, so a rerun
+costs nothing and a killed run resumes where it stopped. Writes `labels/records.jsonl` (one row
+per training input, in input order) and `labels/soft.npy` ((N, C) float32 teacher distribution,
+NaN rows where the teacher gave none).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+
+from ..manifest import write_manifest
+from ..paths import RECORDS, SOFT, RunPaths
+from ..progress import log, progress
+from ..spec import TaskSpec
+from ..store import Store
+from ..teachers import BudgetExceeded, Teacher, answer_cached, make_teacher
+from .inputs import write_jsonl
+from .prepare import Inputs, prepare_inputs
+
+
+def label(spec: TaskSpec, run: RunPaths, teacher: Teacher | None = None) -> dict[str, Any]:
+    inputs: Inputs = prepare_inputs(spec, run)
+    with Store(run.db) as store:
+        if teacher is None:
+            teacher = make_teacher(spec, run, inputs.labels)
+        before = store.spend(teacher.identity)
+        if hasattr(teacher, "spent_usd"):  # the spending cap counts what earlier runs spent too
+            teacher.spent_usd = max(teacher.spent_usd, before["cost_usd"])
+        texts = [ex.text for ex in inputs.train]
+        try:
+            with progress(len(texts), f"label ({teacher.identity.split('@')[0]})") as bar:
+                answers = answer_cached(teacher, texts, store, spec.spec_hash(), bar.advance)
+        except BudgetExceeded as e:
+            spent = store.spend(teacher.identity)
+            raise BudgetExceeded(
+                f"{e} — {spent['calls']} answers are cached in {run.db}; raise teacher.max_spend_usd "
+                "and rerun to go on from there"
+            ) from None
+        after = store.spend(teacher.identity)
+
+    C = len(inputs.labels)
+    soft = np.full((len(answers), C), np.nan, dtype=np.float32)
+    rows = []
+    for i, (ex, a) in enumerate(zip(inputs.train, answers)):
+        if a.probs is not None:
+            soft[i] = a.probs
+        rows.append({
+            "id": ex.id, "text": ex.text, "gold": ex.gold, "label": a.label,
+            "confidence": float(max(a.probs)) if a.probs else None,
+            "votes": a.votes, "raw": a.raw, "error": a.error,
+        })
+    run.labels.mkdir(parents=True, exist_ok=True)
+    write_jsonl(run.labels / RECORDS, rows)
+    np.save(run.labels / SOFT, soft)
+    spend = {k: after[k] - before[k] for k in after}
+    labelled = sum(r["label"] is not None for r in rows)
+    summary = {"inputs": len(rows), "labelled": labelled,
+               "errors": sum(r["error"] is not None for r in rows),
+               "new_calls": spend["calls"], "cached": len(rows) - spend["calls"],
+               "spend_this_run": spend, "spend_total": after}
+    write_manifest(run.labels, "label", spec, teacher=teacher.identity,
+                   dataset_hash=inputs.dataset_hash, parents={"inputs": str(run.inputs)}, summary=summary)
+    log(f"label: {labelled}/{len(rows)} labelled by {teacher.identity} "
+        f"({summary['cached']} from cache, {spend['calls']} new calls, ${spend['cost_usd']:.4f})")
+    return summary

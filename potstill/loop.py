@@ -1,0 +1,45 @@
+"""One round of the whole flow: inputs -> (teacher fit) -> label -> filter -> student (+ baseline)
+-> evaluation. Each stage reads the previous stage's files from the run directory, so any stage
+can also run alone (see cli.py), and a finished stage whose inputs did not change is skipped."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+from .data.filters import filter_stage
+from .data.label import label
+from .data.prepare import prepare_inputs
+from .evaluate import evaluate
+from .paths import RunPaths
+from .progress import log
+from .spec import TaskSpec
+from .train import fit_teacher, train_student
+
+
+def default_workdir(spec: TaskSpec) -> Path:
+    """Beside the spec: `<spec folder>/runs/<name>`."""
+    base = spec.source.parent if spec.source else Path.cwd()
+    return base / "runs" / spec.name
+
+
+def run_paths(spec: TaskSpec, workdir: str | Path | None = None) -> RunPaths:
+    run = RunPaths(Path(workdir) if workdir else default_workdir(spec))
+    run.root.mkdir(parents=True, exist_ok=True)
+    run.spec.write_text(json.dumps(spec.resolved(), indent=2))
+    return run
+
+
+def run_all(spec: TaskSpec, workdir: str | Path | None = None) -> dict[str, Any]:
+    run = run_paths(spec, workdir)
+    log(f"run directory: {run.root}")
+    prepare_inputs(spec, run)
+    if spec.teacher.kind == "fit":
+        fit_teacher(spec, run)
+    label(spec, run)
+    filter_stage(spec, run)
+    train_student(spec, run, "student")
+    if spec.train.baseline:
+        train_student(spec, run, "baseline")
+    return evaluate(spec, run)

