@@ -38,7 +38,7 @@ def fit_teacher(spec: TaskSpec, run: RunPaths) -> dict[str, Any]:
     if up_to_date(run.teacher, fp, "config.json"):
         log(f"teacher fit: up to date in {run.teacher}")
         return read_manifest(run.teacher)
-    model, tok = build_classifier(f.model, inputs.labels)
+    model, tok = build_classifier(f.model, inputs.labels, seed=spec.train.seed)
     cfg = TrainConfig(epochs=f.epochs, batch_size=f.batch_size, lr=f.lr, max_length=f.max_length,
                       kd_weight=0.0, ce_weight=1.0, seed=spec.train.seed,
                       precision=spec.train.precision, checkpoint_every=spec.train.checkpoint_every)
@@ -121,7 +121,7 @@ def train_student(spec: TaskSpec, run: RunPaths,
     if up_to_date(out, fp, "config.json", HISTORY):
         log(f"{mode}: up to date in {out}")
         return read_manifest(out)
-    model, tok = build_classifier(init, labels, s.layers)
+    model, tok = build_classifier(init, labels, s.layers, seed=t.seed)
     log(f"{mode}: {objective} objective, {len(rows)} rows, init from {init if init != s.model else s.model}"
         f", layers {s.layers if s.layers is not None else 'all'}, {count_params(model) / 1e6:.1f}M params")
     cfg = TrainConfig(epochs=t.epochs, batch_size=t.batch_size, lr=t.lr, weight_decay=t.weight_decay,

@@ -88,10 +88,12 @@ def _parent_of(root: nn.Module, child: nn.Module) -> nn.Module:
     raise ValueError("module not found")  # pragma: no cover
 
 
-def build_classifier(base: str, labels: list[str], layers: Sequence[int] | None = None):
+def build_classifier(base: str, labels: list[str], layers: Sequence[int] | None = None,
+                     seed: int = 13):
     """(model, tokenizer) for `labels`, from `base` (path or hub id), optionally cut to `layers`.
 
-    When `base` is already a classifier over the same labels (a fitted teacher), its head is kept.
+    When `base` is already a classifier over the same labels (a fitted teacher), its head is kept;
+    otherwise a new head is initialised from `seed`.
     """
     from transformers import AutoConfig, AutoModelForSequenceClassification, AutoTokenizer
 
@@ -105,6 +107,7 @@ def build_classifier(base: str, labels: list[str], layers: Sequence[int] | None 
         "label2id": {l: i for i, l in enumerate(labels)},
         "ignore_mismatched_sizes": True,
     }
+    torch.manual_seed(seed)
     model = AutoModelForSequenceClassification.from_pretrained(path, **kwargs)
     model.config.problem_type = "single_label_classification"
     if layers is not None and list(layers) != list(range(model.config.num_hidden_layers)):
@@ -250,7 +253,13 @@ def train_classifier(
     from accelerate.utils import set_seed
     from torch.utils.data import DataLoader
 
+    from accelerate.state import AcceleratorState, GradientState
+
     out_dir = Path(out_dir)
+    # accelerate keeps one global state per process; one `potstill run` trains several models
+    # (teacher, student, baseline), each free to pick its precision. The process group stays.
+    AcceleratorState._reset_state()
+    GradientState._reset_state()
     accelerator = Accelerator(mixed_precision=pick_precision(cfg.precision))
     set_seed(cfg.seed)
     is_main = accelerator.is_main_process

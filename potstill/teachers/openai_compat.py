@@ -78,6 +78,7 @@ from .base import Answer, BudgetExceeded
 DEFAULT_BASE_URL = "https://api.openai.com/v1"
 PLACEHOLDER_KEY = "not-needed"
 RETRY_STATUSES = frozenset({408, 409, 429})  # and every 5xx
+_COMPLETIONS_PATH = "/chat/completions"
 
 # (token text, logprob, [(alternative token text, logprob), ...])
 TokenLP = tuple[str, float, list[tuple[str, float]]]
@@ -201,10 +202,19 @@ class OpenAITeacher:
     async def _answer_all(self, texts: list[str], emit: Any, credits: asyncio.Semaphore) -> None:
         pending = iter(range(len(texts)))
         stopped: list[int] = []  # inputs the cap left unanswered (at most one per worker)
+        pace = [0.0]
 
-        async def work(client: openai.AsyncOpenAI) -> None:
+        async def work(client: openai.AsyncOpenAI, k: int) -> None:
+            await asyncio.sleep(k * float(os.environ.get("STAGGER", "0")))
             for i in pending:
                 await credits.acquire()
+                gap = float(os.environ.get("PACE", "0"))
+                if gap:
+                    now = time.monotonic()
+                    slot = max(now, pace[0] + gap)
+                    pace[0] = slot
+                    if slot > now:
+                        await asyncio.sleep(slot - now)
                 ans = await self._answer_one(client, texts[i])
                 if ans is None:
                     stopped.append(i)
@@ -213,7 +223,7 @@ class OpenAITeacher:
 
         async with self._client() as client:
             n_workers = min(self.spec.teacher.concurrency, len(texts))
-            workers = [asyncio.ensure_future(work(client)) for _ in range(n_workers)]
+            workers = [asyncio.ensure_future(work(client, k)) for k in range(n_workers)]
             try:
                 await asyncio.gather(*workers)
             except BaseException:
@@ -280,8 +290,12 @@ class OpenAITeacher:
             t0 = time.perf_counter()
             try:
                 async with _deadline(t.timeout_s):
-                    resp = await client.chat.completions.create(**kwargs)
-                call = self._read(resp, attempt + 1)
+                    # the SDK's documented raw POST: same auth, base URL, timeouts and error
+                    # types as `chat.completions.create`, without its per-call params
+                    # transform and response-model construction, which cost more CPU than
+                    # the rest of a call (see bench/label_throughput.py)
+                    data = await client.post(_COMPLETIONS_PATH, cast_to=object, body=kwargs)
+                call = self._read(data, attempt + 1)
                 call.latency_ms = (time.perf_counter() - t0) * 1000
                 return call
             except openai.APIStatusError as e:
@@ -294,35 +308,38 @@ class OpenAITeacher:
                 error = f"timed out after {t.timeout_s:g}s"
             except openai.APIConnectionError as e:
                 error = f"connection error: {_short(str(e.__cause__ or e))}"
-            except (ValueError, TypeError, AttributeError, openai.APIResponseValidationError) as e:
-                # JSONDecodeError is a ValueError; _read raises _Malformed (a ValueError)
+            except (ValueError, TypeError, AttributeError, KeyError,
+                    openai.APIResponseValidationError) as e:
+                # JSONDecodeError is a ValueError; _read raises _Malformed (a ValueError) and
+                # KeyError/TypeError/AttributeError for bodies of the wrong shape
                 error = f"malformed response: {_short(str(e))}"
             if attempt < t.max_retries:
                 await asyncio.sleep(self._backoff(attempt, wait))
         return _Call.failed(f"{error} (gave up after {t.max_retries + 1} attempts)",
                             t.max_retries + 1)
 
-    def _read(self, resp: Any, attempts: int) -> _Call:
-        """Contents, logprobs and usage of a completion; _Malformed if it is not usable."""
-        choices = getattr(resp, "choices", None)
+    def _read(self, data: Any, attempts: int) -> _Call:
+        """Contents, logprobs and usage of a completion body; _Malformed if it is not usable."""
+        choices = data.get("choices") if isinstance(data, dict) else None
         if not isinstance(choices, list) or not choices:
             raise _Malformed("no choices")
         contents: list[str] = []
         lps: list[list[TokenLP] | None] = []
         for ch in choices:
-            content = getattr(getattr(ch, "message", None), "content", None)
+            content = (ch.get("message") or {}).get("content")
             if not isinstance(content, str):
                 raise _Malformed("a choice has no text content")
             contents.append(content)
-            lp = getattr(getattr(ch, "logprobs", None), "content", None)
+            lp = (ch.get("logprobs") or {}).get("content")
             lps.append(
-                [(x.token, float(x.logprob), [(a.token, float(a.logprob)) for a in (x.top_logprobs or [])])
+                [(x["token"], float(x["logprob"]),
+                  [(a["token"], float(a["logprob"])) for a in (x.get("top_logprobs") or [])])
                  for x in lp]
                 if lp else None
             )
-        usage = getattr(resp, "usage", None)
-        tin = int(getattr(usage, "prompt_tokens", 0) or 0)
-        tout = int(getattr(usage, "completion_tokens", 0) or 0)
+        usage = data.get("usage") or {}
+        tin = int(usage.get("prompt_tokens") or 0)
+        tout = int(usage.get("completion_tokens") or 0)
         t = self.spec.teacher
         cost = tin * t.price_in / 1e6 + tout * t.price_out / 1e6
         # charged as soon as it is known, so workers starting their next call see it

@@ -1,0 +1,97 @@
+"""Shared fixtures: a tiny BERT built from a config, with a tokenizer trained on the spot, and a
+small synthetic intent task whose labels a tiny model can learn in seconds."""
+
+from __future__ import annotations
+
+import json
+import os
+import random
+from pathlib import Path
+
+import pytest
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+INTENTS = {
+    "balance": ["what is my balance", "how much money is in my account", "show my account balance",
+                "balance please", "tell me my current balance"],
+    "transfer": ["send money to mom", "transfer fifty dollars to savings", "move cash to checking",
+                 "wire money to my landlord", "make a transfer to john"],
+    "weather": ["will it rain tomorrow", "what is the weather like", "is it sunny outside",
+                "forecast for the weekend", "how cold is it today"],
+}
+FILLERS = ["", "please", "now", "quickly", "thanks", "right now", "today", "if you can", "for me",
+           "ok", "hey", "asap"]
+
+
+def make_rows(n: int, seed: int) -> list[dict]:
+    """`n` rows cycling over the intents; different seeds give disjoint texts (seed picks a
+    slice of all template x filler x filler combinations), so splits never overlap."""
+    rows = []
+    for k, label in enumerate(INTENTS):
+        combos = sorted({" ".join(f"{a} {t} {b}".split()) for t in INTENTS[label]
+                         for a in FILLERS for b in FILLERS})
+        random.Random(k).shuffle(combos)
+        per = -(-n // len(INTENTS))
+        start = (seed - 1) * 100  # each seed owns its own slice of 100 per intent
+        assert per <= 100 and start + per <= len(combos), "not enough distinct combinations"
+        rows.append([{"text": c, "label": label} for c in combos[start:start + per]])
+    out = [r for trio in zip(*rows) for r in trio]
+    return out[:n]
+
+
+def write_jsonl(path: Path, rows: list[dict]) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    return path
+
+
+def build_tiny_bert(path: Path, layers: int = 4) -> Path:
+    from tokenizers import Tokenizer, models, normalizers, pre_tokenizers, processors, trainers
+    from transformers import BertConfig, BertModel, PreTrainedTokenizerFast
+
+    corpus = [s for v in INTENTS.values() for s in v] + FILLERS
+    tok = Tokenizer(models.WordPiece(unk_token="[UNK]"))
+    tok.normalizer = normalizers.BertNormalizer(lowercase=True)
+    tok.pre_tokenizer = pre_tokenizers.BertPreTokenizer()
+    tok.train_from_iterator(corpus * 3, trainers.WordPieceTrainer(
+        vocab_size=300, special_tokens=["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"]))
+    tok.post_processor = processors.TemplateProcessing(
+        single="[CLS] $A [SEP]", pair="[CLS] $A [SEP] $B [SEP]",
+        special_tokens=[("[CLS]", tok.token_to_id("[CLS]")), ("[SEP]", tok.token_to_id("[SEP]"))])
+    fast = PreTrainedTokenizerFast(tokenizer_object=tok, unk_token="[UNK]", pad_token="[PAD]",
+                                   cls_token="[CLS]", sep_token="[SEP]", mask_token="[MASK]")
+    cfg = BertConfig(vocab_size=tok.get_vocab_size(), hidden_size=64, num_hidden_layers=layers,
+                     hidden_dropout_prob=0.0, attention_probs_dropout_prob=0.0,
+                     num_attention_heads=4, intermediate_size=128, max_position_embeddings=64)
+    import torch
+
+    torch.manual_seed(0)
+    BertModel(cfg).save_pretrained(path)
+    fast.save_pretrained(path)
+    return path
+
+
+@pytest.fixture(scope="session")
+def tiny_bert(tmp_path_factory) -> Path:
+    return build_tiny_bert(tmp_path_factory.mktemp("tiny-bert"))
+
+
+@pytest.fixture()
+def task_dir(tmp_path, tiny_bert) -> Path:
+    """A task folder with a spec whose teacher (fit) and student are the tiny BERT."""
+    write_jsonl(tmp_path / "data/train.jsonl", make_rows(240, 1))
+    write_jsonl(tmp_path / "data/validation.jsonl", make_rows(45, 2))
+    write_jsonl(tmp_path / "data/test.jsonl", make_rows(60, 3))
+    (tmp_path / "potstill.yaml").write_text(f"""
+name: tiny
+data: {{train: data/train.jsonl, validation: data/validation.jsonl, test: data/test.jsonl}}
+teacher:
+  kind: fit
+  fit: {{model: {tiny_bert}, epochs: 4, lr: 0.002, batch_size: 8}}
+student: {{model: {tiny_bert}, layers: [0, 3]}}
+train: {{epochs: 3, lr: 0.002, batch_size: 8, precision: fp32, checkpoint_every: 5}}
+eval: {{latency_samples: 5}}
+""")
+    return tmp_path

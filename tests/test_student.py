@@ -1,0 +1,103 @@
+import json
+
+import numpy as np
+import pytest
+import torch
+
+from potstill.students import classifier as C
+from conftest import INTENTS, make_rows
+
+LABELS = list(INTENTS)
+
+
+def rows(n, seed, soft=False):
+    out = []
+    for r in make_rows(n, seed):
+        i = LABELS.index(r["label"])
+        lp = None
+        if soft:
+            p = np.full(len(LABELS), 0.05, np.float32)
+            p[i] = 0.9
+            lp = np.log(p)
+        out.append(C.TrainRow(r["text"], i, lp))
+    return out
+
+
+def test_keep_layers_copies_the_chosen_layers(tiny_bert, tmp_path):
+    full, _ = C.build_classifier(str(tiny_bert), LABELS)
+    cut, tok = C.build_classifier(str(tiny_bert), LABELS, layers=[0, 3])
+    assert cut.config.num_hidden_layers == 2
+    w = lambda m, i: m.bert.encoder.layer[i].attention.self.query.weight
+    assert torch.equal(w(cut, 0), w(full, 0)) and torch.equal(w(cut, 1), w(full, 3))
+    cut.save_pretrained(tmp_path / "m")
+    tok.save_pretrained(tmp_path / "m")
+    again, _ = C.load_classifier(tmp_path / "m")
+    assert again.config.num_hidden_layers == 2 and C.model_labels(again) == LABELS
+    with pytest.raises(ValueError, match="has layers 0..3"):
+        C.build_classifier(str(tiny_bert), LABELS, layers=[0, 7])
+
+
+def test_training_learns_and_keeps_the_best(tiny_bert, tmp_path):
+    model, tok = C.build_classifier(str(tiny_bert), LABELS, layers=[0, 3])
+    cfg = C.TrainConfig(epochs=4, batch_size=8, lr=2e-3, precision="fp32", checkpoint_every=1000)
+    res = C.train_classifier(model, tok, rows(240, 1, soft=True), rows(30, 2), tmp_path / "s", cfg, "fp")
+    assert res["best_val_accuracy"] > 0.8  # three intents, chance is 1/3
+    assert len(res["history"]) == 4
+    assert not (tmp_path / "s" / "checkpoints").exists()  # removed once training finished
+    m, t = C.load_classifier(tmp_path / "s")
+    pred = C.predict_logits(m, t, ["what is my balance", "will it rain tomorrow"]).argmax(-1)
+    assert [LABELS[i] for i in pred] == ["balance", "weather"]
+
+
+def test_resume_after_a_kill_gives_the_same_model(tiny_bert, tmp_path, monkeypatch):
+    cfg = C.TrainConfig(epochs=2, batch_size=16, lr=3e-3, precision="fp32", checkpoint_every=3)
+    train, val = rows(96, 1, soft=True), rows(30, 2)  # 6 steps per epoch, 12 in all
+
+    m, t = C.build_classifier(str(tiny_bert), LABELS, layers=[0, 3])
+    C.train_classifier(m, t, train, val, tmp_path / "straight", cfg, "fp")
+
+    real = C.distill_loss
+    calls = {"n": 0}
+
+    def crashing(*a, **k):
+        calls["n"] += 1
+        if calls["n"] == 9:  # dies during step 9, after the checkpoint of step 6 (end of epoch 1)
+            raise KeyboardInterrupt("killed")
+        return real(*a, **k)
+
+    monkeypatch.setattr(C, "distill_loss", crashing)
+    m, t = C.build_classifier(str(tiny_bert), LABELS, layers=[0, 3])
+    with pytest.raises(KeyboardInterrupt):
+        C.train_classifier(m, t, train, val, tmp_path / "resumed", cfg, "fp")
+    saved = json.loads((tmp_path / "resumed/checkpoints/progress.json").read_text())
+    assert saved["global_step"] == 6
+    monkeypatch.setattr(C, "distill_loss", real)
+
+    m, t = C.build_classifier(str(tiny_bert), LABELS, layers=[0, 3])
+    res = C.train_classifier(m, t, train, val, tmp_path / "resumed", cfg, "fp")
+    assert res["steps"] == 12
+    a, _ = C.load_classifier(tmp_path / "straight")
+    b, _ = C.load_classifier(tmp_path / "resumed")
+    for (n, p), (_, q) in zip(a.named_parameters(), b.named_parameters()):
+        assert torch.allclose(p, q, atol=1e-5), n
+
+
+def test_checkpoint_of_other_data_is_not_resumed(tiny_bert, tmp_path, monkeypatch):
+    cfg = C.TrainConfig(epochs=1, batch_size=16, lr=3e-3, precision="fp32", checkpoint_every=2)
+    real = C.distill_loss
+    calls = {"n": 0}
+
+    def crashing(*a, **k):
+        calls["n"] += 1
+        if calls["n"] == 4:
+            raise KeyboardInterrupt
+        return real(*a, **k)
+
+    monkeypatch.setattr(C, "distill_loss", crashing)
+    m, t = C.build_classifier(str(tiny_bert), LABELS, layers=[0, 3])
+    with pytest.raises(KeyboardInterrupt):
+        C.train_classifier(m, t, rows(96, 1), rows(30, 2), tmp_path / "s", cfg, "fp-a")
+    monkeypatch.setattr(C, "distill_loss", real)
+    m, t = C.build_classifier(str(tiny_bert), LABELS, layers=[0, 3])
+    res = C.train_classifier(m, t, rows(96, 1), rows(30, 2), tmp_path / "s", cfg, "fp-b")
+    assert res["steps"] == 6 and res["history"][0]["step"] == 6
