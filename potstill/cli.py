@@ -106,14 +106,17 @@ def train(
 ):
     """Train the student on the kept records (or, with --baseline, the same student on gold only).
 
-    Runs on accelerate: `accelerate launch --cpu --num_processes 2 -m potstill train SPEC`
-    trains on two processes. A killed run resumes from its last checkpoint.
+    Runs on accelerate: `torchrun --nproc_per_node 2 -m potstill train SPEC` (or
+    `accelerate launch --multi_gpu --num_processes 2 -m potstill train SPEC`) trains on two
+    processes, on CPUs or GPUs. A killed run resumes from its last checkpoint.
     """
     from .train import train_student
 
     s, r = _load(spec, set, workdir)
+    from .manifest import is_main_process
+
     m = train_student(s, r, "baseline" if baseline else "student")
-    if m and m.get("metrics"):
+    if m and m.get("metrics") and is_main_process():
         typer.echo(f"{m['stage']}: best validation accuracy {m['metrics']['best_val_accuracy']:.4f}")
 
 

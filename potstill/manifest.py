@@ -35,11 +35,20 @@ def file_hash(*paths: Path) -> str:
     return h.hexdigest()[:16]
 
 
+def is_main_process() -> bool:
+    """False on the other ranks of a multi-process launch (torchrun / accelerate launch)."""
+    import os
+
+    return int(os.environ.get("RANK", "0")) == 0
+
+
 def write_manifest(directory: Path, stage: str, spec: Any, **fields: Any) -> dict[str, Any]:
-    """Write `directory/manifest.json`; `spec` is a TaskSpec (its resolved form is stored)."""
+    """Write `directory/manifest.json`; `spec` is a TaskSpec (its resolved form is stored).
+
+    Only the main process writes; other ranks of a multi-process launch get the document back.
+    """
     import torch  # local: keep `import potstill.manifest` cheap
 
-    directory.mkdir(parents=True, exist_ok=True)
     doc = {
         "stage": stage,
         "created_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
@@ -54,6 +63,9 @@ def write_manifest(directory: Path, stage: str, spec: Any, **fields: Any) -> dic
         },
         "git_commit": git_commit(),
     }
+    if not is_main_process():
+        return doc
+    directory.mkdir(parents=True, exist_ok=True)
     tmp = directory / (MANIFEST + ".tmp")
     tmp.write_text(json.dumps(doc, indent=2, default=str))
     tmp.replace(directory / MANIFEST)

@@ -62,4 +62,8 @@ def progress(total: int, desc: str, enabled: bool = True) -> Iterator[_Bar]:
 
 
 def log(msg: str) -> None:
-    console.print(msg, highlight=False)
+    """A line of progress on stderr; silent on the non-main ranks of a multi-process launch."""
+    from .manifest import is_main_process
+
+    if is_main_process():
+        console.print(msg, highlight=False)

@@ -97,3 +97,21 @@ def test_init_copies_the_example_with_its_licence(tmp_path):
     assert p.returncode != 0 and "not empty" in p.stderr
     p = potstill("init", tmp_path / "t2", "--example", "nope", check=False)
     assert p.returncode != 0 and "clinc150" in p.stderr
+
+
+def test_training_on_two_processes(task_dir, tmp_path):
+    """torchrun starts two ranks; accelerate forms a CPU process group and splits the batches."""
+    spec = task_dir / "potstill.yaml"
+    wd = tmp_path / "wd"
+    for stage in (("teacher", "fit"), ("label",), ("filter",)):
+        potstill(*stage, spec, "--workdir", wd)
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1"}
+    torchrun = Path(sys.executable).parent / "torchrun"
+    p = subprocess.run([str(torchrun), "--nproc_per_node", "2", "-m", "potstill", "train", str(spec),
+                        "--workdir", str(wd)], env=env, capture_output=True, text=True, timeout=600)
+    assert p.returncode == 0, p.stderr
+    hist = json.loads((wd / "student" / "history.json").read_text())
+    assert hist["processes"] == 2
+    assert hist["steps"] == 3 * 240 // (8 * 2)  # each rank takes half of every epoch's batches
+    assert p.stderr.count("student: epoch 1/3") == 1  # logged once, by rank 0
+    assert json.loads((wd / "student" / "manifest.json").read_text())["metrics"]["processes"] == 2

@@ -101,3 +101,19 @@ def test_checkpoint_of_other_data_is_not_resumed(tiny_bert, tmp_path, monkeypatc
     m, t = C.build_classifier(str(tiny_bert), LABELS, layers=[0, 3])
     res = C.train_classifier(m, t, rows(96, 1), rows(30, 2), tmp_path / "s", cfg, "fp-b")
     assert res["steps"] == 6 and res["history"][0]["step"] == 6
+
+
+def test_length_grouped_batches_cover_everything_once_and_pad_little():
+    import random
+
+    rng = random.Random(0)
+    lengths = [rng.randint(1, 100) for _ in range(1000)]
+    b = C.length_grouped_batches(lengths, 16, seed=5)
+    flat = [i for batch in b for i in batch]
+    assert sorted(flat) == list(range(1000))
+    assert b == C.length_grouped_batches(lengths, 16, seed=5) != C.length_grouped_batches(lengths, 16, seed=6)
+    padded = sum(len(x) * max(lengths[i] for i in x) for x in b)
+    shuffled = list(range(1000))
+    rng.shuffle(shuffled)
+    naive = sum(16 * max(lengths[i] for i in shuffled[s:s + 16]) for s in range(0, 1000, 16))
+    assert padded < 0.7 * naive

@@ -216,6 +216,24 @@ def _collate(tokenizer, max_length: int, n_labels: int):
     return collate
 
 
+def length_grouped_batches(lengths: Sequence[int], batch_size: int, seed: int,
+                           group: int = 50) -> list[list[int]]:
+    """Shuffled batches of indices whose items have similar lengths, so dynamic padding pads little.
+
+    Shuffle, cut into windows of `group` batches, sort each window by length, cut into batches,
+    shuffle the batches (HF Trainer's `group_by_length` does the same). Deterministic in `seed`.
+    """
+    rng = random.Random(seed)
+    order = list(range(len(lengths)))
+    rng.shuffle(order)
+    batches = []
+    for s in range(0, len(order), batch_size * group):
+        window = sorted(order[s : s + batch_size * group], key=lambda i: lengths[i])
+        batches += [window[j : j + batch_size] for j in range(0, len(window), batch_size)]
+    rng.shuffle(batches)
+    return batches
+
+
 def _evaluate(accelerator, model, loader) -> float:
     model.eval()
     correct = total = 0
@@ -260,7 +278,10 @@ def train_classifier(
     # (teacher, student, baseline), each free to pick its precision. The process group stays.
     AcceleratorState._reset_state()
     GradientState._reset_state()
-    accelerator = Accelerator(mixed_precision=pick_precision(cfg.precision))
+    # cpu=True without CUDA: under `torchrun`/`accelerate launch` (WORLD_SIZE > 1) that makes
+    # accelerate form a gloo process group (MULTI_CPU) instead of silently training N copies.
+    accelerator = Accelerator(mixed_precision=pick_precision(cfg.precision),
+                              cpu=not torch.cuda.is_available())
     set_seed(cfg.seed)
     is_main = accelerator.is_main_process
     n_labels = model.config.num_labels
@@ -315,6 +336,7 @@ def train_classifier(
             accelerator.unwrap_model(model).save_pretrained(out_dir, safe_serialization=True)
             tokenizer.save_pretrained(out_dir)
 
+    lengths = [len(r.text) for r in train_rows]
     model.train()
     t0 = time.monotonic() - state["seconds"]
     session_t0 = time.monotonic()
@@ -323,11 +345,10 @@ def train_classifier(
     with progress(total_steps, desc, enabled=is_main) as bar:
         bar.advance(state["global_step"])
         for epoch in range(state["epoch"], n_epochs):
-            # a fixed permutation per epoch makes a resumed run see the same batches
-            order = list(range(len(train_rows)))
-            random.Random(cfg.seed * 1000 + epoch).shuffle(order)
+            # fixed batches per epoch, so a resumed run sees the same ones
+            batches = length_grouped_batches(lengths, cfg.batch_size, cfg.seed * 1000 + epoch)
             loader = accelerator.prepare_data_loader(
-                DataLoader([train_rows[i] for i in order], batch_size=cfg.batch_size, collate_fn=collate)
+                DataLoader(train_rows, batch_sampler=batches, collate_fn=collate)
             )
             skip = state["step_in_epoch"]
             if skip:
