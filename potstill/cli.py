@@ -129,6 +129,11 @@ def eval_cmd(spec: SpecArg, set: SetOpt = None, workdir: WorkdirOpt = None):
     _print_report(evaluate(s, r))
 
 
+from .cost_cli import cost_command  # noqa: E402 - light: no torch at import
+
+app.command("cost")(cost_command)
+
+
 def _print_report(report: dict) -> None:
     from rich.console import Console
     from rich.table import Table

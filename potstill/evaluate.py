@@ -153,6 +153,7 @@ def evaluate(spec: TaskSpec, run: RunPaths) -> dict[str, Any]:
         "summary": summary,
         "data": {
             "inputs": filt.get("inputs", len(inputs.train)),
+            "augmented": (label_m.get("summary") or {}).get("augmented", 0),
             "labeled": filt.get("labelled"),
             "kept": filt.get("kept"),
             "dropped": filt.get("dropped"),
@@ -207,7 +208,8 @@ def render_markdown(report: dict[str, Any]) -> str:
                   f"- student latency speed-up (p50): {s.get('latency_speedup')}x",
                   f"- student − baseline accuracy: {s.get('student_minus_baseline_accuracy')}", ""]
     lines += ["## Data", "",
-              f"inputs {d['inputs']} → labelled {d['labeled']} → kept {d['kept']} (dropped {d['dropped']})", ""]
+              f"inputs {d['inputs']} (of which {d.get('augmented') or 0} augmented) → labelled "
+              f"{d['labeled']} → kept {d['kept']} (dropped {d['dropped']})", ""]
     if d.get("dropped_by_reason"):
         lines += [f"- {k}: {v}" for k, v in d["dropped_by_reason"].items() if v] + [""]
     return "\n".join(lines)

@@ -43,6 +43,9 @@ class DataSpec(_Strict):
     max_train: int | None = Field(None, ge=1)
     """Use at most this many training inputs (a fixed, seeded subset) — for quick tries."""
     max_test: int | None = Field(None, ge=1)
+    augment: int = Field(0, ge=0, le=10)
+    """Perturbed copies of each training input for the teacher to label (unlabelled inputs the
+    gold-only baseline cannot use). Each costs a teacher call."""
 
 
 class FitSpec(_Strict):
@@ -143,6 +146,82 @@ class EvalSpec(_Strict):
     """Torch threads while timing; null leaves torch's default."""
 
 
+class ServeSpec(_Strict):
+    """Serving with routing (`potstill calibrate`, `potstill serve`): the student answers; doubtful,
+    out-of-distribution and high-stakes inputs go to the teacher; see potstill/serve/."""
+
+    host: str = "127.0.0.1"
+    """Bind address. Anything other than a loopback address exposes the server: set API keys."""
+    port: int = Field(8000, ge=0, le=65535)
+    model_name: str | None = None
+    """The `model` clients must send; null: the task name."""
+    api_keys_env: str = "POTSTILL_API_KEYS"
+    """Environment variable holding the accepted bearer keys, comma-separated. Unset or empty: no
+    auth (fine on 127.0.0.1). The keys are read at start-up and never logged."""
+    max_body_bytes: int = Field(1_000_000, ge=1024)
+    max_input_chars: int = Field(4000, ge=1)
+    max_batch_inputs: int = Field(256, ge=1)
+    """Most inputs in one POST /v1/classify."""
+
+    # -- routing ---------------------------------------------------------------------------------
+    teacher_share: float = Field(0.10, ge=0.0, le=1.0)
+    """Calibration target: expected share of (in-scope) traffic sent to the teacher."""
+    target_accuracy: float | None = Field(None, gt=0.0, le=1.0)
+    """Calibration target instead: the smallest teacher share whose hybrid accuracy reaches this."""
+    confidence_score: Literal["max_prob", "margin", "entropy"] = "max_prob"
+    """Which calibrated confidence the router thresholds (entropy as 1 - H / log C)."""
+    ood_method: Literal["mahalanobis", "knn", "none"] = "mahalanobis"
+    """Out-of-distribution score of the student's embedding against the training inputs:
+    Mahalanobis distance to the nearest class mean (tied covariance), or cosine distance to the
+    k-th nearest training input."""
+    embedding: Literal["cls", "mean"] = "cls"
+    """Student embedding for the OOD score: the last layer's first token, or its masked mean."""
+    knn_k: int = Field(10, ge=1)
+    ood_fit_max: int = Field(20000, ge=10)
+    """At most this many training inputs (a seeded subset) feed the OOD statistics."""
+    oos_weight: float = Field(1.0, ge=0.0)
+    """Threshold search objective: one out-of-scope validation row caught counts this many
+    in-scope rows answered right."""
+    ood_validation: Path | None = None
+    """Out-of-scope validation inputs (JSONL/CSV/Parquet, only the text is used), relative to the
+    spec folder; calibration then also reports and optimises the share of them caught."""
+    ood_test: Path | None = None
+    """Out-of-scope test inputs, for reporting only."""
+    confidence_threshold: float | None = None
+    """Set by hand: escalate when the confidence score is below this (overrides calibration)."""
+    ood_threshold: float | None = None
+    """Set by hand: escalate when the OOD score is above this (overrides calibration)."""
+    high_stakes: list[str] = Field(default_factory=list)
+    """Labels that always go to the teacher when the student answers them."""
+    high_stakes_prob: float = Field(1.0, ge=0.0, le=1.0)
+    """Also escalate when any high-stakes label has at least this calibrated probability
+    (1.0: only when the student's answer is high-stakes)."""
+    shadow_share: float = Field(0.0, ge=0.0, le=1.0)
+    """Share of student-served answers also sent to the teacher in the background; the
+    disagreements are queued."""
+    shadow_max_pending: int = Field(256, ge=1)
+    """Shadow checks waiting for the teacher beyond this are skipped (counted in /metrics)."""
+    teacher_timeout_s: float = Field(10.0, gt=0)
+    """How long a request waits for the teacher before the student's answer goes out, degraded."""
+    teacher_workers: int = Field(4, ge=1)
+    """Teacher batches in flight at once."""
+    seed: int = 0
+    """Seed of the shadow-check sampler."""
+
+    # -- batching --------------------------------------------------------------------------------
+    batching: bool = True
+    batch_window_ms: float = Field(3.0, ge=0.0, le=1000.0)
+    """How long the first request of a batch waits for company before the student runs."""
+    max_batch_size: int = Field(32, ge=1)
+    threads: int | None = Field(None, ge=1)
+    """Torch threads for the student; null leaves torch's default."""
+
+    # -- logging ---------------------------------------------------------------------------------
+    log_requests: bool = True
+    """Keep every request (input, answers, route) in the run's store, so feedback can name any
+    request id; written in small batches off the request path."""
+
+
 class TaskSpec(_Strict):
     name: str = Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
     kind: Literal["classify", "extract", "generate"] = "classify"
@@ -159,8 +238,7 @@ class TaskSpec(_Strict):
     student: StudentSpec = StudentSpec()
     train: TrainSpec = TrainSpec()
     eval: EvalSpec = EvalSpec()
-    serve: dict[str, Any] = Field(default_factory=dict)
-    """Reserved for the serving stage."""
+    serve: ServeSpec = ServeSpec()
 
     # set by config.load_spec, not by the file
     source: Path | None = Field(None, exclude=True)

@@ -58,8 +58,12 @@ def test_each_stage_alone_and_overrides(task_dir, tmp_path):
     wd = tmp_path / "wd"
     potstill("teacher", "fit", spec, "--workdir", wd)
     assert (wd / "teacher" / "config.json").exists()
+    potstill("label", spec, "--workdir", wd, "--set", "data.augment=1")
+    records = [json.loads(l) for l in (wd / "labels" / "records.jsonl").read_text().splitlines()]
+    aug = [r for r in records if r["source"] == "augmented"]
+    assert len(records) - len(aug) == 240 and len(aug) > 100
+    assert all(r["gold"] is None and r["label"] for r in aug)  # labelled by the teacher alone
     potstill("label", spec, "--workdir", wd)
-    assert len((wd / "labels" / "records.jsonl").read_text().splitlines()) == 240
     potstill("filter", spec, "--workdir", wd, "--set", "filters.max_chars=30")
     fr = json.loads((wd / "filtered" / "filter_report.json").read_text())
     assert fr["kept"] + sum(fr["dropped_by_reason"].values()) == 240

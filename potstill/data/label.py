@@ -1,8 +1,8 @@
-"""Stage `label`: training inputs x teacher -> records (teacher label, distribution, confidence).
+"""Stage `label`: training inputs (+ `data.augment` perturbed copies) x teacher -> records.
 
 Every teacher call goes through the content-keyed cache in the run's SQLite store, so a rerun
 costs nothing and a killed run resumes where it stopped. Writes `labels/records.jsonl` (one row
-per training input, in input order) and `labels/soft.npy` ((N, C) float32 teacher distribution,
+per input: the training inputs in order, then the augmented ones) and `labels/soft.npy` ((N, C) float32 teacher distribution,
 NaN rows where the teacher gave none).
 """
 
@@ -18,6 +18,7 @@ from ..progress import log, progress
 from ..spec import TaskSpec
 from ..store import Store
 from ..teachers import BudgetExceeded, Teacher, answer_cached, make_teacher
+from .augment import augment
 from .inputs import write_jsonl
 from .prepare import Inputs, prepare_inputs
 
@@ -30,7 +31,8 @@ def label(spec: TaskSpec, run: RunPaths, teacher: Teacher | None = None) -> dict
         before = store.spend(teacher.identity)
         if hasattr(teacher, "spent_usd"):  # the spending cap counts what earlier runs spent too
             teacher.spent_usd = max(teacher.spent_usd, before["cost_usd"])
-        texts = [ex.text for ex in inputs.train]
+        examples = inputs.train + augment(inputs.train, spec.data.augment, spec.train.seed)
+        texts = [ex.text for ex in examples]
         try:
             with progress(len(texts), f"label ({teacher.identity.split('@')[0]})") as bar:
                 answers = answer_cached(teacher, texts, store, spec.spec_hash(), bar.advance)
@@ -45,11 +47,12 @@ def label(spec: TaskSpec, run: RunPaths, teacher: Teacher | None = None) -> dict
     C = len(inputs.labels)
     soft = np.full((len(answers), C), np.nan, dtype=np.float32)
     rows = []
-    for i, (ex, a) in enumerate(zip(inputs.train, answers)):
+    for i, (ex, a) in enumerate(zip(examples, answers)):
         if a.probs is not None:
             soft[i] = a.probs
         rows.append({
             "id": ex.id, "text": ex.text, "gold": ex.gold, "label": a.label,
+            "source": "augmented" if i >= len(inputs.train) else "input",
             "confidence": float(max(a.probs)) if a.probs else None,
             "votes": a.votes, "raw": a.raw, "error": a.error,
         })
@@ -58,7 +61,7 @@ def label(spec: TaskSpec, run: RunPaths, teacher: Teacher | None = None) -> dict
     np.save(run.labels / SOFT, soft)
     spend = {k: after[k] - before[k] for k in after}
     labelled = sum(r["label"] is not None for r in rows)
-    summary = {"inputs": len(rows), "labelled": labelled,
+    summary = {"inputs": len(rows), "augmented": len(rows) - len(inputs.train), "labelled": labelled,
                "errors": sum(r["error"] is not None for r in rows),
                "new_calls": spend["calls"], "cached": len(rows) - spend["calls"],
                "spend_this_run": spend, "spend_total": after}
