@@ -89,6 +89,9 @@ class TeacherSpec(_Strict):
     def _needs_model(self) -> "TeacherSpec":
         if self.kind in ("hf", "openai") and not self.model:
             raise ValueError(f"teacher.model is required when teacher.kind is {self.kind!r}")
+        if self.samples > 1 and self.temperature == 0:
+            raise ValueError("teacher.samples > 1 needs teacher.temperature > 0: at temperature 0 "
+                             "every sample votes the same")
         return self
 
 
@@ -212,6 +215,9 @@ class ServeSpec(_Strict):
     batching: bool = True
     batch_window_ms: float = Field(3.0, ge=0.0, le=1000.0)
     """How long the first request of a batch waits for company before the student runs."""
+    adaptive_window: bool = True
+    """Skip the window while traffic does not overlap (the previous batch held one input and
+    nothing is queued), so a lone client pays no batching latency."""
     max_batch_size: int = Field(32, ge=1)
     threads: int | None = Field(None, ge=1)
     """Torch threads for the student; null leaves torch's default."""
@@ -301,7 +307,17 @@ class _Probe(dict):
         return ""
 
 
-_JSON_OBJ = re.compile(r"\{.*\}", re.S)
+def _first_json_object(s: str) -> dict | None:
+    """The first JSON object embedded in `s` (in a code fence, after prose, before more text)."""
+    decoder = json.JSONDecoder()
+    for m in re.finditer(r"\{", s):
+        try:
+            obj, _ = decoder.raw_decode(s, m.start())
+        except json.JSONDecodeError:
+            continue
+        if isinstance(obj, dict):
+            return obj
+    return None
 
 
 def parse_label(answer: str, labels: list[str]) -> str | None:
@@ -320,16 +336,11 @@ def parse_label(answer: str, labels: list[str]) -> str | None:
     c = _canon(s)
     if c in canon:
         return canon[c]
-    m = _JSON_OBJ.search(s)
-    if m:
-        try:
-            obj = json.loads(m.group(0))
-        except json.JSONDecodeError:
-            obj = None
-        if isinstance(obj, dict):
-            for key in ("label", "intent", "class", "category"):
-                if isinstance(obj.get(key), str):
-                    return parse_label(obj[key], labels) if obj[key].strip() != s else None
+    obj = _first_json_object(s)
+    if obj is not None:
+        for key in ("label", "intent", "class", "category"):
+            if isinstance(obj.get(key), str):
+                return parse_label(obj[key], labels) if obj[key].strip() != s else None
     m = re.match(r"^\s*(?:label|answer|intent|class)\s*[:=]\s*(.+)$", s, re.I | re.S)
     if m:
         return parse_label(m.group(1).strip().splitlines()[0], labels)

@@ -37,7 +37,7 @@ Behaviour knobs (all keyword arguments):
 - Faults: `faults_by_request={arrival_no: fault}` (1-based), `faults_by_text={text: [fault or
   None, ...]}` (the k-th request for that text plays the k-th entry), or `fault_fn(arrival_no,
   text, attempt_for_text) -> fault | None`. A fault is a `Fault` or one of the kind strings:
-  "429" (with Retry-After), "500", "hang" (sleep `hang_s`, longer than a client timeout, then
+  "429" (with Retry-After), "500", "400", "hang" (sleep `hang_s`, longer than a client timeout, then
   answer), "malformed" (200 with a truncated JSON body), "no_choices" (200, valid JSON, no
   choices) or "drop" (close the connection without answering).
 """
@@ -54,7 +54,7 @@ import uuid
 from dataclasses import dataclass, field
 from typing import Any, Callable, Sequence
 
-FAULT_KINDS = ("429", "500", "hang", "malformed", "no_choices", "drop")
+FAULT_KINDS = ("429", "500", "400", "hang", "malformed", "no_choices", "drop")
 
 
 @dataclass(frozen=True)
@@ -85,6 +85,8 @@ class Received:
     fault: str | None = None
     t_done: float | None = None
     status: int | None = None
+    conn: int = 0
+    """Which connection it came on (numbered in accept order)."""
 
 
 _TEXT_RE = re.compile(r"Text: (.*?)(?:\n\n|$)", re.S)
@@ -161,6 +163,7 @@ class FakeOpenAI:
         self._thread: threading.Thread | None = None
         self._server: asyncio.AbstractServer | None = None
         self._conn_tasks: set[asyncio.Task] = set()
+        self._conns = 0
         self.port: int | None = None
 
     # -- lifecycle ------------------------------------------------------------------------------
@@ -247,6 +250,8 @@ class FakeOpenAI:
         task = asyncio.current_task()
         assert task is not None
         self._conn_tasks.add(task)
+        self._conns += 1
+        conn = self._conns
         try:
             while True:
                 request_line = await reader.readline()
@@ -265,10 +270,13 @@ class FakeOpenAI:
                     headers[k.strip().lower()] = v.strip()
                 length = int(headers.get("content-length", "0") or 0)
                 raw = await reader.readexactly(length) if length else b""
-                keep = await self._respond(method, target, headers, raw, writer)
+                keep = await self._respond(method, target, headers, raw, writer, conn)
                 if not keep or headers.get("connection", "").lower() == "close":
                     return
         except (ConnectionError, asyncio.IncompleteReadError):
+            return
+        except asyncio.CancelledError:
+            # shutdown: end quietly (asyncio's stream callback logs a cancelled handler task)
             return
         finally:
             self._conn_tasks.discard(task)
@@ -276,7 +284,7 @@ class FakeOpenAI:
 
     async def _respond(
         self, method: str, target: str, headers: dict[str, str], raw: bytes,
-        writer: asyncio.StreamWriter,
+        writer: asyncio.StreamWriter, conn: int = 0,
     ) -> bool:
         """Answer one request; False when the connection must close."""
         path = target.split("?", 1)[0]
@@ -298,7 +306,7 @@ class FakeOpenAI:
                 no=len(self.requests) + 1, t_arrival=time.monotonic(), path=path,
                 body=body if self.record_bodies else None,
                 authorization=headers.get("authorization"), text=text,
-                attempt_for_text=attempt,
+                attempt_for_text=attempt, conn=conn,
             )
             self.requests.append(rec)
             self.in_flight += 1
@@ -310,8 +318,13 @@ class FakeOpenAI:
                 await asyncio.sleep(self.delay_s)
             return await self._play(fault, body, prompt, text, attempt, rec, writer)
         finally:
-            rec.t_done = time.monotonic()
-            with self._lock:
+            self._finish(rec)
+
+    def _finish(self, rec: Received) -> None:
+        """Mark `rec` answered (idempotent): stamp t_done and leave the in-flight count."""
+        with self._lock:
+            if rec.t_done is None:
+                rec.t_done = time.monotonic()
                 self.in_flight -= 1
 
     def _fault_for(self, no: int, text: str | None, attempt: int) -> Fault | None:
@@ -328,6 +341,7 @@ class FakeOpenAI:
         self, fault: Fault | None, body: dict[str, Any], prompt: str | None, text: str | None,
         attempt: int, rec: Received, writer: asyncio.StreamWriter,
     ) -> bool:
+        writer = _Stamping(writer, lambda: self._finish(rec))
         if fault is not None:
             if fault.kind == "drop":
                 rec.status = 0
@@ -340,6 +354,10 @@ class FakeOpenAI:
             if fault.kind == "500":
                 rec.status = 500
                 await self._write(writer, 500, _error("internal error", "server_error"))
+                return True
+            if fault.kind == "400":
+                rec.status = 400
+                await self._write(writer, 400, _error("bad request", "invalid_request_error"))
                 return True
             if fault.kind == "malformed":
                 rec.status = 200
@@ -469,6 +487,22 @@ class FakeOpenAI:
                 firsts.append(tok)
         firsts = firsts[:k]
         return [(t, mass / len(firsts)) for t in firsts] if firsts else []
+
+
+class _Stamping:
+    """A writer that marks the request finished just before handing the response over: the
+    client may read it, and send its next request, before the handler's own cleanup runs, and
+    that next request must not be counted as overlapping this one."""
+
+    def __init__(self, writer: asyncio.StreamWriter, finish: Callable[[], None]):
+        self._writer, self._finish = writer, finish
+
+    def write(self, data: bytes) -> None:
+        self._finish()
+        self._writer.write(data)
+
+    async def drain(self) -> None:
+        await self._writer.drain()
 
 
 def _lp_entry(token: str, p: float) -> dict[str, Any]:

@@ -115,3 +115,10 @@ def test_spec_hash_changes_with_the_task_not_with_training():
 ])
 def test_parse_label(answer, expected):
     assert parse_label(answer, LABELS) == expected
+
+
+def test_parse_label_takes_the_first_json_object_and_samples_need_temperature(tmp_path):
+    assert parse_label('{"label": "balance"} and later {"x": 1}', LABELS) == "balance"
+    assert parse_label('I think {"label": "refund"} no {"label": "transfer"}', LABELS) is None
+    with pytest.raises(SpecError, match="needs teacher.temperature > 0"):
+        load_spec(write(tmp_path, "name: t\ndata: {train: a.jsonl}\nteacher: {samples: 3}\n"))

@@ -293,6 +293,8 @@ def train_classifier(
     total_steps = max(1, int(math.ceil(steps_per_epoch * cfg.epochs)))
     n_epochs = math.ceil(cfg.epochs)
 
+    # fused AdamW: one kernel for all parameters. On CPU the default (foreach) step took about
+    # 9x longer than the fused one for MiniLM-L6, more than forward and backward together.
     no_decay = ("bias", "LayerNorm.weight", "layer_norm.weight", "norm.weight")
     groups = [
         {"params": [p for n, p in model.named_parameters() if not any(k in n for k in no_decay)],
@@ -300,7 +302,7 @@ def train_classifier(
         {"params": [p for n, p in model.named_parameters() if any(k in n for k in no_decay)],
          "weight_decay": 0.0},
     ]
-    optimizer = torch.optim.AdamW(groups, lr=cfg.lr)
+    optimizer = torch.optim.AdamW(groups, lr=cfg.lr, fused=True)
     warmup = int(total_steps * cfg.warmup_ratio)
     scheduler = torch.optim.lr_scheduler.LambdaLR(
         optimizer,

@@ -22,7 +22,10 @@ class Answer:
 
     `probs` is a distribution over the task labels (same order as the task's label list) when the
     teacher gives one: full softmax for local models, logprob-derived or vote-derived for APIs.
-    `label` is None when the answer named no known label (`error` then says why).
+    `label` is None when the answer named no known label: that is still an answer (cached,
+    dropped by the filter as `no_label`; `extra["parse_error"]` says why). `error` is set only
+    when no answer came (HTTP errors, timeouts after retries): those are not cached, so a rerun
+    asks again.
     """
 
     label: str | None

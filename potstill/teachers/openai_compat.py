@@ -40,7 +40,8 @@ the request asks for `n` choices (and makes further calls if the endpoint return
 because it ignores `n`); the vote shares are the probs and the counts go to `Answer.votes`.
 With logprobs and n > 1 the per-sample distributions are averaged and the votes still recorded;
 the label is the one with most votes. With n == 1 and no logprobs, probs is one-hot of the
-parsed label. An answer naming no label has label=None, probs=None and `error` set.
+parsed label. An answer naming no label has label=None, probs=None, no `error` (it is an answer, and
+cached) and says why in `extra["parse_error"]`.
 
 Usage and cost come from `response.usage` (summed over every call made for the input):
 cost = input_tokens * price_in / 1e6 + output_tokens * price_out / 1e6. `latency_ms` is the
@@ -59,6 +60,7 @@ from __future__ import annotations
 
 import asyncio
 import email.utils
+import functools
 import math
 import os
 import queue
@@ -91,9 +93,6 @@ class OpenAITeacher:
     backoff_max_s: float = 20.0
     max_retry_after_s: float = 120.0
     """A Retry-After longer than this is cut to it (the input fails later rather than never)."""
-    start_spread: float = float(__import__("os").environ.get("SPREAD", "0.75"))
-    """New calls start at least start_spread * mean latency / concurrency apart (see
-    _StartPacer); 0 turns the pacing off."""
 
     def __init__(
         self,
@@ -166,17 +165,37 @@ class OpenAITeacher:
             return
         results: queue.Queue[Any] = queue.Queue()
         loop = asyncio.new_event_loop()
-        # the loop may run this many answers ahead of the consumer; each consumed answer
-        # gives one credit back
+        # the loop may run this many answers ahead of the consumer; consumed answers give
+        # their credits back
         credits = asyncio.Semaphore(2 * self.spec.teacher.concurrency)
-        task = loop.create_task(self._answer_all(texts, results.put, credits))
+        # answers finished in the same loop iteration cross to the consumer as one batch: one
+        # thread wake-up (and GIL hand-over) per batch rather than per answer
+        batch: list[tuple[int, Answer]] = []
+
+        def flush() -> None:
+            if batch:
+                results.put(batch[:])
+                batch.clear()
+
+        def emit(item: tuple[int, Answer]) -> None:
+            if not batch:
+                loop.call_soon(flush)
+            batch.append(item)
+
+        def give_back(n: int) -> None:
+            for _ in range(n):
+                credits.release()
+
+        task = loop.create_task(self._answer_all(texts, emit, credits))
 
         def run() -> None:
             try:
                 loop.run_until_complete(task)
             except BaseException as e:  # noqa: BLE001 - handed to the consumer thread
+                flush()
                 results.put(_Failed(e))
             finally:
+                flush()
                 results.put(_DONE)
                 try:
                     loop.run_until_complete(loop.shutdown_asyncgens())
@@ -194,8 +213,8 @@ class OpenAITeacher:
                     if isinstance(item.exc, asyncio.CancelledError):
                         break
                     raise item.exc
-                yield item
-                _call_threadsafe(loop, credits.release)
+                yield from item
+                _call_threadsafe(loop, functools.partial(give_back, len(item)))
         finally:
             # early close, consumer exception, or normal end: stop the calls and the thread
             _call_threadsafe(loop, task.cancel)
@@ -205,18 +224,14 @@ class OpenAITeacher:
     async def _answer_all(self, texts: list[str], emit: Any, credits: asyncio.Semaphore) -> None:
         pending = iter(range(len(texts)))
         stopped: list[int] = []  # inputs the cap left unanswered (at most one per worker)
-        pacer = _StartPacer(self.spec.teacher.concurrency, self.start_spread)
 
         async def work(client: openai.AsyncOpenAI) -> None:
             for i in pending:
                 await credits.acquire()
-                await pacer.wait()
                 ans = await self._answer_one(client, texts[i])
                 if ans is None:
                     stopped.append(i)
                     return
-                if ans.latency_ms is not None:
-                    pacer.observe(ans.latency_ms / 1000)
                 emit((i, ans))
 
         async with self._client() as client:
@@ -328,13 +343,7 @@ class OpenAITeacher:
             if not isinstance(content, str):
                 raise _Malformed("a choice has no text content")
             contents.append(content)
-            lp = (ch.get("logprobs") or {}).get("content")
-            lps.append(
-                [(x["token"], float(x["logprob"]),
-                  [(a["token"], float(a["logprob"])) for a in (x.get("top_logprobs") or [])])
-                 for x in lp]
-                if lp else None
-            )
+            lps.append(_token_logprobs(ch.get("logprobs")))
         usage = data.get("usage") or {}
         tin = int(usage.get("prompt_tokens") or 0)
         tout = int(usage.get("completion_tokens") or 0)
@@ -367,15 +376,16 @@ class OpenAITeacher:
         if len(contents) == 1:
             label = parsed[0]
             if label is None:
+                # a real answer, cached like any other: the filter drops it as `no_label`
                 return Answer(label=None, raw=contents[0],
-                              error=f"answer names no known label: {_short(contents[0])}")
+                              extra={"parse_error": f"answer names no known label: {_short(contents[0])}"})
             return Answer(label=label, probs=dists[0], raw=contents[0])
 
         votes = Counter(l for l in parsed if l is not None)
         if not votes:
             return Answer(label=None, raw=contents[0], votes={},
-                          error=f"no sample named a known label, e.g. {_short(contents[0])}",
-                          extra={"samples_raw": contents})
+                          extra={"samples_raw": contents,
+                                 "parse_error": f"no sample named a known label, e.g. {_short(contents[0])}"})
         total = sum(votes.values())
         if use_lp:
             probs = [sum(d[k] for d in dists) / len(dists) for k in range(len(self.labels))]
@@ -434,6 +444,21 @@ def label_probs(tokens: list[TokenLP], labels: list[str], chosen: str) -> list[f
     return [p / total for p in probs]
 
 
+def _token_logprobs(block: Any) -> list[TokenLP] | None:
+    """A choice's `logprobs.content` as TokenLP tuples; None when absent or not well formed
+    (logprobs are an extra: a broken block falls back to votes or one-hot, it fails nothing)."""
+    try:
+        out: list[TokenLP] = []
+        for x in block["content"]:
+            alts = [(a["token"], float(a["logprob"])) for a in (x.get("top_logprobs") or [])]
+            if not isinstance(x["token"], str) or not all(isinstance(a, str) for a, _ in alts):
+                return None
+            out.append((x["token"], float(x["logprob"]), alts))
+        return out or None
+    except (TypeError, KeyError, ValueError, AttributeError):
+        return None
+
+
 def locate_label(text: str, label: str) -> tuple[int, int] | None:
     """Character span of the first occurrence of `label` in `text`: whole word first, then
     anywhere; case-insensitive; `_`, `-` and whitespace match each other."""
@@ -472,38 +497,6 @@ class _Call:
 
 class _Malformed(ValueError):
     pass
-
-
-class _StartPacer:
-    """Keeps the starts of new calls at least `spread * latency / concurrency` apart, where
-    latency is a running mean of call durations (no pacing until the first call returns).
-
-    Why: when many calls complete at once, the event loop works through their responses and
-    next requests interleaved, so they all finish late together and go out together again: the
-    burst persists, and every call pays the whole burst's client-side CPU time on top of the
-    endpoint's latency (measured: 50 ms endpoint at concurrency 16 ran at ~62 ms per call).
-    Workers spread evenly start one call every latency/concurrency, so a minimum gap below that
-    (spread < 1) does not slow steady work; it only spreads a burst out, after which it stays
-    spread. See bench/label_throughput.py.
-    """
-
-    def __init__(self, concurrency: int, spread: float):
-        self.concurrency = concurrency
-        self.spread = spread
-        self.latency: float | None = None
-        self.next_start = 0.0
-
-    def observe(self, seconds: float) -> None:
-        self.latency = seconds if self.latency is None else 0.9 * self.latency + 0.1 * seconds
-
-    async def wait(self) -> None:
-        if self.latency is None or self.spread <= 0:
-            return
-        now = time.monotonic()
-        start = max(now, self.next_start)
-        self.next_start = start + self.spread * self.latency / self.concurrency
-        if start > now:
-            await asyncio.sleep(start - now)
 
 
 @dataclass
