@@ -333,7 +333,7 @@ def run_hf(args, labels, data, work: Path) -> dict[str, Any]:
     targs = TrainingArguments(
         output_dir=str(out), num_train_epochs=args.epochs, per_device_train_batch_size=args.batch_size,
         per_device_eval_batch_size=128, learning_rate=args.lr, weight_decay=0.01, warmup_steps=0.06,
-        lr_scheduler_type="linear", max_grad_norm=1.0, optim="adamw_torch", seed=args.seed,
+        lr_scheduler_type="linear", max_grad_norm=1.0, seed=args.seed,
         data_seed=args.seed, bf16=args.precision == "bf16", use_cpu=not torch.cuda.is_available(),
         train_sampling_strategy="group_by_length", length_column_name="length",
         remove_unused_columns=False, eval_strategy="epoch", save_strategy="epoch", save_total_limit=1,

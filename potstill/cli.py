@@ -129,9 +129,19 @@ def eval_cmd(spec: SpecArg, set: SetOpt = None, workdir: WorkdirOpt = None):
     _print_report(evaluate(s, r))
 
 
-from .cost_cli import cost_command  # noqa: E402 - light: no torch at import
+# commands that live beside their stage; their modules import nothing heavy at load time
+from .cost_cli import cost_command  # noqa: E402
+from .serve.app import serve_command  # noqa: E402
+from .serve.calibrate import calibrate_command  # noqa: E402
+from .serve.queue import queue_list_command  # noqa: E402
 
 app.command("cost")(cost_command)
+app.command("calibrate")(calibrate_command)
+app.command("serve")(serve_command)
+queue_app = typer.Typer(help="The review queue: escalations, degraded answers, disagreements, feedback.",
+                        no_args_is_help=True)
+app.add_typer(queue_app, name="queue")
+queue_app.command("list")(queue_list_command)
 
 
 def _print_report(report: dict) -> None:

@@ -98,13 +98,17 @@ def _line_of(node: Any, loc: tuple[Any, ...]) -> int | None:
     return line
 
 
+_PATH_FIELDS = {"data": ("train", "validation", "test"), "serve": ("ood_validation", "ood_test")}
+
+
 def _absolute_data_paths(doc: dict[str, Any], base: Path) -> None:
-    data = doc.get("data")
-    if isinstance(data, dict):
-        for split in ("train", "validation", "test"):
-            if isinstance(data.get(split), str) and data[split]:
-                p = Path(data[split]).expanduser()
-                data[split] = str(p if p.is_absolute() else base / p)
+    for section, keys in _PATH_FIELDS.items():
+        sec = doc.get(section)
+        if isinstance(sec, dict):
+            for key in keys:
+                if isinstance(sec.get(key), str) and sec[key]:
+                    p = Path(sec[key]).expanduser()
+                    sec[key] = str(p if p.is_absolute() else base / p)
 
 
 def load_spec(path: str | Path, overrides: list[str] | None = None) -> TaskSpec:

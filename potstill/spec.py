@@ -145,8 +145,10 @@ class TrainSpec(_Strict):
 class EvalSpec(_Strict):
     latency_samples: int = Field(200, ge=1)
     batch_size: int = Field(64, ge=1)
-    threads: int | None = Field(None, ge=1)
-    """Torch threads while timing; null leaves torch's default."""
+    threads: int | None = Field(1, ge=1)
+    """Torch threads for evaluation and timing. 1 (the default) gives per-core figures that other
+    load on the machine disturbs least (torch's threads spin-wait when a core is taken);
+    null leaves torch's default."""
 
 
 class ServeSpec(_Strict):
@@ -205,7 +207,9 @@ class ServeSpec(_Strict):
     shadow_max_pending: int = Field(256, ge=1)
     """Shadow checks waiting for the teacher beyond this are skipped (counted in /metrics)."""
     teacher_timeout_s: float = Field(10.0, gt=0)
-    """How long a request waits for the teacher before the student's answer goes out, degraded."""
+    """How long a request waits for the teacher before the student's answer goes out, degraded.
+    (teacher.max_spend_usd also caps what one server process spends on the teacher: past it,
+    escalations are answered degraded.)"""
     teacher_workers: int = Field(4, ge=1)
     """Teacher batches in flight at once."""
     seed: int = 0
@@ -220,7 +224,10 @@ class ServeSpec(_Strict):
     nothing is queued), so a lone client pays no batching latency."""
     max_batch_size: int = Field(32, ge=1)
     threads: int | None = Field(None, ge=1)
-    """Torch threads for the student; null leaves torch's default."""
+    """Torch threads for the student; null leaves torch's default. On a machine shared with
+    other work, 1 is often fastest (bench/serve_load.py --threads)."""
+    device: Literal["auto", "cpu", "cuda"] = "auto"
+    """Where the served model runs; auto: CUDA when available."""
 
     # -- logging ---------------------------------------------------------------------------------
     log_requests: bool = True

@@ -28,7 +28,52 @@ MIGRATIONS: list[str] = [
     );
     CREATE INDEX calls_teacher ON calls(teacher);
     """,
+    # 2: serving: the review queue (escalations, degraded answers, disagreements, feedback) and
+    # the request log (every answered input, so feedback can name any request id)
+    """
+    CREATE TABLE queue (
+        id INTEGER PRIMARY KEY AUTOINCREMENT,
+        created_at REAL NOT NULL,
+        kind TEXT NOT NULL,
+        reason TEXT NOT NULL,
+        request_id TEXT,
+        input TEXT NOT NULL,
+        student_label TEXT,
+        teacher_label TEXT,
+        served_label TEXT,
+        route TEXT,
+        confidence REAL,
+        ood_score REAL,
+        feedback TEXT,
+        student_version TEXT,
+        detail TEXT,
+        updated_at REAL,
+        used_in_round TEXT
+    );
+    CREATE INDEX queue_kind ON queue(kind);
+    CREATE INDEX queue_request ON queue(request_id);
+    CREATE INDEX queue_unused ON queue(used_in_round);
+    CREATE TABLE requests (
+        request_id TEXT PRIMARY KEY,
+        created_at REAL NOT NULL,
+        input TEXT NOT NULL,
+        student_label TEXT,
+        served_label TEXT,
+        teacher_label TEXT,
+        route TEXT NOT NULL,
+        reasons TEXT,
+        confidence REAL,
+        ood_score REAL,
+        student_version TEXT
+    );
+    """,
 ]
+
+QUEUE_COLUMNS = ("id", "created_at", "kind", "reason", "request_id", "input", "student_label",
+                 "teacher_label", "served_label", "route", "confidence", "ood_score", "feedback",
+                 "student_version", "detail", "updated_at", "used_in_round")
+REQUEST_COLUMNS = ("request_id", "created_at", "input", "student_label", "served_label",
+                   "teacher_label", "route", "reasons", "confidence", "ood_score", "student_version")
 
 
 class Store:
@@ -99,3 +144,112 @@ class Store:
         with self._lock:
             n, tin, tout, cost = self._db.execute(q, args).fetchone()
         return {"calls": n, "input_tokens": tin, "output_tokens": tout, "cost_usd": cost}
+
+    # -- serving: review queue ----------------------------------------------------------------
+    def queue_add(self, item: dict[str, Any]) -> int:
+        """Append one queue item (keys from QUEUE_COLUMNS; `detail` may be a dict); committed
+        before returning, so it survives a kill. Returns its id."""
+        row = {k: item.get(k) for k in QUEUE_COLUMNS if k != "id"}
+        row["created_at"] = row["created_at"] or time.time()
+        if row["detail"] is not None and not isinstance(row["detail"], str):
+            row["detail"] = json.dumps(row["detail"], default=str)
+        cols = ",".join(row)
+        with self._lock:
+            cur = self._db.execute(
+                f"INSERT INTO queue ({cols}) VALUES ({','.join('?' * len(row))})", tuple(row.values()))
+            self._db.commit()
+            return int(cur.lastrowid)
+
+    def queue_update(self, queue_id: int, **fields: Any) -> None:
+        """Fill in fields of a queued item later (e.g. the teacher's late answer)."""
+        bad = set(fields) - set(QUEUE_COLUMNS[1:])
+        if bad:
+            raise ValueError(f"unknown queue fields {sorted(bad)}")
+        if "detail" in fields and fields["detail"] is not None and not isinstance(fields["detail"], str):
+            fields["detail"] = json.dumps(fields["detail"], default=str)
+        fields["updated_at"] = time.time()
+        sets = ",".join(f"{k}=?" for k in fields)
+        with self._lock:
+            self._db.execute(f"UPDATE queue SET {sets} WHERE id=?", (*fields.values(), queue_id))
+            self._db.commit()
+
+    def queue_items(self, kind: str | None = None, limit: int | None = None,
+                    unused_only: bool = False, after_id: int = 0,
+                    last: int | None = None) -> list[dict[str, Any]]:
+        """Queued items, oldest first (`detail` decoded): the first `limit` after `after_id`, or
+        with `last`, the newest `last` of them."""
+        q = f"SELECT {','.join(QUEUE_COLUMNS)} FROM queue WHERE id > ?"
+        args: list[Any] = [after_id]
+        if kind is not None:
+            q += " AND kind = ?"
+            args.append(kind)
+        if unused_only:
+            q += " AND used_in_round IS NULL"
+        if last is not None:
+            q = f"SELECT * FROM ({q} ORDER BY id DESC LIMIT ?) ORDER BY id"
+            args.append(last)
+        else:
+            q += " ORDER BY id"
+            if limit is not None:
+                q += " LIMIT ?"
+                args.append(limit)
+        with self._lock:
+            rows = self._db.execute(q, args).fetchall()
+        out = []
+        for r in rows:
+            d = dict(zip(QUEUE_COLUMNS, r))
+            if d["detail"]:
+                try:
+                    d["detail"] = json.loads(d["detail"])
+                except json.JSONDecodeError:
+                    pass
+            out.append(d)
+        return out
+
+    def queue_counts(self, unused_only: bool = True) -> dict[str, int]:
+        """Number of queued items by kind (by default those no round has used yet)."""
+        q = "SELECT kind, COUNT(*) FROM queue"
+        if unused_only:
+            q += " WHERE used_in_round IS NULL"
+        with self._lock:
+            return dict(self._db.execute(q + " GROUP BY kind").fetchall())
+
+    # -- serving: request log -----------------------------------------------------------------
+    def log_requests(self, rows: list[dict[str, Any]]) -> None:
+        """Insert answered requests (keys from REQUEST_COLUMNS) in one transaction."""
+        if not rows:
+            return
+        vals = []
+        for r in rows:
+            reasons = r.get("reasons")
+            if reasons is not None and not isinstance(reasons, str):
+                reasons = json.dumps(reasons)
+            vals.append(tuple(reasons if k == "reasons" else
+                              (r.get(k) if k != "created_at" else r.get(k) or time.time())
+                              for k in REQUEST_COLUMNS))
+        with self._lock:
+            self._db.executemany(
+                f"INSERT OR REPLACE INTO requests ({','.join(REQUEST_COLUMNS)}) "
+                f"VALUES ({','.join('?' * len(REQUEST_COLUMNS))})", vals)
+            self._db.commit()
+
+    def get_request(self, request_id: str) -> dict[str, Any] | None:
+        with self._lock:
+            r = self._db.execute(
+                f"SELECT {','.join(REQUEST_COLUMNS)} FROM requests WHERE request_id = ?",
+                (request_id,)).fetchone()
+        if r is None:
+            return None
+        d = dict(zip(REQUEST_COLUMNS, r))
+        if d["reasons"]:
+            d["reasons"] = json.loads(d["reasons"])
+        return d
+
+    def queue_request(self, request_id: str) -> dict[str, Any] | None:
+        """The newest non-feedback queue item of a request (its input and answers), or None."""
+        items = [c for c in QUEUE_COLUMNS]
+        with self._lock:
+            r = self._db.execute(
+                f"SELECT {','.join(items)} FROM queue WHERE request_id = ? AND kind != 'feedback' "
+                "ORDER BY id DESC LIMIT 1", (request_id,)).fetchone()
+        return dict(zip(items, r)) if r else None

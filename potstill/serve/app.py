@@ -1,0 +1,705 @@
+"""The OpenAI-compatible server: the student answers, the teacher is the safety net.
+
+`create_app(ServeConfig(run_dir))` builds everything (nothing is built at import): the student
+with its calibration (recalibrated when missing or stale), the teacher the spec names, the
+router, the queue, the metrics. `serve_command` runs it under uvicorn. `--model teacher
+--no-routing` serves the run's teacher/ model as a plain classifier instead, e.g. as the teacher
+of another run (the `openai` teacher backend works against any potstill server).
+
+Endpoints (bearer auth on every /v1/* and /metrics route when keys are configured):
+
+- `POST /v1/chat/completions` — the OpenAI wire format. The input is the last user message
+  (text or text parts); when it is a potstill teacher prompt (the served spec's
+  `prompt_template` or the default one), the `{text}` part of it, so a potstill server can be the
+  teacher of another run. The answer is the label, as `choices[0].message.content`. Extra
+  top-level fields: `route` (student | teacher | degraded), `reasons`, `confidence` (the student's
+  calibrated confidence), `ood_score`, `degraded`. `logprobs: true` returns the answer as one
+  token whose logprob is log p(label), with the other labels as `top_logprobs` (calibrated
+  student probabilities, or the teacher's when it answered). `n` repeats the one answer;
+  `stream: true` sends it as one server-sent chunk. `usage` is estimated (4 characters a token).
+- `GET /v1/models` — the one served model.
+- `POST /v1/classify` — `{"inputs": [text, ...], "top_k": 0}` -> one result per input, each with
+  its own `id` for feedback.
+- `POST /v1/feedback` — `{"request_id": id, "answer": label | "wrong"}`: queued with the input.
+- `GET /health` (never needs a key), `GET /metrics` (Prometheus).
+
+Every client error is a 4xx JSON body in OpenAI's shape:
+`{"error": {"message", "type": "invalid_request_error", "param", "code"}}`.
+"""
+
+
+import dataclasses
+import hmac
+import json
+import logging
+import math
+import os
+import re
+import string
+import time
+import uuid
+from contextlib import asynccontextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Annotated, Any, Optional, Sequence
+
+import typer
+
+from ..paths import RunPaths
+from ..spec import DEFAULT_TEMPLATE, TaskSpec
+
+log = logging.getLogger("potstill.serve")
+
+ENDPOINTS = ("/v1/chat/completions", "/v1/classify", "/v1/feedback", "/v1/models", "/health",
+             "/metrics")
+
+
+# -- configuration -------------------------------------------------------------------------------
+@dataclass
+class ServeConfig:
+    """What `create_app` builds from. Only `run_dir` is required; the rest overrides pieces
+    (tests inject a teacher or a student; the bench points the store elsewhere)."""
+
+    run_dir: Path
+    overrides: list[str] = field(default_factory=list)
+    """`--set serve.x=y` style overrides of the run's resolved spec."""
+    spec: TaskSpec | None = None
+    teacher: Any = "auto"
+    """"auto": the teacher the spec names (none, with a warning, when it cannot be built);
+    None: no teacher (escalations are answered degraded); or any `Teacher`."""
+    student: Any = None
+    """A `StudentBackend`; default: the run's classifier with its calibration."""
+    db_path: Path | None = None
+    """The store for the queue and request log; default: the run's potstill.db."""
+    api_keys: list[str] | None = None
+    """Accepted bearer keys; default: read from the env var `serve.api_keys_env`."""
+    teacher_share: float | None = None
+    """Use the calibration table's row nearest this share instead of the calibrated point."""
+    model: str = "student"
+    """Which of the run's models to serve: student, teacher or baseline."""
+    routing: bool = True
+    """False: answer every input with the served model (no escalation, no queue, no teacher):
+    for serving a big model as the teacher of another run."""
+    recalibrate: bool = True
+    """Calibrate when calibration.json is missing or stale (else refuse to start)."""
+
+
+class ApiError(Exception):
+    def __init__(self, status: int, message: str, code: str | None = None, param: str | None = None,
+                 type_: str = "invalid_request_error"):
+        super().__init__(message)
+        self.status, self.message, self.code, self.param, self.type = status, message, code, param, type_
+
+
+def error_body(message: str, type_: str = "invalid_request_error", param: str | None = None,
+               code: str | None = None) -> dict[str, Any]:
+    return {"error": {"message": message, "type": type_, "param": param, "code": code}}
+
+
+# -- inputs --------------------------------------------------------------------------------------
+def template_pattern(template: str) -> re.Pattern[str]:
+    """A regex matching prompts rendered from `template`, capturing the {text} field."""
+    rx = ""
+    seen_text = False
+    for literal, name, _spec, _conv in string.Formatter().parse(template):
+        rx += re.escape(literal)
+        if name is None:
+            continue
+        if name == "text":
+            rx += "(?P=text)" if seen_text else "(?P<text>.*)"
+            seen_text = True
+        else:
+            rx += ".*?"
+    return re.compile(rx, re.S)
+
+
+def extract_input(message: str, patterns: Sequence[re.Pattern[str]]) -> str:
+    """The text to classify: the {text} of a potstill teacher prompt, else the whole message."""
+    for p in patterns:
+        m = p.fullmatch(message)
+        if m is not None:
+            return m.group("text")
+    return message
+
+
+def _validate_text(text: Any, max_chars: int, param: str) -> str:
+    if not isinstance(text, str):
+        raise ApiError(400, f"{param} must be a string", "invalid_type", param)
+    if not text.strip():
+        raise ApiError(400, f"{param} is empty", "empty_input", param)
+    if len(text) > max_chars:
+        raise ApiError(400, f"{param} is {len(text)} characters; the limit is {max_chars}",
+                       "input_too_long", param)
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        raise ApiError(400, f"{param} is not valid UTF-8 (it holds a lone surrogate)",
+                       "invalid_encoding", param) from None
+    return text
+
+
+def _strict(model_cls, obj: Any):
+    from pydantic import ValidationError
+
+    if not isinstance(obj, dict):
+        raise ApiError(400, "the request body must be a JSON object", "invalid_type")
+    try:
+        return model_cls.model_validate(obj, strict=True)
+    except ValidationError as e:
+        err = e.errors()[0]
+        loc = [str(x) for x in err["loc"] if not (isinstance(x, str) and ("[" in x or x in ("str",)))]
+        param = ".".join(loc) or None
+        raise ApiError(400, f"{param}: {err['msg']}" if param else err["msg"],
+                       "invalid_value" if err["type"] != "missing" else "missing_field", param) from None
+
+
+def _models():
+    """Request models (pydantic), built on first use."""
+    from pydantic import BaseModel, ConfigDict, Field
+
+    class Part(BaseModel):
+        model_config = ConfigDict(extra="allow")
+        type: str
+        text: Optional[str] = None
+
+    class Message(BaseModel):
+        model_config = ConfigDict(extra="allow")
+        role: str
+        content: Optional[str | list[Part]] = None
+
+    class Chat(BaseModel):
+        model_config = ConfigDict(extra="allow")
+        model: str
+        messages: list[Message] = Field(min_length=1)
+        logprobs: Optional[bool] = None
+        top_logprobs: Optional[int] = Field(None, ge=0, le=20)
+        n: Optional[int] = Field(None, ge=1, le=16)
+        stream: Optional[bool] = None
+
+    class Classify(BaseModel):
+        model_config = ConfigDict(extra="forbid")
+        inputs: list[Any] = Field(min_length=1)
+        model: Optional[str] = None
+        top_k: int = Field(0, ge=0, le=100)
+
+    class Feedback(BaseModel):
+        model_config = ConfigDict(extra="forbid")
+        request_id: str = Field(min_length=1, max_length=200)
+        answer: str = Field(min_length=1)
+        comment: Optional[str] = Field(None, max_length=2000)
+
+    return Chat, Classify, Feedback
+
+
+# -- metrics -------------------------------------------------------------------------------------
+class Metrics:
+    """Prometheus metrics in a registry of their own (several apps can live in one process)."""
+
+    def __init__(self, queue_depth) -> None:
+        from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+
+        r = self.registry = CollectorRegistry()
+        lat = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30)
+        self.http = Counter("potstill_http_requests", "HTTP requests by endpoint and status",
+                            ["endpoint", "status"], registry=r)
+        self.latency = Histogram("potstill_request_seconds", "Request latency by endpoint",
+                                 ["endpoint"], buckets=lat, registry=r)
+        self.answers = Counter("potstill_answers", "Answered inputs by route", ["route"], registry=r)
+        self.escalations = Counter("potstill_escalations", "Inputs escalated, by reason",
+                                   ["reason"], registry=r)
+        self.rate = Gauge("potstill_escalation_rate",
+                          "Share of answered inputs the router sent to the teacher, since start",
+                          registry=r)
+        self.batch_size = Histogram("potstill_student_batch_size", "Inputs per student forward pass",
+                                    buckets=(1, 2, 4, 8, 16, 32, 64, 128, 256), registry=r)
+        self.student_seconds = Histogram("potstill_student_batch_seconds",
+                                         "Student forward pass time per batch", buckets=lat, registry=r)
+        self.teacher_seconds = Histogram("potstill_teacher_seconds",
+                                         "Time a request waited for the teacher", buckets=lat, registry=r)
+        self.teacher_errors = Counter("potstill_teacher_errors",
+                                      "Escalations the teacher did not answer, by kind", ["kind"],
+                                      registry=r)
+        self.shadow_checks = Counter("potstill_shadow_checks", "Shadow checks by outcome",
+                                     ["outcome"], registry=r)
+        self.queue_items = Counter("potstill_queue_items", "Items added to the queue, by kind", ["kind"],
+                              registry=r)
+        self.depth = Gauge("potstill_queue_depth", "Queue items no training round has used yet",
+                           registry=r)
+        self.depth.set_function(queue_depth)
+        self._n = 0
+        self._escalated = 0
+
+    # RouterEvents
+    def student_batch(self, size: int, seconds: float) -> None:
+        self.batch_size.observe(size)
+        self.student_seconds.observe(seconds)
+
+    def routed(self, r) -> None:
+        self.answers.labels(r.route).inc()
+        self._n += 1
+        if r.reasons:
+            self._escalated += 1
+            for reason in r.reasons:
+                self.escalations.labels(reason).inc()
+        self.rate.set(self._escalated / self._n)
+
+    def teacher_answer(self, seconds: float, error: str | None) -> None:
+        self.teacher_seconds.observe(seconds)
+        if error is not None:
+            self.teacher_errors.labels(error).inc()
+
+    def shadow(self, outcome: str) -> None:
+        self.shadow_checks.labels(outcome).inc()
+
+    def queued(self, kind: str) -> None:
+        self.queue_items.labels(kind).inc()
+
+
+class _HttpMetrics:
+    """Pure ASGI middleware: counts and times every HTTP request by endpoint and status."""
+
+    def __init__(self, app, metrics: Metrics):
+        self.app, self.metrics = app, metrics
+
+    async def __call__(self, scope, receive, send):
+        if scope["type"] != "http":
+            return await self.app(scope, receive, send)
+        t0 = time.perf_counter()
+        status = [500]
+
+        async def send_wrapper(message):
+            if message["type"] == "http.response.start":
+                status[0] = message["status"]
+            await send(message)
+
+        try:
+            await self.app(scope, receive, send_wrapper)
+        finally:
+            path = scope.get("path", "")
+            endpoint = path if path in ENDPOINTS else "other"
+            self.metrics.http.labels(endpoint, str(status[0])).inc()
+            self.metrics.latency.labels(endpoint).observe(time.perf_counter() - t0)
+
+
+# -- building the pieces -------------------------------------------------------------------------
+@dataclass
+class Service:
+    spec: TaskSpec
+    run: RunPaths
+    model_name: str
+    student: Any
+    router: Any
+    queue: Any
+    store: Any
+    metrics: Metrics
+    api_keys: list[str]
+    patterns: list[re.Pattern[str]]
+    calibration: dict[str, Any] | None
+    policy: Any
+    teacher_identity: str | None
+
+
+def _read_keys(env: str) -> list[str]:
+    raw = os.environ.get(env, "")
+    return [k.strip() for k in raw.split(",") if k.strip()]
+
+
+def build_student(spec: TaskSpec, run: RunPaths, recalibrate: bool = True,
+                  teacher_share: float | None = None, model: str = "student"):
+    """(ClassifierStudent with its calibration, calibration doc, Policy, operating point) for
+    the run's `model` (student, teacher or baseline)."""
+    from .calibrate import Deployment, calibrate, load_calibration, pick_point, stale_reason
+    from .confidence import load_ood
+    from .router import ClassifierStudent, Policy, student_version
+
+    sv = spec.serve
+    dep = Deployment.of(run, spec, model)
+    if not (dep.model_dir / "config.json").exists():
+        raise FileNotFoundError(f"{dep.model_dir}: no trained {model}; run `potstill train` first")
+    cal = load_calibration(dep)
+    why = stale_reason(cal, spec, student_version(dep.model_dir))
+    if why is not None:
+        if not recalibrate:
+            raise ValueError(f"{run.root}: {why}; run `potstill calibrate {run.root}"
+                             f"{'' if model == 'student' else ' --model ' + model}` first")
+        log.warning("calibrating first: %s", why)
+        cal = calibrate(spec, run, model=model)
+    assert cal is not None
+    student = ClassifierStudent(dep.model_dir, temperature=cal["temperature"], score=sv.confidence_score,
+                                ood=load_ood(dep.ood_stats), embedding=sv.embedding,
+                                max_length=dep.max_length, threads=sv.threads, device=sv.device)
+    point = pick_point(cal, teacher_share)
+    policy = Policy(
+        confidence_threshold=sv.confidence_threshold if sv.confidence_threshold is not None
+        else point["confidence_threshold"],
+        ood_threshold=sv.ood_threshold if sv.ood_threshold is not None else point["ood_threshold"],
+        high_stakes=frozenset(sv.high_stakes), high_stakes_prob=sv.high_stakes_prob)
+    return student, cal, policy, point
+
+
+def create_app(config: ServeConfig):
+    """The FastAPI app for a run directory (see the module doc)."""
+    from fastapi import FastAPI, Request
+    from fastapi.exceptions import RequestValidationError
+    from fastapi.responses import JSONResponse, Response, StreamingResponse
+    from starlette.exceptions import HTTPException as StarletteHTTPException
+
+    from ..store import Store
+    from .calibrate import load_run_spec
+    from .queue import ReviewQueue
+    from .router import Policy, Router, TeacherClient
+
+    run = RunPaths(Path(config.run_dir))
+    spec = config.spec or load_run_spec(run.root, config.overrides)
+    sv = spec.serve
+    cal = None
+    point = None
+    if config.student is None:
+        student, cal, policy, point = build_student(spec, run, config.recalibrate,
+                                                    config.teacher_share, config.model)
+    else:
+        student = config.student
+        policy = Policy(sv.confidence_threshold, sv.ood_threshold, frozenset(sv.high_stakes),
+                        sv.high_stakes_prob)
+    bad = [l for l in sv.high_stakes if l not in student.labels]
+    if bad:
+        raise ValueError(f"serve.high_stakes names labels the student does not have: {bad}")
+    if not config.routing:
+        policy = Policy()  # no gate fires: the served model answers everything
+        config = dataclasses.replace(config, teacher=None)
+    store = Store(config.db_path or run.db)
+    queue = ReviewQueue(store, log_requests=sv.log_requests)
+    metrics = Metrics(lambda: queue.depth)
+
+    teacher = config.teacher
+    if isinstance(teacher, str) and teacher == "auto":
+        from ..teachers import make_teacher
+
+        try:
+            teacher = make_teacher(spec, run, list(student.labels))
+        except Exception as e:  # noqa: BLE001 - serve without a safety net, loudly
+            log.warning("no teacher (%s): escalated inputs will be answered by the student, "
+                        "marked degraded, and queued", e)
+            teacher = None
+    tclient = (TeacherClient(teacher, store, spec.spec_hash(), workers=sv.teacher_workers,
+                             max_batch=max(1, spec.teacher.concurrency))
+               if teacher is not None else None)
+    router = Router(student, policy, queue, tclient, batching=sv.batching,
+                    window_ms=sv.batch_window_ms, adaptive_window=sv.adaptive_window,
+                    max_batch_size=sv.max_batch_size,
+                    teacher_timeout_s=sv.teacher_timeout_s, shadow_share=sv.shadow_share,
+                    shadow_max_pending=sv.shadow_max_pending, seed=sv.seed, events=metrics)
+    keys = config.api_keys if config.api_keys is not None else _read_keys(sv.api_keys_env)
+    templates = [spec.prompt_template] + ([DEFAULT_TEMPLATE] if spec.prompt_template != DEFAULT_TEMPLATE else [])
+    svc = Service(spec=spec, run=run, model_name=sv.model_name or spec.name, student=student,
+                  router=router, queue=queue, store=store, metrics=metrics, api_keys=keys,
+                  patterns=[template_pattern(t) for t in templates], calibration=cal, policy=policy,
+                  teacher_identity=teacher.identity if teacher is not None else None)
+    Chat, Classify, Feedback = _models()
+
+    @asynccontextmanager
+    async def lifespan(app):
+        await queue.start()
+        await router.start()
+        log.info("serving %s: student %s, teacher %s, auth %s", svc.model_name, student.identity,
+                 svc.teacher_identity or "none", f"{len(keys)} key(s)" if keys else "off")
+        try:
+            yield
+        finally:
+            await router.stop()
+            await queue.stop()
+            store.close()
+
+    app = FastAPI(title="potstill", lifespan=lifespan, docs_url=None, redoc_url=None,
+                  openapi_url=None)
+    app.state.potstill = svc
+
+    @app.exception_handler(ApiError)
+    async def _api_error(request, exc: ApiError):
+        headers = {"WWW-Authenticate": "Bearer"} if exc.status == 401 else None
+        return JSONResponse(error_body(exc.message, exc.type, exc.param, exc.code), exc.status,
+                            headers=headers)
+
+    @app.exception_handler(StarletteHTTPException)
+    async def _http_error(request, exc: StarletteHTTPException):
+        code = {404: "not_found", 405: "method_not_allowed"}.get(exc.status_code)
+        msg = (f"no route {request.method} {request.url.path}" if exc.status_code in (404, 405)
+               else str(exc.detail))
+        return JSONResponse(error_body(msg, "invalid_request_error", None, code), exc.status_code,
+                            headers=getattr(exc, "headers", None))
+
+    @app.exception_handler(RequestValidationError)
+    async def _validation_error(request, exc: RequestValidationError):  # pragma: no cover
+        return JSONResponse(error_body(str(exc.errors()[0].get("msg")), code="invalid_value"), 400)
+
+    @app.exception_handler(Exception)
+    async def _server_error(request, exc: Exception):
+        log.exception("internal error on %s", request.url.path)
+        return JSONResponse(error_body("internal server error", "server_error", None, "internal_error"), 500)
+
+    def auth(request: Request) -> None:
+        if not keys:
+            return
+        h = request.headers.get("authorization", "")
+        scheme, _, token = h.partition(" ")
+        token = token.strip()
+        if scheme.lower() != "bearer" or not token:
+            raise ApiError(401, "missing API key: send 'Authorization: Bearer <key>'", "invalid_api_key")
+        ok = False
+        for k in keys:  # compare with every key, in constant time each
+            ok |= hmac.compare_digest(token.encode("utf-8", "surrogateescape"), k.encode())
+        if not ok:
+            raise ApiError(401, "invalid API key", "invalid_api_key")
+
+    async def read_json(request: Request) -> Any:
+        cl = request.headers.get("content-length")
+        if cl is not None:
+            try:
+                if int(cl) > sv.max_body_bytes:
+                    raise ApiError(413, f"request body over {sv.max_body_bytes} bytes", "body_too_large")
+            except ValueError:
+                raise ApiError(400, "bad Content-Length header", "invalid_header") from None
+        body = bytearray()
+        async for chunk in request.stream():
+            body += chunk
+            if len(body) > sv.max_body_bytes:
+                raise ApiError(413, f"request body over {sv.max_body_bytes} bytes", "body_too_large")
+        if not body:
+            raise ApiError(400, "empty request body; send a JSON object", "invalid_json")
+        try:
+            text = body.decode("utf-8")
+        except UnicodeDecodeError as e:
+            raise ApiError(400, f"request body is not valid UTF-8 (byte {e.start})", "invalid_encoding") from None
+        try:
+            return json.loads(text)
+        except (json.JSONDecodeError, RecursionError) as e:
+            raise ApiError(400, f"invalid JSON: {e}", "invalid_json") from None
+
+    def check_model(name: str | None, required: bool) -> None:
+        if name is None and not required:
+            return
+        if name != svc.model_name:
+            raise ApiError(404, f"the model {name!r} does not exist; this server serves "
+                           f"{svc.model_name!r}", "model_not_found", "model")
+
+    @app.post("/v1/chat/completions")
+    async def chat(request: Request):
+        auth(request)
+        req = _strict(Chat, await read_json(request))
+        check_model(req.model, True)
+        content = None
+        for i in range(len(req.messages) - 1, -1, -1):
+            m = req.messages[i]
+            if m.role == "user":
+                content = m.content
+                if isinstance(content, list):
+                    content = "".join(p.text or "" for p in content if p.type == "text")
+                param = f"messages.{i}.content"
+                break
+        if content is None:
+            raise ApiError(400, "no user message with text content", "missing_user_message", "messages")
+        text = extract_input(_validate_text(content, sv.max_input_chars, param), svc.patterns)
+        _validate_text(text, sv.max_input_chars, param)
+        rid = "chatcmpl-" + uuid.uuid4().hex[:24]
+        (r,) = await router.route([text], [rid])
+        n = req.n or 1
+        want_lp = bool(req.logprobs)
+        lp = _logprobs(r, student.labels, req.top_logprobs or 0) if want_lp else None
+        created = int(time.time())
+        extra = {"route": r.route, "reasons": r.reasons, "confidence": _f(r.student.confidence),
+                 "ood_score": _f(r.student.ood_score), "degraded": r.route == "degraded"}
+        usage = {"prompt_tokens": max(1, len(content) // 4), "completion_tokens": 1,
+                 "total_tokens": max(1, len(content) // 4) + 1}
+        if req.stream:
+            return StreamingResponse(_sse(rid, created, svc.model_name, r.label, lp, n, extra),
+                                     media_type="text/event-stream")
+        return _json({
+            "id": rid, "object": "chat.completion", "created": created, "model": svc.model_name,
+            "system_fingerprint": f"potstill-{student.identity}",
+            "choices": [{"index": i, "message": {"role": "assistant", "content": r.label, "refusal": None},
+                         "logprobs": lp, "finish_reason": "stop"} for i in range(n)],
+            "usage": usage, **extra,
+        })
+
+    @app.get("/v1/models")
+    async def models(request: Request):
+        auth(request)
+        return {"object": "list", "data": [{"id": svc.model_name, "object": "model",
+                                            "created": 0, "owned_by": "potstill"}]}
+
+    @app.post("/v1/classify")
+    async def classify(request: Request):
+        auth(request)
+        req = _strict(Classify, await read_json(request))
+        check_model(req.model, False)
+        if len(req.inputs) > sv.max_batch_inputs:
+            raise ApiError(400, f"{len(req.inputs)} inputs; the limit is {sv.max_batch_inputs}",
+                           "too_many_inputs", "inputs")
+        texts = [extract_input(_validate_text(x, sv.max_input_chars, f"inputs.{i}"), svc.patterns)
+                 for i, x in enumerate(req.inputs)]
+        ids = ["cls-" + uuid.uuid4().hex[:24] for _ in texts]
+        routed = await router.route(texts, ids)
+        data = []
+        for i, r in enumerate(routed):
+            d = {"index": i, "id": r.request_id, "label": r.label, "route": r.route,
+                 "reasons": r.reasons, "confidence": _f(r.student.confidence),
+                 "ood_score": _f(r.student.ood_score), "degraded": r.route == "degraded"}
+            if req.top_k and r.probs is not None:
+                top = sorted(zip(student.labels, r.probs), key=lambda t: -t[1])[: req.top_k]
+                d["top"] = [{"label": l, "prob": _f(p)} for l, p in top]
+            data.append(d)
+        return _json({"object": "list", "model": svc.model_name, "data": data})
+
+    @app.post("/v1/feedback")
+    async def feedback(request: Request):
+        auth(request)
+        req = _strict(Feedback, await read_json(request))
+        if req.answer != "wrong" and req.answer not in student.labels:
+            raise ApiError(400, f"answer must be one of the task's labels or \"wrong\", not {req.answer!r}",
+                           "invalid_value", "answer")
+        found = await queue.find_request(req.request_id)
+        if found is None:
+            raise ApiError(404, f"no request with id {req.request_id!r}", "request_not_found", "request_id")
+        served = found.get("served_label")
+        reason = "wrong" if req.answer == "wrong" else ("confirmed" if req.answer == served else "corrected")
+        qid = await queue.add(kind="feedback", reason=reason, request_id=req.request_id,
+                              input=found["input"], student_label=found.get("student_label"),
+                              teacher_label=found.get("teacher_label"), served_label=served,
+                              route=found.get("route"), confidence=found.get("confidence"),
+                              ood_score=found.get("ood_score"), feedback=req.answer,
+                              student_version=found.get("student_version"),
+                              detail={"comment": req.comment} if req.comment else None)
+        metrics.queued("feedback")
+        return {"object": "feedback", "request_id": req.request_id, "queue_id": qid,
+                "reason": reason, "status": "queued"}
+
+    @app.get("/health")
+    async def health():
+        point = svc.calibration.get("operating_point") if svc.calibration else None
+        return {
+            "status": "ok", "model": svc.model_name, "student": student.identity,
+            # the backend and model only: the endpoint's address is not for anonymous callers
+            "teacher": svc.teacher_identity.split("@")[0] if svc.teacher_identity else None,
+            "labels": len(student.labels),
+            "queue_depth": queue.depth,
+            "routing": {
+                "confidence_threshold": policy.confidence_threshold,
+                "ood_threshold": policy.ood_threshold,
+                "high_stakes": sorted(policy.high_stakes),
+                "expected_teacher_share": point.get("teacher_share") if point else None,
+                "shadow_share": sv.shadow_share,
+            },
+        }
+
+    @app.get("/metrics")
+    async def prometheus(request: Request):
+        auth(request)
+        from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+
+        return Response(generate_latest(metrics.registry), media_type=CONTENT_TYPE_LATEST)
+
+    app.add_middleware(_HttpMetrics, metrics=metrics)
+    return app
+
+
+def _json(doc: dict[str, Any]):
+    """A JSON response from plain data, skipping FastAPI's recursive encoder (it cost more than
+    the routing itself per request; see bench/serve_load.py)."""
+    from fastapi.responses import Response
+
+    return Response(json.dumps(doc, separators=(",", ":")), media_type="application/json")
+
+
+def _f(x: float | None) -> float | None:
+    if x is None or not math.isfinite(x):
+        return None
+    return round(float(x), 6)
+
+
+def _lp_entry(token: str, p: float) -> dict[str, Any]:
+    return {"token": token, "logprob": math.log(p) if p > 0 else -9999.0,
+            "bytes": list(token.encode("utf-8"))}
+
+
+def _logprobs(r, labels: Sequence[str], top_k: int) -> dict[str, Any] | None:
+    """The answer as one token: logprob = log p(label); top_logprobs = the most probable labels."""
+    if r.label is None:
+        return {"content": [], "refusal": None}
+    probs = r.probs
+    if probs is None or len(probs) != len(labels):
+        entry = {**_lp_entry(r.label, 1.0), "top_logprobs": [_lp_entry(r.label, 1.0)][:top_k]}
+        return {"content": [entry], "refusal": None}
+    p_label = probs[labels.index(r.label)] if r.label in labels else 1.0
+    top = sorted(zip(labels, probs), key=lambda t: -t[1])[:top_k]
+    entry = {**_lp_entry(r.label, p_label), "top_logprobs": [_lp_entry(l, p) for l, p in top]}
+    return {"content": [entry], "refusal": None}
+
+
+async def _sse(rid: str, created: int, model: str, label: str | None, lp, n: int, extra: dict):
+    base = {"id": rid, "object": "chat.completion.chunk", "created": created, "model": model}
+    for i in range(n):
+        first = {**base, "choices": [{"index": i, "delta": {"role": "assistant", "content": label},
+                                      "logprobs": lp, "finish_reason": None}], **extra}
+        yield f"data: {json.dumps(first)}\n\n"
+        last = {**base, "choices": [{"index": i, "delta": {}, "logprobs": None, "finish_reason": "stop"}]}
+        yield f"data: {json.dumps(last)}\n\n"
+    yield "data: [DONE]\n\n"
+
+
+def freeze_gc() -> None:
+    """For a process that only serves: the model and its libraries are millions of long-lived
+    objects; moved out of the cyclic collector's reach (`gc.freeze`), full collections stop
+    pausing every request in flight (bench/serve_load.py: about 2x the requests/s with batching
+    at 8 clients on 2 CPUs). Not done by `create_app`, so embedding the app changes nothing."""
+    import gc
+
+    gc.collect()
+    gc.freeze()
+
+
+# -- `potstill serve RUN_DIR` ---------------------------------------------------------------------
+def serve_command(
+    run_dir: Annotated[Path, typer.Argument(help="Run directory with a trained student/.")],
+    host: Annotated[Optional[str], typer.Option(
+        help="Bind address (default serve.host: 127.0.0.1). Anything else exposes the server; "
+        "set API keys.")] = None,
+    port: Annotated[Optional[int], typer.Option(help="Port (default serve.port: 8000).")] = None,
+    teacher_share: Annotated[Optional[float], typer.Option(
+        min=0.0, max=1.0, help="Use the calibrated thresholds for this expected share of traffic "
+        "to the teacher (the nearest row of calibration.json).")] = None,
+    no_teacher: Annotated[bool, typer.Option(
+        "--no-teacher", help="Serve without a teacher: escalations are answered degraded and queued.")] = False,
+    model: Annotated[str, typer.Option(
+        help="Which of the run's models to serve: student, teacher or baseline.")] = "student",
+    no_routing: Annotated[bool, typer.Option(
+        "--no-routing", help="Answer everything with the served model: no teacher, no escalation, "
+        "no queue (to serve a big model as the teacher of another run).")] = False,
+    set: Annotated[Optional[list[str]], typer.Option(
+        "--set", help="Override a spec field, e.g. --set serve.shadow_share=0.05. Repeatable.")] = None,
+    access_log: Annotated[bool, typer.Option(help="Log every request line (never headers or keys).")] = False,
+    log_level: Annotated[str, typer.Option(help="uvicorn log level.")] = "info",
+):
+    """Serve the student behind an OpenAI-compatible API, with the teacher as safety net.
+
+    Inputs the student is unsure of, that look unlike its training data, or that it labels
+    high-stakes go to the teacher; if the teacher fails, the student's answer goes out marked
+    degraded. Every escalation is queued (`potstill queue list RUN_DIR`). API keys: the env var
+    named by serve.api_keys_env (POTSTILL_API_KEYS), comma-separated.
+    """
+    import uvicorn
+
+    logging.basicConfig(level=logging.INFO, format="%(levelname)s: %(message)s")
+    cfg = ServeConfig(Path(run_dir), overrides=list(set or []),
+                      teacher=None if (no_teacher or no_routing) else "auto",
+                      teacher_share=teacher_share, model=model, routing=not no_routing)
+    app = create_app(cfg)
+    freeze_gc()
+    svc: Service = app.state.potstill
+    host = host or svc.spec.serve.host
+    port = svc.spec.serve.port if port is None else port
+    if host not in ("127.0.0.1", "localhost", "::1") and not svc.api_keys:
+        log.warning("binding %s without API keys: anyone who reaches this port can use the "
+                    "server (set %s)", host, svc.spec.serve.api_keys_env)
+    uvicorn.run(app, host=host, port=port, log_level=log_level, access_log=access_log,
+                timeout_graceful_shutdown=5)
+

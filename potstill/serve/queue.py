@@ -1,0 +1,160 @@
+"""The review queue and the request log, in the run's SQLite store (WAL).
+
+Queue items are the cases a human or the next training round should look at, one row each:
+
+| kind           | when                                                            | reason examples                 |
+|----------------|-----------------------------------------------------------------|---------------------------------|
+| `escalation`   | the router sent the input to the teacher and the teacher answered | `low_confidence`, `ood`, `high_stakes`, `invalid_output` (joined by `+`) |
+| `degraded`     | the teacher was needed but failed or timed out; the student's answer went out, marked degraded | `teacher_timeout`, `teacher_error`, `no_teacher` |
+| `disagreement` | a shadow check: the teacher, asked in the background, disagreed with the student's served answer | `shadow` |
+| `feedback`     | `POST /v1/feedback`                                              | `wrong`, `corrected`            |
+
+Each row keeps the input, the student's and the teacher's answers, the served answer, the route,
+the confidence and OOD scores, the time, and the student version that answered. An item is
+committed before the response that caused it goes out, so a killed server loses none. A teacher
+answer that arrives after its request gave up is written into the degraded item later
+(`teacher_label`, `updated_at`). `used_in_round` is null until a training round takes the item.
+
+The request log (`requests` table) keeps every answered request by id, written in small batches
+off the request path (a kill loses at most the last flush interval of it, never queue items).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import time
+from pathlib import Path
+from typing import Annotated, Any, Optional
+
+import typer
+
+from ..store import Store
+
+KINDS = ("escalation", "degraded", "disagreement", "feedback")
+
+
+class ReviewQueue:
+    """Async face of the store's queue and request log for the server."""
+
+    def __init__(self, store: Store, log_requests: bool = True, flush_ms: float = 50.0):
+        self.store = store
+        self.log_enabled = log_requests
+        self.flush_s = flush_ms / 1000.0
+        self._pending: list[dict[str, Any]] = []
+        self._task: asyncio.Task | None = None
+        self._depth: int | None = None
+
+    async def start(self) -> None:
+        self._depth = sum((await asyncio.to_thread(self.store.queue_counts)).values())
+        if self.log_enabled and self._task is None:
+            self._task = asyncio.create_task(self._flush_loop(), name="request-log")
+
+    async def stop(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+            await asyncio.gather(self._task, return_exceptions=True)
+            self._task = None
+        await self.flush()
+
+    @property
+    def depth(self) -> int:
+        """Items no training round has used yet (kept in memory; read from the store at start)."""
+        if self._depth is None:
+            self._depth = sum(self.store.queue_counts().values())
+        return self._depth
+
+    async def add(self, **item: Any) -> int:
+        if item.get("kind") not in KINDS:
+            raise ValueError(f"queue kind must be one of {KINDS}, got {item.get('kind')!r}")
+        qid = await asyncio.to_thread(self.store.queue_add, item)
+        self._depth = self.depth + 1
+        return qid
+
+    async def update(self, queue_id: int, **fields: Any) -> None:
+        await asyncio.to_thread(self.store.queue_update, queue_id, **fields)
+
+    # -- request log -------------------------------------------------------------------------------
+    def log(self, row: dict[str, Any]) -> None:
+        if self.log_enabled:
+            self._pending.append(row)
+
+    async def flush(self) -> None:
+        rows, self._pending = self._pending, []
+        if rows:
+            await asyncio.to_thread(self.store.log_requests, rows)
+
+    async def _flush_loop(self) -> None:
+        while True:
+            await asyncio.sleep(self.flush_s)
+            try:
+                await self.flush()
+            except Exception as e:  # noqa: BLE001 - a log write must never stop the server
+                from ..progress import log
+
+                log(f"request log: write failed ({type(e).__name__}: {e})")
+
+    async def find_request(self, request_id: str) -> dict[str, Any] | None:
+        """The logged request, else the newest queue item naming it (so feedback still works on
+        escalated requests when the request log is off)."""
+        await self.flush()
+        row = await asyncio.to_thread(self.store.get_request, request_id)
+        if row is not None:
+            return row
+        return await asyncio.to_thread(self.store.queue_request, request_id)
+
+# -- `potstill queue list RUN_DIR` ---------------------------------------------------------------
+def queue_list_command(
+    run_dir: Annotated[Path, typer.Argument(help="Run directory (holds potstill.db).")],
+    kind: Annotated[Optional[str], typer.Option(
+        help="Only this kind: escalation, degraded, disagreement or feedback.")] = None,
+    limit: Annotated[int, typer.Option(help="Show at most this many, newest last.")] = 50,
+    all_rounds: Annotated[bool, typer.Option(
+        "--all", help="Also items a training round already used.")] = False,
+    as_json: Annotated[bool, typer.Option("--json", help="One JSON object per line.")] = False,
+):
+    """What was escalated, degraded, disagreed on or corrected, and why (newest last)."""
+    from ..paths import RunPaths
+
+    run = RunPaths(Path(run_dir))
+    if not run.db.exists():
+        raise FileNotFoundError(f"{run.db}: no store in this run directory")
+    if kind is not None and kind not in KINDS:
+        raise typer.BadParameter(f"--kind must be one of {', '.join(KINDS)}")
+    with Store(run.db) as store:
+        counts = store.queue_counts(unused_only=not all_rounds)
+        total = sum(counts.values()) if kind is None else counts.get(kind, 0)
+        items = store.queue_items(kind=kind, unused_only=not all_rounds, last=limit)
+    if as_json:
+        for it in items:
+            typer.echo(json.dumps(it, default=str))
+        return
+    from rich.console import Console
+    from rich.table import Table
+
+    c = Console()
+    if not c.is_terminal:
+        c = Console(width=200)
+    by_kind = ", ".join(f"{k} {counts.get(k, 0)}" for k in KINDS)
+    if not items:
+        c.print(f"queue of {run.root}: empty" + (f" ({kind})" if kind else ""))
+        return
+    t = Table(title=f"queue of {run.root}: {total} item(s) ({by_kind}); showing the last {len(items)}")
+    for col in ("id", "time", "kind", "reason", "input", "student", "teacher", "served", "route",
+                "conf", "ood", "feedback"):
+        t.add_column(col, overflow="fold")
+    for it in items:
+        t.add_row(str(it["id"]), time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(it["created_at"])),
+                  it["kind"], it["reason"], _short(it["input"]), it["student_label"] or "—",
+                  it["teacher_label"] or "—", it["served_label"] or "—", it["route"] or "—",
+                  _num(it["confidence"]), _num(it["ood_score"]), it["feedback"] or "")
+    c.print(t)
+
+
+def _short(s: str | None, n: int = 60) -> str:
+    s = " ".join((s or "").split())
+    return s if len(s) <= n else s[: n - 1] + "…"
+
+
+def _num(x: float | None) -> str:
+    return "—" if x is None else f"{x:.3g}"
