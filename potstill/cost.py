@@ -449,7 +449,11 @@ def cost_inputs_from_run(run_dir: str | Path, **overrides: Any) -> CostInputs:
     cal = run.root / CALIBRATION
     if cal.exists():
         try:
-            share = json.loads(cal.read_text()).get("teacher_share")
+            doc = json.loads(cal.read_text())
+            # `potstill calibrate` writes the chosen row under operating_point; the share that
+            # counts out-of-scope traffic too is what the teacher will really see
+            op = doc.get("operating_point") or {}
+            share = op.get("teacher_share_with_oos", op.get("teacher_share", doc.get("teacher_share")))
         except (json.JSONDecodeError, AttributeError) as e:
             raise ValueError(f"{cal} is not a JSON object with a teacher_share: {e}") from None
         if share is None:

@@ -337,6 +337,13 @@ def test_loader_reads_the_run(tmp_path):
     assert cost.teacher_cost_per_request(x) == pytest.approx(0.00145)
 
 
+def test_loader_reads_the_operating_point_that_calibrate_writes(tmp_path):
+    run = _make_run(tmp_path)
+    (run / "calibration.json").write_text(json.dumps(
+        {"operating_point": {"teacher_share": 0.1, "teacher_share_with_oos": 0.125}}))
+    assert cost.cost_inputs_from_run(run).teacher_share == 0.125
+
+
 def test_loader_calibration_and_overrides(tmp_path):
     run = _make_run(tmp_path, calibration=0.25)
     x = cost.cost_inputs_from_run(run)
