@@ -113,7 +113,9 @@ def train_student(spec: TaskSpec, run: RunPaths,
         parents["filtered"] = str(run.filtered)
     if not rows:
         raise ValueError(f"no training rows for the {mode} ({objective}); check the filter report")
-    init = _student_init(spec, run)
+    # the gold-only baseline never sees the teacher, not even its weights: it is what
+    # fine-tuning the small model alone gives, the other side of "fine-tune or distill?"
+    init = spec.student.model if mode == "baseline" else _student_init(spec, run)
     s = spec.student
     fp = fingerprint(mode, objective, data_hash, labels, s.model_dump(), t.model_dump(exclude={"baseline"}),
                      init, file_hash(*sorted(Path(resolve_model_path(init)).glob("*.safetensors")))

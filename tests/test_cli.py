@@ -42,6 +42,8 @@ def test_run_end_to_end_then_rerun_reuses_everything(task_dir):
     assert man["teacher"].startswith("hf:teacher@")
     assert man["config"]["student"]["layers"] == [0, 3]
     assert man["init_from"] == str(run / "teacher")  # same family: initialised from the teacher
+    base = json.loads((run / "baseline" / "manifest.json").read_text())
+    assert base["init_from"] == man["config"]["student"]["model"]  # the baseline never sees the teacher
     for stage in ("inputs", "teacher", "labels", "filtered", "baseline", "eval"):
         assert (run / stage / "manifest.json").exists(), stage
 
