@@ -70,7 +70,7 @@ def time_model(model, tokenizer, texts: Sequence[str], n_single: int, batch_size
             "throughput_per_s": round(len(texts) / elapsed, 1)}
 
 
-def _local_model_metrics(path, labels: list[str], texts: list[str], spec: TaskSpec, name: str):
+def _local_model_metrics(path, texts: list[str], spec: TaskSpec, name: str):
     from .students.classifier import count_params, dir_size_mb, load_classifier, model_labels, predict_logits
 
     model, tok = load_classifier(path)
@@ -122,7 +122,7 @@ def evaluate(spec: TaskSpec, run: RunPaths) -> dict[str, Any]:
         d = run.model_dir(name)
         if not (d / "config.json").exists():
             continue
-        pred, info = _local_model_metrics(d, labels, texts, spec, name)
+        pred, info = _local_model_metrics(d, texts, spec, name)
         m = read_manifest(d)
         info.update({"objective": m.get("objective"), "init_from": m.get("init_from"),
                      "best_val_accuracy": m.get("metrics", {}).get("best_val_accuracy"),

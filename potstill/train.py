@@ -69,8 +69,8 @@ def _student_init(spec: TaskSpec, run: RunPaths) -> str:
     if s.init == "teacher":
         return str(teacher_dir)
     t_cfg = json.loads((teacher_dir / "config.json").read_text())
-    b_cfg = json.loads((Path(resolve_model_path(s.model)) / "config.json").read_text()) \
-        if Path(resolve_model_path(s.model)).exists() else {}
+    base = Path(resolve_model_path(s.model))
+    b_cfg = json.loads((base / "config.json").read_text()) if base.exists() else {}
     same = all(t_cfg.get(k) == b_cfg.get(k) for k in ("model_type", "hidden_size", "vocab_size"))
     return str(teacher_dir) if same else s.model
 
@@ -117,9 +117,10 @@ def train_student(spec: TaskSpec, run: RunPaths,
     # fine-tuning the small model alone gives, the other side of "fine-tune or distill?"
     init = spec.student.model if mode == "baseline" else _student_init(spec, run)
     s = spec.student
+    init_path = Path(resolve_model_path(init))
+    init_weights = file_hash(*sorted(init_path.glob("*.safetensors"))) if init_path.exists() else init
     fp = fingerprint(mode, objective, data_hash, labels, s.model_dump(), t.model_dump(exclude={"baseline"}),
-                     init, file_hash(*sorted(Path(resolve_model_path(init)).glob("*.safetensors")))
-                     if Path(resolve_model_path(init)).exists() else init)
+                     init, init_weights)
     if up_to_date(out, fp, "config.json", HISTORY):
         log(f"{mode}: up to date in {out}")
         return read_manifest(out)
