@@ -56,18 +56,30 @@ def init(
 
 
 @app.command()
-def run(spec: SpecArg, set: SetOpt = None, workdir: WorkdirOpt = None):
+def run(spec: SpecArg, set: SetOpt = None, workdir: WorkdirOpt = None,
+        mlflow: Annotated[bool, typer.Option("--mlflow", help="Log the spec, metrics and report files to MLflow.")] = False,
+        mlflow_uri: Annotated[Optional[str], typer.Option(
+            "--mlflow-uri", help="MLflow tracking URI (default: a folder store in RUN_DIR/mlruns).")] = None):
     """Run the whole flow: inputs -> teacher -> label -> filter -> student + baseline -> evaluation.
 
     Finished stages whose inputs did not change are skipped, and teacher calls come from the
-    cache, so a second run costs nothing. Prints the evaluation table at the end.
+    cache, so a second run costs nothing. Prints the evaluation table at the end and writes
+    report.html + report.md (see `potstill report`).
     """
-    from .loop import run_all
+    from .loop import run_all, run_paths
     from .config import load_spec
 
+    if mlflow:
+        from .tracking import require_mlflow
+
+        require_mlflow()  # before hours of work, not after
     s = load_spec(spec, set or [])
     report = run_all(s, workdir)
     _print_report(report)
+    if mlflow:
+        from .tracking import log_run_dir
+
+        typer.echo(f"mlflow: {log_run_dir(run_paths(s, workdir).root, uri=mlflow_uri, kind='run')}")
 
 
 @teacher_app.command("fit")
@@ -116,7 +128,7 @@ def train(
     from .manifest import is_main_process
 
     m = train_student(s, r, "baseline" if baseline else "student")
-    if m and m.get("metrics") and is_main_process():
+    if m and (m.get("metrics") or {}).get("best_val_accuracy") is not None and is_main_process():
         typer.echo(f"{m['stage']}: best validation accuracy {m['metrics']['best_val_accuracy']:.4f}")
 
 
@@ -134,10 +146,22 @@ from .cost_cli import cost_command  # noqa: E402
 from .serve.app import serve_command  # noqa: E402
 from .serve.calibrate import calibrate_command  # noqa: E402
 from .serve.queue import queue_list_command  # noqa: E402
+from .rounds import iterate_command, rollback_command  # noqa: E402
+from .synth import synth_command  # noqa: E402
+from .report import report_command  # noqa: E402
+from .compare import compare_command  # noqa: E402
+
+from .export import export_command  # noqa: E402
 
 app.command("cost")(cost_command)
+app.command("export")(export_command)
+app.command("report")(report_command)
+app.command("compare")(compare_command)
 app.command("calibrate")(calibrate_command)
 app.command("serve")(serve_command)
+app.command("iterate")(iterate_command)
+app.command("rollback")(rollback_command)
+app.command("synth")(synth_command)
 queue_app = typer.Typer(help="The review queue: escalations, degraded answers, disagreements, feedback.",
                         no_args_is_help=True)
 app.add_typer(queue_app, name="queue")
@@ -148,6 +172,16 @@ def _print_report(report: dict) -> None:
     from rich.console import Console
     from rich.table import Table
 
+    if report.get("kind") == "extract":
+        from .extract_eval import render_markdown
+
+        typer.echo(render_markdown(report))
+        return
+    if report.get("kind") == "generate" or any("exact_match" in m for m in report["models"].values()):
+        from .generate_eval import render_generate_markdown
+
+        typer.echo(render_generate_markdown(report))
+        return
     t = Table(title=f"{report['task']}: {report['test_rows']} held-out test rows")
     for col in ("model", "accuracy", "macro-F1", "agree w/ teacher", "params", "p50 ms", "p95 ms", "inputs/s"):
         t.add_column(col, justify="left" if col == "model" else "right")

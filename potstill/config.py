@@ -98,7 +98,8 @@ def _line_of(node: Any, loc: tuple[Any, ...]) -> int | None:
     return line
 
 
-_PATH_FIELDS = {"data": ("train", "validation", "test"), "serve": ("ood_validation", "ood_test")}
+_PATH_FIELDS = {"data": ("train", "validation", "test", "unlabelled"), "serve": ("ood_validation", "ood_test"),
+                "train": ("general_data",)}
 
 
 def _absolute_data_paths(doc: dict[str, Any], base: Path) -> None:
@@ -107,8 +108,14 @@ def _absolute_data_paths(doc: dict[str, Any], base: Path) -> None:
         if isinstance(sec, dict):
             for key in keys:
                 if isinstance(sec.get(key), str) and sec[key]:
-                    p = Path(sec[key]).expanduser()
-                    sec[key] = str(p if p.is_absolute() else base / p)
+                    sec[key] = _absolute(sec[key], base)
+                elif isinstance(sec.get(key), list):  # a list of files
+                    sec[key] = [_absolute(x, base) if isinstance(x, str) and x else x for x in sec[key]]
+
+
+def _absolute(path: str, base: Path) -> str:
+    p = Path(path).expanduser()
+    return str(p if p.is_absolute() else base / p)
 
 
 def load_spec(path: str | Path, overrides: list[str] | None = None) -> TaskSpec:

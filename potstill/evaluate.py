@@ -80,7 +80,7 @@ def _local_model_metrics(path, texts: list[str], spec: TaskSpec, name: str):
     pred = [own[i] for i in logits.argmax(-1)]
     timing = time_model(model, tok, texts, spec.eval.latency_samples, spec.eval.batch_size, max_len)
     return pred, {"params": count_params(model), "size_mb": dir_size_mb(path),
-                  "layers": model.config.num_hidden_layers, **timing}
+                  "layers": model.config.num_hidden_layers, **timing}, (own, logits)
 
 
 def evaluate(spec: TaskSpec, run: RunPaths) -> dict[str, Any]:
@@ -88,6 +88,14 @@ def evaluate(spec: TaskSpec, run: RunPaths) -> dict[str, Any]:
 
     from .teachers import answer_cached, make_teacher
 
+    if spec.kind == "extract":
+        from .extract_eval import evaluate_extract
+
+        return evaluate_extract(spec, run)
+    if spec.kind == "generate" or spec.student.kind == "causal_lm":
+        from .generate_eval import evaluate_generate
+
+        return evaluate_generate(spec, run)
     if spec.eval.threads:
         torch.set_num_threads(spec.eval.threads)
     inputs = prepare_inputs(spec, run)
@@ -98,6 +106,7 @@ def evaluate(spec: TaskSpec, run: RunPaths) -> dict[str, Any]:
     gold = [ex.gold for ex in inputs.test]
     models: dict[str, dict[str, Any]] = {}
     preds: dict[str, list[str | None]] = {}
+    scores: dict[str, tuple[list[str], np.ndarray]] = {}  # name -> (its label order, (N, C) logits)
 
     # teacher: through the same cached interface that labelled the data
     with Store(run.db) as store:
@@ -122,7 +131,7 @@ def evaluate(spec: TaskSpec, run: RunPaths) -> dict[str, Any]:
         d = run.model_dir(name)
         if not (d / "config.json").exists():
             continue
-        pred, info = _local_model_metrics(d, texts, spec, name)
+        pred, info, scores[name] = _local_model_metrics(d, texts, spec, name)
         m = read_manifest(d)
         info.update({"objective": m.get("objective"), "init_from": m.get("init_from"),
                      "best_val_accuracy": m.get("metrics", {}).get("best_val_accuracy"),
@@ -165,10 +174,32 @@ def evaluate(spec: TaskSpec, run: RunPaths) -> dict[str, Any]:
     run.root.mkdir(parents=True, exist_ok=True)
     run.report_json.write_text(json.dumps(report, indent=2))
     run.report_md.write_text(render_markdown(report))
+    write_predictions(run.root / "eval", texts, gold, preds, scores.get("student"))
     write_manifest(run.root / "eval", "eval", spec, dataset_hash=inputs.dataset_hash,
                    parents={k: str(run.model_dir(k)) for k in models if k != "teacher"},
                    report=str(run.report_json))
     return report
+
+
+def write_predictions(out, texts: list[str], gold: list[str], preds: dict[str, list[str | None]],
+                      student: tuple[list[str], np.ndarray] | None) -> None:
+    """`eval/predictions.jsonl`: one row per test input (text, gold, each model's prediction, the
+    student's top-1 probability); `eval/student_logits.npy` (N, C) + `student_labels.json` (C)."""
+    out.mkdir(parents=True, exist_ok=True)
+    p1 = None
+    if student is not None:
+        own, logits = student
+        z = np.asarray(logits, dtype=np.float64)
+        e = np.exp(z - z.max(-1, keepdims=True))
+        p1 = (e / e.sum(-1, keepdims=True)).max(-1)  # (N,) softmax top-1 at T=1
+        np.save(out / "student_logits.npy", np.asarray(logits, dtype=np.float32))
+        (out / "student_labels.json").write_text(json.dumps(own))
+    with open(out / "predictions.jsonl", "w") as f:
+        for i, (t, g) in enumerate(zip(texts, gold)):
+            row = {"text": t, "gold": g, **{k: v[i] for k, v in preds.items()}}
+            if p1 is not None:
+                row["student_prob"] = round(float(p1[i]), 6)
+            f.write(json.dumps(row) + "\n")
 
 
 def _timing_only(teacher, texts: list[str], spec: TaskSpec) -> dict[str, Any]:

@@ -42,4 +42,8 @@ def run_all(spec: TaskSpec, workdir: str | Path | None = None) -> dict[str, Any]
     train_student(spec, run, "student")
     if spec.train.baseline:
         train_student(spec, run, "baseline")
-    return evaluate(spec, run)
+    report = evaluate(spec, run)
+    from .report import write_report_safely  # local: matplotlib loads only when a report is drawn
+
+    write_report_safely(run.root)  # logs and carries on if plotting fails: report.json is kept
+    return report

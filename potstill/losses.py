@@ -1,9 +1,12 @@
 """Distillation losses: pure torch, no state.
 
-Shapes: B = batch, C = number of classes.
+Shapes: B = batch, C = number of classes; for causal-LM students T = positions, V = vocabulary,
+K = an API teacher's top-k alternatives per position (see the token-level section below).
 """
 
 from __future__ import annotations
+
+import math
 
 import torch
 import torch.nn.functional as F
@@ -53,3 +56,111 @@ def distill_loss(
     if hard_labels is not None and ce_weight > 0 and bool((hard_labels != -100).any()):
         loss = loss + ce_weight * F.cross_entropy(student_logits.float(), hard_labels, ignore_index=-100)
     return loss
+
+
+# ---------------------------------------------------------------------------------------------
+# token-level KD for causal-LM students. Shapes: B = batch, T = sequence positions, V = vocabulary,
+# K = top-k alternatives an API teacher returned per position. `mask` (B, T) is True where the
+# position's logits predict a completion token (the caller shifts: logits at t predict token
+# t + 1); the loss is the mean over masked positions, so prompts and padding never count.
+
+TokenKD = ("forward_kl", "reverse_kl", "jsd")
+
+
+def _masked_mean(per_token: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """(B, T) values, (B, T) bool mask -> mean over masked positions (0 when none is masked)."""
+    m = mask.to(per_token.dtype)
+    return (per_token * m).sum() / m.sum().clamp_min(1.0)
+
+
+def forward_kl_tokens(student_logits: torch.Tensor, teacher_logits: torch.Tensor,
+                      mask: torch.Tensor, temperature: float = 1.0) -> torch.Tensor:
+    """KL(teacher_T || student_T) per position, mean over masked positions, times T^2.
+
+    student_logits, teacher_logits: (B, T, V); mask: (B, T) bool. Mode-covering: the student
+    is pushed to put mass wherever the teacher does (Hinton et al., 2015, per token).
+    """
+    t = temperature
+    log_p = F.log_softmax(teacher_logits.float() / t, dim=-1)  # (B, T, V) teacher
+    log_q = F.log_softmax(student_logits.float() / t, dim=-1)  # (B, T, V) student
+    kl = (log_p.exp() * (log_p - log_q)).sum(-1)  # (B, T)
+    return _masked_mean(kl, mask) * t * t
+
+
+def reverse_kl_tokens(student_logits: torch.Tensor, teacher_logits: torch.Tensor,
+                      mask: torch.Tensor, temperature: float = 1.0) -> torch.Tensor:
+    """KL(student_T || teacher_T) per position, mean over masked positions, times T^2.
+
+    Shapes as `forward_kl_tokens`. Mode-seeking: the student may drop teacher modes it cannot
+    fit rather than spread over them (MiniLLM, Gu et al., 2023).
+    """
+    t = temperature
+    log_p = F.log_softmax(teacher_logits.float() / t, dim=-1)  # (B, T, V)
+    log_q = F.log_softmax(student_logits.float() / t, dim=-1)  # (B, T, V)
+    kl = (log_q.exp() * (log_q - log_p)).sum(-1)  # (B, T)
+    return _masked_mean(kl, mask) * t * t
+
+
+def jsd_tokens(student_logits: torch.Tensor, teacher_logits: torch.Tensor, mask: torch.Tensor,
+               temperature: float = 1.0, beta: float = 0.5) -> torch.Tensor:
+    """Generalized Jensen-Shannon divergence per position (GKD, Agarwal et al., 2024), mean over
+    masked positions, times T^2:
+
+        JSD_beta = beta * KL(P || M) + (1 - beta) * KL(Q || M),  M = beta * P + (1 - beta) * Q
+
+    with P the teacher's and Q the student's distribution at temperature T. Shapes as
+    `forward_kl_tokens`; 0 < beta < 1 (beta = 0.5 is the symmetric JSD, bounded by log 2).
+    """
+    if not 0.0 < beta < 1.0:
+        raise ValueError(f"jsd beta must be strictly between 0 and 1, got {beta}")
+    t = temperature
+    log_p = F.log_softmax(teacher_logits.float() / t, dim=-1)  # (B, T, V)
+    log_q = F.log_softmax(student_logits.float() / t, dim=-1)  # (B, T, V)
+    # log M = logsumexp(log beta + log P, log(1 - beta) + log Q), stable for tiny probabilities
+    log_m = torch.logsumexp(torch.stack([log_p + math.log(beta), log_q + math.log(1 - beta)]), dim=0)
+    kl_pm = (log_p.exp() * (log_p - log_m)).sum(-1)  # (B, T)
+    kl_qm = (log_q.exp() * (log_q - log_m)).sum(-1)  # (B, T)
+    return _masked_mean(beta * kl_pm + (1 - beta) * kl_qm, mask) * t * t
+
+
+def token_kd_loss(student_logits: torch.Tensor, teacher_logits: torch.Tensor, mask: torch.Tensor,
+                  kind: str = "forward_kl", temperature: float = 1.0, beta: float = 0.5) -> torch.Tensor:
+    """One of `TokenKD` by name; shapes as `forward_kl_tokens`. The vocabularies must match:
+    logit KD assumes the student and teacher share a tokenizer."""
+    if student_logits.shape != teacher_logits.shape:
+        raise ValueError(f"student logits {tuple(student_logits.shape)} and teacher logits "
+                         f"{tuple(teacher_logits.shape)} differ: logit KD needs one shared tokenizer")
+    if kind == "forward_kl":
+        return forward_kl_tokens(student_logits, teacher_logits, mask, temperature)
+    if kind == "reverse_kl":
+        return reverse_kl_tokens(student_logits, teacher_logits, mask, temperature)
+    if kind == "jsd":
+        return jsd_tokens(student_logits, teacher_logits, mask, temperature, beta)
+    raise ValueError(f"unknown token KD loss {kind!r}; one of {', '.join(TokenKD)}")
+
+
+def topk_tail_kd(student_logits: torch.Tensor, topk_ids: torch.Tensor, topk_logprobs: torch.Tensor,
+                 mask: torch.Tensor) -> torch.Tensor:
+    """KL(teacher || student) over k + 1 buckets, against an API teacher's top-k logprobs.
+
+    student_logits: (B, T, V); topk_ids: (B, T, K) long token ids of the teacher's top-k at each
+    position (-1 where the teacher gave fewer than K); topk_logprobs: (B, T, K) their
+    log-probabilities; mask: (B, T) bool. The buckets are the teacher's k tokens plus one tail
+    holding the rest of the mass: teacher tail = 1 - sum(top-k), student tail = 1 - sum of the
+    student's probabilities of the same k tokens. Mean over masked positions.
+
+    No temperature: an API returns logprobs at T = 1 for a truncated distribution, and softening
+    it would need the shape of the missing mass. The ids in one position must be distinct.
+    """
+    valid = topk_ids >= 0  # (B, T, K)
+    ids = topk_ids.clamp_min(0)
+    log_q_all = F.log_softmax(student_logits.float(), dim=-1)  # (B, T, V)
+    log_q = log_q_all.gather(-1, ids)  # (B, T, K)
+    p = torch.where(valid, topk_logprobs.float().exp(), torch.zeros_like(log_q))  # (B, T, K)
+    q_in = torch.where(valid, log_q.exp(), torch.zeros_like(log_q)).sum(-1)  # (B, T)
+    p_tail = (1.0 - p.sum(-1)).clamp_min(0.0)  # (B, T); rounding may push the sum past 1
+    log_q_tail = torch.log((1.0 - q_in).clamp_min(1e-12))  # (B, T)
+    log_p = torch.where(valid, topk_logprobs.float(), torch.zeros_like(log_q))
+    head = torch.where(valid, p * (log_p - log_q), torch.zeros_like(log_q)).sum(-1)  # (B, T)
+    tail = torch.xlogy(p_tail, p_tail) - p_tail * log_q_tail  # (B, T)
+    return _masked_mean(head + tail, mask)

@@ -46,6 +46,11 @@ class RunPaths:
         return self.root / "baseline"
 
     @property
+    def rounds(self) -> Path:
+        """`potstill iterate`: versioned rounds of the student (see rounds.py)."""
+        return self.root / "rounds"
+
+    @property
     def report_json(self) -> Path:
         return self.root / "report.json"
 

@@ -13,7 +13,7 @@ import re
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validator, model_validator
 
 DEFAULT_ENCODER = "minilm"  # resolved by students.classifier.resolve_model_path to the packaged MiniLM-L6
 
@@ -43,6 +43,9 @@ class DataSpec(_Strict):
     max_train: int | None = Field(None, ge=1)
     """Use at most this many training inputs (a fixed, seeded subset) — for quick tries."""
     max_test: int | None = Field(None, ge=1)
+    unlabelled: list[Path] = Field(default_factory=list)
+    """More training inputs without gold (production logs, `potstill synth` output), in the
+    train file's format: the teacher labels them; the gold-only baseline cannot use them."""
     augment: int = Field(0, ge=0, le=10)
     """Perturbed copies of each training input for the teacher to label (unlabelled inputs the
     gold-only baseline cannot use). Each costs a teacher call."""
@@ -84,9 +87,17 @@ class TeacherSpec(_Strict):
     # local models
     batch_size: int = Field(64, ge=1)
     max_length: int = Field(128, ge=8)
+    over_http: bool = False
+    """kind fit or hf: label through a potstill server. `potstill label` starts `potstill serve RUN
+    --model teacher --no-routing` on 127.0.0.1 and asks it with the openai backend (logprobs,
+    concurrency, retries), as it would ask any OpenAI-compatible endpoint; evaluation still runs
+    the teacher in-process, to time the model itself."""
 
     @model_validator(mode="after")
     def _needs_model(self) -> "TeacherSpec":
+        if self.over_http and self.kind == "openai":
+            raise ValueError("teacher.over_http serves a local teacher (kind fit or hf); an openai "
+                             "teacher is already asked over HTTP")
         if self.kind in ("hf", "openai") and not self.model:
             raise ValueError(f"teacher.model is required when teacher.kind is {self.kind!r}")
         if self.samples > 1 and self.temperature == 0:
@@ -109,8 +120,25 @@ class FilterSpec(_Strict):
     max_chars: int | None = Field(None, ge=1)
 
 
+class LoraSpec(_Strict):
+    """`student.kind: causal_lm` — how the causal LM is adapted (see students/causal_lm.py)."""
+
+    method: Literal["lora", "prefix", "prompt", "full"] = "lora"
+    """lora: low-rank adapters (peft); prefix / prompt: peft prefix or prompt tuning (virtual
+    tokens); full: every weight trains."""
+    r: int = Field(16, ge=1)
+    alpha: float = Field(32, gt=0)
+    dropout: float = Field(0.05, ge=0, lt=1)
+    target_modules: list[str] | str | None = "auto"
+    """auto: peft's default for the architecture, else every linear layer but the LM head."""
+    num_virtual_tokens: int = Field(16, ge=1)
+    """prefix / prompt tuning: virtual tokens prepended."""
+    quantize_4bit: bool = False
+    """QLoRA: load the frozen base in 4-bit NF4 (bitsandbytes); needs CUDA."""
+
+
 class StudentSpec(_Strict):
-    kind: Literal["classifier"] = "classifier"
+    kind: Literal["classifier", "causal_lm", "tagger"] = "classifier"
     model: str = DEFAULT_ENCODER
     """Any Hugging Face encoder: a hub id or a local path; `minilm` is the packaged MiniLM-L6."""
     layers: list[int] | None = Field(default_factory=lambda: [0, 5])
@@ -118,11 +146,28 @@ class StudentSpec(_Strict):
     init: Literal["auto", "base", "teacher"] = "auto"
     """auto: from the teacher when it is a local encoder of the same family, else from `model`."""
     max_length: int = Field(64, ge=8)
+    lora: LoraSpec = LoraSpec()
+    """causal_lm only (`layers` and `init` are for encoders)."""
+    max_new_tokens: int = Field(32, ge=1)
+    """causal_lm: most tokens generated per answer."""
 
 
 class TrainSpec(_Strict):
-    objective: Literal["distill", "gold", "both"] = "distill"
-    """distill: teacher labels only; gold: gold labels only (the fine-tuning baseline); both."""
+    objective: Literal["distill", "gold", "both", "sequence", "logit_kd", "rationale"] = "distill"
+    """distill: teacher labels only; gold: gold labels only (the fine-tuning baseline); both.
+    Causal-LM students: sequence (train on the teacher's kept outputs; `distill` means this too),
+    logit_kd (token KD against a local teacher's logits or an API teacher's top-k logprobs),
+    rationale (the teacher's rationale and answer as two tagged tasks, Distilling step-by-step)."""
+    kd_loss: Literal["forward_kl", "reverse_kl", "jsd"] = "forward_kl"
+    """logit_kd against full logits: which divergence (top-k logprobs always use forward KL)."""
+    jsd_beta: float = Field(0.5, gt=0, lt=1)
+    general_data: Path | None = None
+    """Causal LM: general text (JSONL with `text`, or .txt lines) mixed into training against
+    forgetting, relative to the spec folder; its held-out tail measures perplexity vs the base."""
+    general_ratio: float = Field(0.0, ge=0, lt=1)
+    """Share of training rows drawn from general_data."""
+    rationale_weight: float = Field(1.0, ge=0)
+    """rationale: weight of the [rationale] task against the [label] task."""
     temperature: float = Field(2.0, gt=0)
     kd_weight: float = Field(1.0, ge=0)
     """Weight of the KL term (scaled by T^2) against the teacher's soft labels."""
@@ -175,6 +220,9 @@ class ServeSpec(_Strict):
     """Calibration target instead: the smallest teacher share whose hybrid accuracy reaches this."""
     confidence_score: Literal["max_prob", "margin", "entropy"] = "max_prob"
     """Which calibrated confidence the router thresholds (entropy as 1 - H / log C)."""
+    logprob_confidence: Literal["min", "mean"] = "min"
+    """Causal-LM students: confidence from the answer's token logprobs, exp(min) (the least sure
+    token) or exp(mean) (geometric mean of the token probabilities); see serve/causal.py."""
     ood_method: Literal["mahalanobis", "knn", "none"] = "mahalanobis"
     """Out-of-distribution score of the student's embedding against the training inputs:
     Mahalanobis distance to the nearest class mean (tied covariance), or cosine distance to the
@@ -244,7 +292,8 @@ class TaskSpec(_Strict):
     prompt_template: str = DEFAULT_TEMPLATE
     """Fields: {instruction}, {labels}, {text}."""
     json_schema: dict[str, Any] | None = None
-    """For `extract` (reserved: extraction is not implemented yet)."""
+    """For `extract`: an object schema whose string-valued properties are the fields
+    (see extract_schema.py); the prompt template may show it as {schema}."""
     data: DataSpec
     teacher: TeacherSpec = TeacherSpec()
     filters: FilterSpec = FilterSpec()
@@ -267,6 +316,15 @@ class TaskSpec(_Strict):
                 raise ValueError(f"duplicate labels: {dupes}")
         return v
 
+    @field_validator("json_schema")
+    @classmethod
+    def _valid_schema(cls, v: dict[str, Any] | None, info: ValidationInfo) -> dict[str, Any] | None:
+        if v is not None and info.data.get("kind") == "extract":
+            from .extract_schema import check_extract_schema
+
+            check_extract_schema(v)
+        return v
+
     @field_validator("prompt_template")
     @classmethod
     def _template_has_text(cls, v: str) -> str:
@@ -280,7 +338,21 @@ class TaskSpec(_Strict):
 
     @model_validator(mode="after")
     def _kind_supported(self) -> "TaskSpec":
-        if self.kind != "classify":
+        causal = self.student.kind == "causal_lm"
+        if self.kind == "generate" and not causal:
+            raise ValueError("kind 'generate' needs student.kind 'causal_lm'")
+        if self.kind == "generate" and (self.teacher.kind == "fit" or self.teacher.over_http):
+            raise ValueError("kind 'generate' needs a teacher that writes text: teacher.kind openai, or "
+                             "hf with teacher.model a causal LM (teacher.over_http is not implemented "
+                             "for generate)")
+        if self.train.objective in ("sequence", "logit_kd", "rationale") and not causal:
+            raise ValueError(f"train.objective {self.train.objective!r} is for student.kind "
+                             "'causal_lm'")
+        if self.kind == "extract":
+            _extract_defaults(self)
+        elif self.student.kind == "tagger":
+            raise ValueError("student.kind 'tagger' is for kind 'extract'")
+        if self.kind not in ("classify", "generate", "extract"):
             raise ValueError(
                 f"kind {self.kind!r} is reserved in the spec but not implemented yet; use 'classify'"
             )
@@ -303,14 +375,36 @@ class TaskSpec(_Strict):
 
     def render_prompt(self, text: str, labels: list[str]) -> str:
         return self.prompt_template.format_map(
-            {"instruction": self.instruction, "labels": ", ".join(labels), "text": text}
+            {"instruction": self.instruction, "labels": ", ".join(labels), "text": text,
+             "schema": json.dumps(self.json_schema, ensure_ascii=False) if self.json_schema else ""}
         )
+
+
+def _extract_defaults(spec: TaskSpec) -> None:
+    """kind extract: json_schema is required; the student is a tagger; the classify prompt
+    defaults give way to extract_schema's (fields set in the file or --set are kept)."""
+    from .extract_schema import EXTRACT_INSTRUCTION, EXTRACT_TEMPLATE
+
+    if spec.json_schema is None:
+        raise ValueError("kind 'extract' needs json_schema: an object schema whose string-valued "
+                         "properties are the fields to extract")
+    if "kind" not in spec.student.model_fields_set:
+        spec.student.kind = "tagger"
+    if spec.student.kind != "tagger":
+        raise ValueError(f"kind 'extract' needs student.kind 'tagger', not {spec.student.kind!r}")
+    if spec.teacher.over_http:
+        raise ValueError("teacher.over_http is not implemented for kind 'extract' yet")
+    if "instruction" not in spec.model_fields_set:
+        spec.instruction = EXTRACT_INSTRUCTION
+    if "prompt_template" not in spec.model_fields_set:
+        spec.prompt_template = EXTRACT_TEMPLATE
 
 
 class _Probe(dict):
     def __missing__(self, key: str) -> str:
-        if key not in ("instruction", "labels", "text"):
-            raise KeyError(f"unknown field {{{key}}}; allowed: {{instruction}}, {{labels}}, {{text}}")
+        if key not in ("instruction", "labels", "text", "schema"):
+            raise KeyError(f"unknown field {{{key}}}; allowed: {{instruction}}, {{labels}}, {{text}}, "
+                           "{schema}")
         return ""
 
 

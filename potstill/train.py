@@ -28,6 +28,10 @@ def _gold_rows(examples: list[Example], labels: list[str]) -> list[TrainRow]:
 def fit_teacher(spec: TaskSpec, run: RunPaths) -> dict[str, Any]:
     """Fine-tune `teacher.fit.model` (all layers) on the gold labels: the teacher of a `fit` spec,
     and the seeds' plain fine-tuning path."""
+    if spec.kind == "extract":  # a BIO tagger on the gold fields: extract_train.py
+        from .extract_train import fit_tagger_teacher
+
+        return fit_tagger_teacher(spec, run)
     inputs = prepare_inputs(spec, run)
     f = spec.teacher.fit
     train_rows = _gold_rows(inputs.train, inputs.labels)
@@ -76,12 +80,26 @@ def _student_init(spec: TaskSpec, run: RunPaths) -> str:
 
 
 def train_student(spec: TaskSpec, run: RunPaths,
-                  mode: Literal["student", "baseline"] = "student") -> dict[str, Any]:
-    """Train the student (objective from `train.objective`) or the gold-only baseline."""
+                  mode: Literal["student", "baseline"] = "student", *,
+                  records: Path | None = None, out: Path | None = None) -> dict[str, Any]:
+    """Train the student (objective from `train.objective`) or the gold-only baseline.
+
+    `records` (default: the run's filtered/) is a folder with kept.jsonl + soft.npy to learn from;
+    `out` (default: the run's student/ or baseline/) where the model goes: a round of
+    `potstill iterate` trains on its own records into its own folder."""
+    if spec.student.kind == "tagger":  # kind extract: extract_train.py
+        from .extract_train import train_tagger_student
+
+        return train_tagger_student(spec, run, mode, records=records, out=out)
+    if spec.student.kind == "causal_lm":
+        from .train_causal import train_causal_student
+
+        return train_causal_student(spec, run, mode, records=records, out=out)
     inputs: Inputs = prepare_inputs(spec, run)
     t = spec.train
     objective = "gold" if mode == "baseline" else t.objective
-    out = run.model_dir(mode)
+    out = out or run.model_dir(mode)
+    records = records or run.filtered
     labels = inputs.labels
     index = {l: i for i, l in enumerate(labels)}
     val_rows = _gold_rows(inputs.validation, labels)
@@ -95,11 +113,11 @@ def train_student(spec: TaskSpec, run: RunPaths,
         if not rows:
             raise ValueError(f"{spec.data.train}: no gold labels for the gold-only objective")
     else:
-        kept_path = run.filtered / KEPT
+        kept_path = records / KEPT
         if not kept_path.exists():
             raise FileNotFoundError(f"{kept_path}: no filtered records; run `potstill filter` first")
         kept = read_jsonl(kept_path)
-        soft = np.load(run.filtered / SOFT)  # (N, C) probabilities, NaN rows where none
+        soft = np.load(records / SOFT)  # (N, C) probabilities, NaN rows where none
         logp = np.log(np.clip(soft, 1e-12, 1.0)).astype(np.float32)
         rows = []
         for rec, lp, p in zip(kept, logp, soft):
@@ -108,9 +126,9 @@ def train_student(spec: TaskSpec, run: RunPaths,
         if objective == "both":  # gold rows the filter dropped still teach through their gold label
             have = {r.text for r in rows}
             rows += [r for r in _gold_rows(inputs.train, labels) if r.text not in have]
-        data_hash = file_hash(kept_path, run.filtered / SOFT)
-        teacher_identity = read_manifest(run.filtered).get("teacher")
-        parents["filtered"] = str(run.filtered)
+        data_hash = file_hash(kept_path, records / SOFT)
+        teacher_identity = read_manifest(records).get("teacher")
+        parents["filtered"] = str(records)
     if not rows:
         raise ValueError(f"no training rows for the {mode} ({objective}); check the filter report")
     # the gold-only baseline never sees the teacher, not even its weights: it is what

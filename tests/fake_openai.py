@@ -34,6 +34,8 @@ Behaviour knobs (all keyword arguments):
 - `json_answers`: answer `{"label": "x"}` instead of `x`.
 - `honour_n`: return `n` choices when asked (else always one).
 - `usage`: fixed (prompt_tokens, completion_tokens) per response instead of the estimate.
+- `reject_response_format`: answer 400 to any request carrying `response_format` (an endpoint
+  without structured output). `label_fn` may return JSON text: it is sent as the content as is.
 - Faults: `faults_by_request={arrival_no: fault}` (1-based), `faults_by_text={text: [fault or
   None, ...]}` (the k-th request for that text plays the k-th entry), or `fault_fn(arrival_no,
   text, attempt_for_text) -> fault | None`. A fault is a `Fault` or one of the kind strings:
@@ -126,6 +128,7 @@ class FakeOpenAI:
         json_answers: bool = False,
         honour_n: bool = True,
         usage: tuple[int, int] | None = None,
+        reject_response_format: bool = False,
         faults_by_request: dict[int, Fault | str] | None = None,
         faults_by_text: dict[str, Sequence[Fault | str | None]] | None = None,
         fault_fn: Callable[[int, str | None, int], Fault | str | None] | None = None,
@@ -145,6 +148,7 @@ class FakeOpenAI:
         self.json_answers = json_answers
         self.honour_n = honour_n
         self.usage = usage
+        self.reject_response_format = reject_response_format
         self.faults_by_request = {k: _as_fault(v) for k, v in (faults_by_request or {}).items()}
         self.faults_by_text = {
             k: [_as_fault(f) for f in v] for k, v in (faults_by_text or {}).items()
@@ -342,6 +346,11 @@ class FakeOpenAI:
         attempt: int, rec: Received, writer: asyncio.StreamWriter,
     ) -> bool:
         writer = _Stamping(writer, lambda: self._finish(rec))
+        if self.reject_response_format and body.get("response_format") is not None:
+            rec.status = 400
+            await self._write(writer, 400, _error("response_format is not supported",
+                                                  "invalid_request_error"))
+            return True
         if fault is not None:
             if fault.kind == "drop":
                 rec.status = 0

@@ -399,7 +399,7 @@ def test_a_potstill_server_is_a_valid_openai_teacher(tiny_run, tmp_path):
     run = fresh_run(tiny_run, tmp_path / "run")
     shutil.copytree(run / "student", run / "teacher")  # stands in for a big local model
     app = make_app(run, None, tmp_path / "q.db", model="teacher", routing=False)
-    assert (run / "calibration.teacher.json").exists()  # calibrated on first use, on its own
+    assert not (run / "calibration.teacher.json").exists()  # no routing: nothing to calibrate
     assert app.state.potstill.policy == Policy() and app.state.potstill.teacher_identity is None
     texts = ["what is my balance", "transfer fifty dollars to savings", "how cold is it today",
              "show my account balance please"]
@@ -422,6 +422,49 @@ def test_a_potstill_server_is_a_valid_openai_teacher(tiny_run, tmp_path):
     assert [a.label for _, a in sorted(got.items())] == ["balance", "transfer", "weather", "balance"]
     assert all(d["route"] == "student" for d in direct)
     assert queue_rows(run, tmp_path / "q.db") == []  # nothing is queued without routing
+
+
+def test_label_over_http_through_a_potstill_server(tiny_run, tmp_path, monkeypatch):
+    """`teacher.over_http`: `potstill label` serves the local teacher with `potstill serve
+    --model teacher --no-routing` in a child process and labels through the openai backend; the
+    soft labels match the model's own, and a rerun takes everything from the cache, no server."""
+    import json
+    import shutil
+
+    import numpy as np
+
+    from potstill.config import load_spec
+    from potstill.data.label import label
+    from potstill.loop import run_paths
+    from potstill.teachers.hf_local import HFTeacher
+    from potstill.teachers.served import ServedTeacher
+
+    run_dir = fresh_run(tiny_run, tmp_path / "run")
+    big = tmp_path / "big-teacher"
+    shutil.copytree(run_dir / "student", big)
+    spec_file = tiny_run.parent.parent / "potstill.yaml"
+    spec = load_spec(spec_file, ["teacher.kind=hf", f"teacher.model={big}", "teacher.over_http=true",
+                                 "teacher.top_logprobs=3"])
+    run = run_paths(spec, run_dir)
+    summary = label(spec, run)
+    assert summary["new_calls"] == summary["inputs"] > 0 and summary["errors"] == 0
+    records = [json.loads(l) for l in (run.labels / "records.jsonl").read_text().splitlines()]
+    soft = np.load(run.labels / "soft.npy")
+    direct = dict(HFTeacher(str(big), LABELS).answer([r["text"] for r in records[:20]]))
+    for i in range(20):
+        assert records[i]["label"] == direct[i].label
+        np.testing.assert_allclose(soft[i], direct[i].probs, atol=1e-4)
+    with Store(run.db) as store:
+        assert store.spend()["calls"] == summary["inputs"]
+        ident = store._db.execute("SELECT DISTINCT teacher FROM calls").fetchall()
+    assert ident == [(f"served:hf:big-teacher@{ident[0][0].rsplit('@', 1)[1]}",)]
+
+    def no_server(self):
+        raise AssertionError("a rerun with every answer cached must not start the server")
+
+    monkeypatch.setattr(ServedTeacher, "_start", no_server)
+    again = label(spec, run)
+    assert again["new_calls"] == 0 and again["cached"] == summary["inputs"]
 
 
 def test_no_teacher_and_no_calibration_refused_without_recalibrate(tiny_run, tmp_path):

@@ -63,6 +63,14 @@ def apply_filters(records: list[dict[str, Any]], f: FilterSpec,
 
 
 def filter_stage(spec: TaskSpec, run: RunPaths) -> dict[str, Any]:
+    if spec.kind == "generate":  # free-text records: generate_data.py
+        from ..generate_data import filter_generate
+
+        return filter_generate(spec, run)
+    if spec.kind == "extract":
+        from ..extract_data import filter_extract
+
+        return filter_extract(spec, run)
     src = run.labels / RECORDS
     if not src.exists():
         raise FileNotFoundError(f"{src}: no labelled records; run `potstill label` first")

@@ -89,6 +89,8 @@ def load_examples(path: Path, data: DataSpec, require_label: bool = False) -> li
             got = "missing" if text is None else f"a {type(text).__name__}"
             raise InputError(f"{at}: field {data.text_field!r} must be a string, it is {got}")
         gold = row.get(data.label_field)
+        if isinstance(gold, dict):  # extract tasks: the gold fields, kept as canonical JSON text
+            gold = json.dumps(gold, sort_keys=True, ensure_ascii=False, separators=(",", ":"))
         if gold is not None and not isinstance(gold, (str, int)):
             raise InputError(f"{at}: field {data.label_field!r} must be a string label")
         gold = str(gold) if gold not in (None, "") else None
@@ -140,6 +142,8 @@ def load_splits(data: DataSpec, seed: int = 13) -> Splits:
     - training inputs whose text also appears in validation or test are removed (no leakage).
     """
     train = load_examples(data.train, data)
+    for extra in data.unlabelled:  # their labels, if any, are not gold: the teacher labels them
+        train += [Example(ex.id, ex.text, None) for ex in load_examples(extra, data)]
     removed = 0
     if data.dedup:
         train, dup = dedup(train)

@@ -8,6 +8,7 @@ NaN rows where the teacher gave none).
 
 from __future__ import annotations
 
+from contextlib import ExitStack
 from typing import Any
 
 import numpy as np
@@ -17,7 +18,7 @@ from ..paths import RECORDS, SOFT, RunPaths
 from ..progress import log, progress
 from ..spec import TaskSpec
 from ..store import Store
-from ..teachers import BudgetExceeded, Teacher, answer_cached, make_teacher
+from ..teachers import BudgetExceeded, Teacher, answer_cached, open_teacher
 from .augment import augment
 from .inputs import write_jsonl
 from .prepare import Inputs, prepare_inputs
@@ -25,9 +26,9 @@ from .prepare import Inputs, prepare_inputs
 
 def label(spec: TaskSpec, run: RunPaths, teacher: Teacher | None = None) -> dict[str, Any]:
     inputs: Inputs = prepare_inputs(spec, run)
-    with Store(run.db) as store:
+    with Store(run.db) as store, ExitStack() as stack:
         if teacher is None:
-            teacher = make_teacher(spec, run, inputs.labels)
+            teacher = stack.enter_context(open_teacher(spec, run, inputs.labels))
         before = store.spend(teacher.identity)
         if hasattr(teacher, "spent_usd"):  # the spending cap counts what earlier runs spent too
             teacher.spent_usd = max(teacher.spent_usd, before["cost_usd"])
@@ -56,6 +57,10 @@ def label(spec: TaskSpec, run: RunPaths, teacher: Teacher | None = None) -> dict
             "confidence": float(max(a.probs)) if a.probs else None,
             "votes": a.votes, "raw": a.raw, "error": a.error,
         })
+        if spec.kind == "generate":  # output, rationale, token_logprobs...: generate_data.py
+            from ..generate_data import record_fields
+
+            rows[-1].update(record_fields(a))
     run.labels.mkdir(parents=True, exist_ok=True)
     write_jsonl(run.labels / RECORDS, rows)
     np.save(run.labels / SOFT, soft)

@@ -31,23 +31,32 @@ def prepare_inputs(spec: TaskSpec, run: RunPaths) -> Inputs:
     from ..manifest import file_hash
 
     d = spec.data
-    sources = [p for p in (d.train, d.validation, d.test) if p is not None]
+    sources = [p for p in (d.train, d.validation, d.test, *d.unlabelled) if p is not None]
     for p in sources:
         if not Path(p).exists():
             raise InputError(f"{p}: no such file (data.{_split_of(d, p)} in {spec.source})")
     fp = fingerprint(d.model_dump(mode="json"), spec.labels, spec.train.seed,
-                     [file_hash(Path(p)) for p in sources])
+                     [file_hash(Path(p)) for p in sources],
+                     *([spec.json_schema] if spec.kind == "extract" else []))
     if up_to_date(run.inputs, fp, "labels.json"):
         return load_inputs(run)
     splits = load_splits(d, seed=spec.train.seed)
     gold = sorted({ex.gold for ex in splits.train + splits.validation + splits.test if ex.gold})
     labels = list(spec.labels) if spec.labels else gold
-    if len(labels) < 2:
+    if spec.kind == "extract":  # labels = the schema's fields; each gold is a JSON object
+        from ..extract_data import check_gold
+
+        labels = check_gold(spec, splits)
+    elif spec.kind == "generate":
+        # free text has no label set: the gold answers (test ones included) must never reach a
+        # prompt through {labels}; only labels listed in the spec do
+        labels = list(spec.labels or [])
+    elif len(labels) < 2:
         raise InputError(f"{d.train}: found {len(labels)} label(s) in the data; list `labels` in the spec")
     known = set(labels)
     for name, exs in (("train", splits.train), ("validation", splits.validation), ("test", splits.test)):
         for ex in exs:
-            if ex.gold is not None and ex.gold not in known:
+            if ex.gold is not None and ex.gold not in known and spec.kind == "classify":
                 raise InputError(f"{ex.id}: label {ex.gold!r} ({name} split) is not one of the spec's labels")
     for name in SPLITS:
         write_jsonl(run.inputs / f"{name}.jsonl",
@@ -78,4 +87,4 @@ def load_inputs(run: RunPaths) -> Inputs:
 
 
 def _split_of(d, p) -> str:
-    return next(n for n in SPLITS if getattr(d, n) == p)
+    return next((n for n in SPLITS if getattr(d, n) == p), "unlabelled")

@@ -11,16 +11,21 @@ Endpoints (bearer auth on every /v1/* and /metrics route when keys are configure
 - `POST /v1/chat/completions` — the OpenAI wire format. The input is the last user message
   (text or text parts); when it is a potstill teacher prompt (the served spec's
   `prompt_template` or the default one), the `{text}` part of it, so a potstill server can be the
-  teacher of another run. The answer is the label, as `choices[0].message.content`. Extra
+  teacher of another run. The answer is the label (`kind: extract`: the canonical JSON of the
+  extracted object, serve/extract.py), as `choices[0].message.content`. Extra
   top-level fields: `route` (student | teacher | degraded), `reasons`, `confidence` (the student's
   calibrated confidence), `ood_score`, `degraded`. `logprobs: true` returns the answer as one
   token whose logprob is log p(label), with the other labels as `top_logprobs` (calibrated
   student probabilities, or the teacher's when it answered). `n` repeats the one answer;
   `stream: true` sends it as one server-sent chunk. `usage` is estimated (4 characters a token).
-- `GET /v1/models` — the one served model.
+- `GET /v1/models` — the served model (and, for a causal-LM student, each LoRA adapter).
+- `POST /v1/adapters` `{"name", "path"}` / `DELETE /v1/adapters/{name}` — a causal-LM student
+  only: load or unload a LoRA adapter on the served base model at runtime, served under `name`
+  (the `model` field picks it); see serve/causal.py.
 - `POST /v1/classify` — `{"inputs": [text, ...], "top_k": 0}` -> one result per input, each with
   its own `id` for feedback.
-- `POST /v1/feedback` — `{"request_id": id, "answer": label | "wrong"}`: queued with the input.
+- `POST /v1/feedback` — `{"request_id": id, "answer": label | "wrong"}`: queued with the input
+  (`kind: extract`: the answer is the right JSON object, checked against the schema).
 - `GET /health` (never needs a key), `GET /metrics` (Prometheus).
 
 Every client error is a 4xx JSON body in OpenAI's shape:
@@ -28,6 +33,7 @@ Every client error is a 4xx JSON body in OpenAI's shape:
 """
 
 
+import asyncio
 import dataclasses
 import hmac
 import json
@@ -51,7 +57,7 @@ from ..spec import DEFAULT_TEMPLATE, TaskSpec
 log = logging.getLogger("potstill.serve")
 
 ENDPOINTS = ("/v1/chat/completions", "/v1/classify", "/v1/feedback", "/v1/models", "/health",
-             "/metrics")
+             "/metrics", "/v1/adapters")
 
 
 # -- configuration -------------------------------------------------------------------------------
@@ -82,6 +88,9 @@ class ServeConfig:
     for serving a big model as the teacher of another run."""
     recalibrate: bool = True
     """Calibrate when calibration.json is missing or stale (else refuse to start)."""
+    adapters: dict[str, str | Path] = field(default_factory=dict)
+    """Causal-LM students: more LoRA adapters (served name -> directory) on the same base model,
+    each served under its name (serve/causal.py)."""
 
 
 class ApiError(Exception):
@@ -305,9 +314,10 @@ def _read_keys(env: str) -> list[str]:
 
 
 def build_student(spec: TaskSpec, run: RunPaths, recalibrate: bool = True,
-                  teacher_share: float | None = None, model: str = "student"):
+                  teacher_share: float | None = None, model: str = "student", routing: bool = True):
     """(ClassifierStudent with its calibration, calibration doc, Policy, operating point) for
-    the run's `model` (student, teacher or baseline)."""
+    the run's `model` (student, teacher or baseline). Without routing nothing is calibrated: the
+    model answers everything with its own probabilities (temperature 1), as a teacher should."""
     from .calibrate import Deployment, calibrate, load_calibration, pick_point, stale_reason
     from .confidence import load_ood
     from .router import ClassifierStudent, Policy, student_version
@@ -316,6 +326,10 @@ def build_student(spec: TaskSpec, run: RunPaths, recalibrate: bool = True,
     dep = Deployment.of(run, spec, model)
     if not (dep.model_dir / "config.json").exists():
         raise FileNotFoundError(f"{dep.model_dir}: no trained {model}; run `potstill train` first")
+    if not routing:
+        student = ClassifierStudent(dep.model_dir, score=sv.confidence_score, embedding=sv.embedding,
+                                    max_length=dep.max_length, threads=sv.threads, device=sv.device)
+        return student, None, Policy(), None
     cal = load_calibration(dep)
     why = stale_reason(cal, spec, student_version(dep.model_dir))
     if why is not None:
@@ -354,9 +368,22 @@ def create_app(config: ServeConfig):
     sv = spec.serve
     cal = None
     point = None
-    if config.student is None:
+    if config.student is None and spec.student.kind == "causal_lm":
+        from .causal import build_causal_student
+
+        student, cal, policy, point = build_causal_student(
+            spec, run, config.recalibrate, config.teacher_share, config.model, config.routing,
+            config.adapters)
+    elif config.adapters:
+        raise ValueError("adapters are served on a causal-LM student (student.kind causal_lm)")
+    elif config.student is None and spec.student.kind == "tagger":  # kind extract: serve/extract.py
+        from .extract import build_extract_student
+
+        student, cal, policy, point = build_extract_student(
+            spec, run, config.recalibrate, config.teacher_share, config.model, config.routing)
+    elif config.student is None:
         student, cal, policy, point = build_student(spec, run, config.recalibrate,
-                                                    config.teacher_share, config.model)
+                                                    config.teacher_share, config.model, config.routing)
     else:
         student = config.student
         policy = Policy(sv.confidence_threshold, sv.ood_threshold, frozenset(sv.high_stakes),
@@ -376,7 +403,12 @@ def create_app(config: ServeConfig):
         from ..teachers import make_teacher
 
         try:
-            teacher = make_teacher(spec, run, list(student.labels))
+            if spec.kind == "generate":  # the teacher's text is the answer
+                from .causal import make_text_teacher
+
+                teacher = make_text_teacher(spec, run)
+            else:
+                teacher = make_teacher(spec, run, list(student.labels))
         except Exception as e:  # noqa: BLE001 - serve without a safety net, loudly
             log.warning("no teacher (%s): escalated inputs will be answered by the student, "
                         "marked degraded, and queued", e)
@@ -384,11 +416,25 @@ def create_app(config: ServeConfig):
     tclient = (TeacherClient(teacher, store, spec.spec_hash(), workers=sv.teacher_workers,
                              max_batch=max(1, spec.teacher.concurrency))
                if teacher is not None else None)
-    router = Router(student, policy, queue, tclient, batching=sv.batching,
-                    window_ms=sv.batch_window_ms, adaptive_window=sv.adaptive_window,
-                    max_batch_size=sv.max_batch_size,
-                    teacher_timeout_s=sv.teacher_timeout_s, shadow_share=sv.shadow_share,
-                    shadow_max_pending=sv.shadow_max_pending, seed=sv.seed, events=metrics)
+
+    def new_router(st, pol, cls=Router):
+        return cls(st, pol, queue, tclient, batching=sv.batching,
+                   window_ms=sv.batch_window_ms, adaptive_window=sv.adaptive_window,
+                   max_batch_size=sv.max_batch_size,
+                   teacher_timeout_s=sv.teacher_timeout_s, shadow_share=sv.shadow_share,
+                   shadow_max_pending=sv.shadow_max_pending, seed=sv.seed, events=metrics)
+
+    router = new_router(student, policy)
+    # a causal-LM student with LoRA adapters: one router (one micro-batcher) per adapter, so a
+    # batch never mixes adapters (serve/causal.py); the main router owns the teacher client
+    host = getattr(student, "host", None)
+    routers: dict[str, Any] = {sv.model_name or spec.name: router}
+    if host is not None:
+        from .causal import AdapterRouter
+
+        for name in host.names:
+            if name not in routers:
+                routers[name] = new_router(host.view(name), policy, AdapterRouter)
     keys = config.api_keys if config.api_keys is not None else _read_keys(sv.api_keys_env)
     templates = [spec.prompt_template] + ([DEFAULT_TEMPLATE] if spec.prompt_template != DEFAULT_TEMPLATE else [])
     svc = Service(spec=spec, run=run, model_name=sv.model_name or spec.name, student=student,
@@ -401,11 +447,17 @@ def create_app(config: ServeConfig):
     async def lifespan(app):
         await queue.start()
         await router.start()
+        for r in routers.values():
+            if r is not router:
+                await r.start()
         log.info("serving %s: student %s, teacher %s, auth %s", svc.model_name, student.identity,
                  svc.teacher_identity or "none", f"{len(keys)} key(s)" if keys else "off")
         try:
             yield
         finally:
+            for r in list(routers.values()):
+                if r is not router:
+                    await r.stop()
             await router.stop()
             await queue.stop()
             store.close()
@@ -475,18 +527,20 @@ def create_app(config: ServeConfig):
         except (json.JSONDecodeError, RecursionError) as e:
             raise ApiError(400, f"invalid JSON: {e}", "invalid_json") from None
 
-    def check_model(name: str | None, required: bool) -> None:
+    def check_model(name: str | None, required: bool):
+        """The router of the model (the adapter, for a causal-LM student) a request names."""
         if name is None and not required:
-            return
-        if name != svc.model_name:
+            return router
+        if name not in routers:
             raise ApiError(404, f"the model {name!r} does not exist; this server serves "
-                           f"{svc.model_name!r}", "model_not_found", "model")
+                           f"{', '.join(repr(n) for n in routers)}", "model_not_found", "model")
+        return routers[name]
 
     @app.post("/v1/chat/completions")
     async def chat(request: Request):
         auth(request)
         req = _strict(Chat, await read_json(request))
-        check_model(req.model, True)
+        rt = check_model(req.model, True)
         content = None
         for i in range(len(req.messages) - 1, -1, -1):
             m = req.messages[i]
@@ -501,21 +555,21 @@ def create_app(config: ServeConfig):
         text = extract_input(_validate_text(content, sv.max_input_chars, param), svc.patterns)
         _validate_text(text, sv.max_input_chars, param)
         rid = "chatcmpl-" + uuid.uuid4().hex[:24]
-        (r,) = await router.route([text], [rid])
+        (r,) = await rt.route([text], [rid])
         n = req.n or 1
         want_lp = bool(req.logprobs)
-        lp = _logprobs(r, student.labels, req.top_logprobs or 0) if want_lp else None
+        lp = _logprobs(r, rt.student.labels, req.top_logprobs or 0) if want_lp else None
         created = int(time.time())
         extra = {"route": r.route, "reasons": r.reasons, "confidence": _f(r.student.confidence),
                  "ood_score": _f(r.student.ood_score), "degraded": r.route == "degraded"}
         usage = {"prompt_tokens": max(1, len(content) // 4), "completion_tokens": 1,
                  "total_tokens": max(1, len(content) // 4) + 1}
         if req.stream:
-            return StreamingResponse(_sse(rid, created, svc.model_name, r.label, lp, n, extra),
+            return StreamingResponse(_sse(rid, created, req.model, r.label, lp, n, extra),
                                      media_type="text/event-stream")
         return _json({
-            "id": rid, "object": "chat.completion", "created": created, "model": svc.model_name,
-            "system_fingerprint": f"potstill-{student.identity}",
+            "id": rid, "object": "chat.completion", "created": created, "model": req.model,
+            "system_fingerprint": f"potstill-{rt.student.identity}",
             "choices": [{"index": i, "message": {"role": "assistant", "content": r.label, "refusal": None},
                          "logprobs": lp, "finish_reason": "stop"} for i in range(n)],
             "usage": usage, **extra,
@@ -524,37 +578,94 @@ def create_app(config: ServeConfig):
     @app.get("/v1/models")
     async def models(request: Request):
         auth(request)
-        return {"object": "list", "data": [{"id": svc.model_name, "object": "model",
-                                            "created": 0, "owned_by": "potstill"}]}
+        return {"object": "list", "data": [{"id": name, "object": "model",
+                                            "created": 0, "owned_by": "potstill"}
+                                           for name in routers]}
+
+    @app.post("/v1/adapters")
+    async def add_adapter(request: Request):
+        """Load a LoRA adapter on the served base model: {"name", "path"[, "confidence_threshold"]}."""
+        auth(request)
+        body = await read_json(request)
+        if host is None:
+            raise ApiError(400, "this server's student is not a causal LM with adapters",
+                           "adapters_unsupported")
+        if not isinstance(body, dict) or not isinstance(body.get("name"), str) or not body["name"] \
+                or not isinstance(body.get("path"), str) or not body["path"]:
+            raise ApiError(400, 'send {"name": "...", "path": "..."}', "invalid_value")
+        extra = set(body) - {"name", "path", "confidence_threshold"}
+        if extra:
+            raise ApiError(400, f"unknown fields {sorted(extra)}", "invalid_value")
+        name, thr = body["name"], body.get("confidence_threshold", policy.confidence_threshold)
+        if thr is not None and not isinstance(thr, (int, float)):
+            raise ApiError(400, "confidence_threshold must be a number", "invalid_value",
+                           "confidence_threshold")
+        if name in routers:
+            raise ApiError(409, f"a model named {name!r} is already served", "model_exists", "name")
+        try:
+            view = await asyncio.to_thread(host.load_adapter, name, body["path"])
+        except (ValueError, FileNotFoundError) as e:
+            raise ApiError(400, str(e), "invalid_adapter", "path") from None
+        r = new_router(view, dataclasses.replace(policy, confidence_threshold=thr), AdapterRouter)
+        await r.start()
+        routers[name] = r
+        log.info("loaded adapter %s from %s", name, body["path"])
+        return {"object": "adapter", "id": name, "path": body["path"], "identity": view.identity,
+                "confidence_threshold": thr}
+
+    @app.delete("/v1/adapters/{name}")
+    async def delete_adapter(name: str, request: Request):
+        auth(request)
+        if host is None:
+            raise ApiError(400, "this server's student is not a causal LM with adapters",
+                           "adapters_unsupported")
+        if name not in routers:
+            raise ApiError(404, f"the model {name!r} does not exist", "model_not_found", "name")
+        if routers[name] is router:
+            raise ApiError(400, f"{name!r} is the run's own student; it cannot be unloaded",
+                           "invalid_value", "name")
+        r = routers.pop(name)  # new requests 404 from here; those in flight finish first
+        await r.stop()
+        await asyncio.to_thread(host.unload_adapter, name)
+        log.info("unloaded adapter %s", name)
+        return {"object": "adapter", "id": name, "deleted": True}
 
     @app.post("/v1/classify")
     async def classify(request: Request):
         auth(request)
         req = _strict(Classify, await read_json(request))
-        check_model(req.model, False)
+        rt = check_model(req.model, False)
         if len(req.inputs) > sv.max_batch_inputs:
             raise ApiError(400, f"{len(req.inputs)} inputs; the limit is {sv.max_batch_inputs}",
                            "too_many_inputs", "inputs")
         texts = [extract_input(_validate_text(x, sv.max_input_chars, f"inputs.{i}"), svc.patterns)
                  for i, x in enumerate(req.inputs)]
         ids = ["cls-" + uuid.uuid4().hex[:24] for _ in texts]
-        routed = await router.route(texts, ids)
+        routed = await rt.route(texts, ids)
         data = []
         for i, r in enumerate(routed):
             d = {"index": i, "id": r.request_id, "label": r.label, "route": r.route,
                  "reasons": r.reasons, "confidence": _f(r.student.confidence),
                  "ood_score": _f(r.student.ood_score), "degraded": r.route == "degraded"}
             if req.top_k and r.probs is not None:
-                top = sorted(zip(student.labels, r.probs), key=lambda t: -t[1])[: req.top_k]
+                top = sorted(zip(rt.student.labels, r.probs), key=lambda t: -t[1])[: req.top_k]
                 d["top"] = [{"label": l, "prob": _f(p)} for l, p in top]
             data.append(d)
-        return _json({"object": "list", "model": svc.model_name, "data": data})
+        return _json({"object": "list", "model": req.model or svc.model_name, "data": data})
 
     @app.post("/v1/feedback")
     async def feedback(request: Request):
         auth(request)
         req = _strict(Feedback, await read_json(request))
-        if req.answer != "wrong" and req.answer not in student.labels:
+        if spec.kind == "extract" and req.answer != "wrong":  # the right object, as JSON
+            from ..extract_schema import canonical_json, parse_answer
+
+            obj, why, detail = parse_answer(req.answer, spec.json_schema)
+            if obj is None:
+                raise ApiError(400, f"answer must be a JSON object fitting the task's json_schema or "
+                               f"\"wrong\" ({why}: {detail})", "invalid_value", "answer")
+            req.answer = canonical_json(obj)
+        elif req.answer != "wrong" and student.labels and req.answer not in student.labels:
             raise ApiError(400, f"answer must be one of the task's labels or \"wrong\", not {req.answer!r}",
                            "invalid_value", "answer")
         found = await queue.find_request(req.request_id)
@@ -627,7 +738,10 @@ def _logprobs(r, labels: Sequence[str], top_k: int) -> dict[str, Any] | None:
         return {"content": [], "refusal": None}
     probs = r.probs
     if probs is None or len(probs) != len(labels):
-        entry = {**_lp_entry(r.label, 1.0), "top_logprobs": [_lp_entry(r.label, 1.0)][:top_k]}
+        # a causal-LM student's own answer: the probability of the text it generated
+        seq_lp = r.student.extra.get("logprob") if r.route != "teacher" else None
+        p = math.exp(seq_lp) if seq_lp is not None else 1.0
+        entry = {**_lp_entry(r.label, p), "top_logprobs": [_lp_entry(r.label, p)][:top_k]}
         return {"content": [entry], "refusal": None}
     p_label = probs[labels.index(r.label)] if r.label in labels else 1.0
     top = sorted(zip(labels, probs), key=lambda t: -t[1])[:top_k]
@@ -658,6 +772,19 @@ def freeze_gc() -> None:
 
 
 # -- `potstill serve RUN_DIR` ---------------------------------------------------------------------
+def parse_adapters(items: Sequence[str]) -> dict[str, str]:
+    """["name=dir", ...] -> {name: dir}; a clear error for a malformed or repeated name."""
+    out: dict[str, str] = {}
+    for it in items:
+        name, sep, path = it.partition("=")
+        if not sep or not name.strip() or not path.strip():
+            raise typer.BadParameter(f"--adapter {it!r}: expected NAME=DIR")
+        if name.strip() in out:
+            raise typer.BadParameter(f"--adapter: {name.strip()!r} given twice")
+        out[name.strip()] = path.strip()
+    return out
+
+
 def serve_command(
     run_dir: Annotated[Path, typer.Argument(help="Run directory with a trained student/.")],
     host: Annotated[Optional[str], typer.Option(
@@ -677,6 +804,9 @@ def serve_command(
     set: Annotated[Optional[list[str]], typer.Option(
         "--set", help="Override a spec field, e.g. --set serve.shadow_share=0.05. Repeatable.")] = None,
     access_log: Annotated[bool, typer.Option(help="Log every request line (never headers or keys).")] = False,
+    adapter: Annotated[Optional[list[str]], typer.Option(
+        "--adapter", help="Causal-LM student: serve another LoRA adapter on the same base, as "
+        "NAME=DIR (clients send model NAME). Repeatable.")] = None,
     log_level: Annotated[str, typer.Option(help="uvicorn log level.")] = "info",
 ):
     """Serve the student behind an OpenAI-compatible API, with the teacher as safety net.
@@ -691,7 +821,8 @@ def serve_command(
     logging.basicConfig(level=logging.INFO, format="%(levelname)s: %(message)s")
     cfg = ServeConfig(Path(run_dir), overrides=list(set or []),
                       teacher=None if (no_teacher or no_routing) else "auto",
-                      teacher_share=teacher_share, model=model, routing=not no_routing)
+                      teacher_share=teacher_share, model=model, routing=not no_routing,
+                      adapters=parse_adapters(adapter or []))
     app = create_app(cfg)
     freeze_gc()
     svc: Service = app.state.potstill

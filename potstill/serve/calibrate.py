@@ -67,7 +67,12 @@ class Deployment:
             return cls(name, run.student, run.root / CALIBRATION_JSON,
                        run.root / CALIBRATION_DIR / OOD_STATS, spec.student.max_length)
         max_len = spec.teacher.max_length if name == "teacher" else spec.student.max_length
-        return cls(name, run.model_dir(name), run.root / f"calibration.{name}.json",
+        model_dir = run.model_dir(name)
+        if name == "teacher" and spec.teacher.kind == "hf":
+            from ..students.classifier import resolve_model_path
+
+            model_dir = Path(resolve_model_path(spec.teacher.model))
+        return cls(name, model_dir, run.root / f"calibration.{name}.json",
                    run.root / CALIBRATION_DIR / f"{name}_{OOD_STATS}", max_len)
 GRID = [round(0.01 * i, 2) for i in range(31)]  # teacher shares in the saved table: 0 .. 30%
 FINE_GRID = [round(0.005 * i, 3) for i in range(201)]  # for --target-accuracy: 0 .. 100%

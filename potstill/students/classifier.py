@@ -260,8 +260,16 @@ def train_classifier(
     cfg: TrainConfig,
     fingerprint: str,
     desc: str = "train",
+    *,
+    collate=None,
+    loss_fn=None,
+    metric_fn=None,
 ) -> dict[str, Any]:
     """Train `model` on `train_rows`, validate each epoch, keep the best in `out_dir`.
+
+    Hooks for other heads (the tagger, students/tagger.py): `collate(rows) -> batch` (with
+    `hard`, optional `soft`/`soft_mask` beside the model inputs), `loss_fn(logits, hard, soft,
+    soft_mask) -> loss`, `metric_fn(accelerator, model, val_loader) -> float` (higher is better).
 
     Resumes from `out_dir/checkpoints` when one with the same `fingerprint` (a hash of data and
     config) exists — after a kill, training continues from the last saved step. Returns
@@ -287,7 +295,7 @@ def train_classifier(
     set_seed(cfg.seed)
     is_main = accelerator.is_main_process
     n_labels = model.config.num_labels
-    collate = _collate(tokenizer, cfg.max_length, n_labels)
+    collate = collate or _collate(tokenizer, cfg.max_length, n_labels)
 
     steps_per_epoch = math.ceil(len(train_rows) / (cfg.batch_size * accelerator.num_processes))
     total_steps = max(1, int(math.ceil(steps_per_epoch * cfg.epochs)))
@@ -365,7 +373,9 @@ def train_classifier(
                 soft_mask = batch.pop("soft_mask", None)
                 with accelerator.autocast():
                     logits = model(**batch).logits  # (B, C)
-                if soft is not None and not bool(soft_mask.all()):
+                if loss_fn is not None:
+                    loss = loss_fn(logits, hard, soft, soft_mask)
+                elif soft is not None and not bool(soft_mask.all()):
                     # rows without a teacher distribution: CE only (the KD term sees the others)
                     loss = (distill_loss(logits[soft_mask], soft[soft_mask], None, cfg.temperature,
                                          cfg.kd_weight, 0.0) * soft_mask.float().mean()
@@ -379,14 +389,14 @@ def train_classifier(
                 optimizer.zero_grad(set_to_none=True)
                 state["global_step"] += 1
                 state["step_in_epoch"] += 1
-                seen += int(hard.numel()) * accelerator.num_processes
+                seen += int(hard.shape[0]) * accelerator.num_processes
                 if state["global_step"] % 10 == 0:  # .item() syncs a GPU: not every step
                     bar.set_postfix(f"loss {loss.item():.3f}")
                 bar.advance()
                 if state["global_step"] % cfg.checkpoint_every == 0:
                     state["seconds"] = time.monotonic() - t0
                     save_checkpoint()
-            val_acc = _evaluate(accelerator, model, val_loader)
+            val_acc = (metric_fn or _evaluate)(accelerator, model, val_loader)
             state["history"].append({"epoch": epoch + 1, "step": state["global_step"],
                                      "val_accuracy": val_acc, "loss": float(loss.item())})
             if is_main:

@@ -33,9 +33,7 @@ class HFTeacher:
         self.labels = labels
         self._cols = np.array([own.index(l) for l in labels])
         self.batch_size, self.max_length = batch_size, max_length
-        weights = sorted(Path(path).glob("*.safetensors")) or sorted(Path(path).glob("*.bin"))
-        digest = file_hash(*weights) if weights else "hub"
-        self.identity = f"hf:{Path(path).name}@{digest}"
+        self.identity = local_identity(path)
 
     def request(self, text: str) -> dict[str, Any]:
         return {"text": text, "max_length": self.max_length}
@@ -53,3 +51,10 @@ class HFTeacher:
                 top = int(p.argmax())
                 yield s + j, Answer(label=self.labels[top],
                                     probs=[float(f"{x:.6g}") for x in p], latency_ms=ms)
+
+
+def local_identity(path: str | Path) -> str:
+    """A local model's cache identity: its folder name and the hash of its weights."""
+    weights = sorted(Path(path).glob("*.safetensors")) or sorted(Path(path).glob("*.bin"))
+    digest = file_hash(*weights) if weights else "hub"
+    return f"hf:{Path(path).name}@{digest}"

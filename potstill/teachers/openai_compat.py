@@ -102,17 +102,19 @@ class OpenAITeacher:
         *,
         backoff_base_s: float | None = None,
         backoff_max_s: float | None = None,
+        api_key: str | None = None,
     ):
         t = spec.teacher
         if not t.model:
             raise ValueError("teacher.model is required for an OpenAI-compatible teacher")
-        if len(labels) < 2:
+        if len(labels) < 2 and spec.kind == "classify":  # extract: the schema's fields; generate: none
             raise ValueError("at least two labels are needed")
         self.spec = spec
         self.labels = list(labels)
         self.spent_usd = float(spent_usd)
         self.base_url = (t.base_url or DEFAULT_BASE_URL).rstrip("/")
         self.identity = f"openai:{t.model}@{self.base_url}"
+        self._api_key = api_key  # given by the caller instead of teacher.api_key_env; never logged
         if backoff_base_s is not None:
             self.backoff_base_s = backoff_base_s
         if backoff_max_s is not None:
@@ -257,7 +259,7 @@ class OpenAITeacher:
         t = self.spec.teacher
         http = _http_client(t.concurrency, t.timeout_s)
         return openai.AsyncOpenAI(
-            api_key=os.environ.get(t.api_key_env) or PLACEHOLDER_KEY,
+            api_key=self._api_key or os.environ.get(t.api_key_env) or PLACEHOLDER_KEY,
             base_url=self.base_url,
             max_retries=0,  # retried here: see module doc
             timeout=t.timeout_s,
@@ -315,7 +317,7 @@ class OpenAITeacher:
                 status = e.status_code
                 error = f"HTTP {status}: {_short(e.message)}"
                 if status not in RETRY_STATUSES and status < 500:
-                    return _Call.failed(error, attempt + 1)
+                    return _Call.failed(error, attempt + 1, status)
                 wait = _retry_after(e.response.headers)
             except (openai.APITimeoutError, asyncio.TimeoutError, TimeoutError):
                 error = f"timed out after {t.timeout_s:g}s"
@@ -489,10 +491,12 @@ class _Call:
     latency_ms: float | None = None
     attempts: int = 1
     error: str | None = None
+    status: int | None = None
+    """HTTP status of a failed call that was not retried (a 4xx), else None."""
 
     @classmethod
-    def failed(cls, error: str, attempts: int) -> "_Call":
-        return cls(contents=[], logprobs=[], attempts=attempts, error=error)
+    def failed(cls, error: str, attempts: int, status: int | None = None) -> "_Call":
+        return cls(contents=[], logprobs=[], attempts=attempts, error=error, status=status)
 
 
 class _Malformed(ValueError):

@@ -1,0 +1,408 @@
+"""`potstill compare SPEC`: fine-tune or distill? The same student trained three ways on the same
+data, measured on the same held-out test split:
+
+- **gold**    — gold labels only (train.objective gold; initialised from student.model, never
+  sees the teacher: the plain fine-tuning path, like the run's baseline);
+- **distill** — teacher labels only (the teacher's soft labels on every kept input);
+- **both**    — teacher soft labels, with the gold label as the hard target where there is one.
+
+With `--gold-share 0.25` it also trains gold and both with only a seeded 25% of the gold labels
+(the teacher still labels every input; distill does not use gold, so it does not change): that is
+where distillation usually wins. The subsets are nested (the 10% subset lies inside the 25% one).
+
+Everything reuses the main run directory: its inputs, teacher, labels (cache) and filtered
+records; nothing is relabelled. Each variant's model lives in `RUN/compare/<variant>/`; a variant
+whose settings match the run's own student or baseline starts from a copy of it, and
+train.py's fingerprint check then skips the training. Output: `RUN/compare.json` and
+`RUN/compare.md`, rendered into report.html by `potstill report`.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import random
+import shutil
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Annotated, Any, Optional, Sequence
+
+import typer
+
+from .paths import KEPT, MANIFEST, SOFT, SPLITS, RunPaths
+
+COMPARE_DIR = "compare"
+COMPARE_JSON = "compare.json"
+COMPARE_MD = "compare.md"
+OBJECTIVES = ("gold", "distill", "both")
+
+
+# --- pure parts ----------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class Variant:
+    name: str
+    objective: str        # gold | distill | both
+    gold_share: float     # share of the gold training labels it may use (1.0 = all)
+
+
+def plan(gold_shares: Sequence[float] = ()) -> list[Variant]:
+    """gold, distill, both on all gold labels; then gold and both for each share below 1."""
+    out = [Variant(o, o, 1.0) for o in OBJECTIVES]
+    for s in sorted({float(s) for s in gold_shares}, reverse=True):
+        if not 0.0 < s <= 1.0:
+            raise ValueError(f"--gold-share must be within (0, 1], got {s}")
+        if s < 1.0:
+            out += [Variant(f"{o}@{s:g}", o, s) for o in ("gold", "both")]
+    return out
+
+
+def gold_subset(ids: Sequence[str], share: float, seed: int) -> set[str]:
+    """A seeded `share` of `ids` (round(share * n), at least 1 when share > 0). One permutation
+    per seed, cut at different lengths, so a smaller share's subset lies inside a larger one's."""
+    order = sorted(ids)
+    random.Random(seed).shuffle(order)
+    k = max(1, round(share * len(order))) if share > 0 and order else 0
+    return set(order[:k])
+
+
+def noise_margin(p: float, n: int, z: float = 1.96) -> float:
+    """Half-width of a ~95% interval on the difference of two accuracies near `p` measured on the
+    same `n` rows, treated as independent: z * sqrt(2 p (1 - p) / n). Conservative for paired
+    models (their errors correlate), so a difference above it is not test-set noise."""
+    if n <= 0:
+        return math.inf
+    return z * math.sqrt(max(2 * p * (1 - p), 0.0) / n)
+
+
+def recommend(rows: list[dict[str, Any]], test_rows: int) -> dict[str, Any]:
+    """Which way to train, from the measured rows (name, objective, gold_share, accuracy,
+    teacher_labels_usd). Among the full-gold rows the most accurate wins, unless the gold-only
+    model is within the noise margin of it: then fine-tuning on gold alone is recommended, being
+    the one that needs no teacher. The share rows add where each wins when gold is scarce."""
+    full = {r["objective"]: r for r in rows if r.get("gold_share") == 1.0 and r.get("accuracy") is not None}
+    if not full:
+        return {"choice": None, "reasons": ["no variant was evaluated"]}
+    best = max(full.values(), key=lambda r: (r["accuracy"], r["objective"] == "gold"))
+    margin = noise_margin(best["accuracy"], test_rows)
+    reasons: list[str] = []
+    gold = full.get("gold")
+    choice = best["objective"]
+    if gold is not None and best is not gold and best["accuracy"] - gold["accuracy"] <= margin:
+        choice = "gold"
+        reasons.append(f"gold-only reaches {gold['accuracy']:.2%}, within the noise margin "
+                       f"(±{margin:.2%} on {test_rows} test rows) of {best['objective']} "
+                       f"({best['accuracy']:.2%}), and needs no teacher labels")
+    elif gold is not None and best is not gold:
+        reasons.append(f"{best['objective']} beats gold-only by {best['accuracy'] - gold['accuracy']:+.2%} "
+                       f"({best['accuracy']:.2%} against {gold['accuracy']:.2%}), more than the noise "
+                       f"margin of ±{margin:.2%} on {test_rows} test rows")
+    elif gold is not None:
+        others = [r for r in full.values() if r is not gold]
+        if others:
+            nxt = max(others, key=lambda r: r["accuracy"])
+            reasons.append(f"gold-only is the most accurate ({gold['accuracy']:.2%} against "
+                           f"{nxt['objective']} {nxt['accuracy']:.2%}); the teacher's labels add nothing here")
+    for r in full.values():
+        if r["objective"] != choice and r is not best and r is not gold:
+            reasons.append(f"{r['objective']}: {r['accuracy']:.2%}")
+    spend = (full.get(choice) or {}).get("teacher_labels_usd")
+    if choice != "gold" and spend:
+        reasons.append(f"the teacher labels it needs cost ${spend:,.2f} (already spent in this run)")
+    shares = sorted({r["gold_share"] for r in rows if r.get("gold_share", 1.0) < 1.0}, reverse=True)
+    distill = full.get("distill")
+    for s in shares:
+        at = {r["objective"]: r for r in rows if r.get("gold_share") == s and r.get("accuracy") is not None}
+        g, b = at.get("gold"), at.get("both")
+        if g and b:
+            m = noise_margin(max(g["accuracy"], b["accuracy"]), test_rows)
+            d = b["accuracy"] - g["accuracy"]
+            who = ("both (teacher + gold) wins" if d > m else "gold-only wins" if d < -m
+                   else "no clear winner")
+            line = (f"with {s:.0%} of the gold labels: gold-only {g['accuracy']:.2%}, both {b['accuracy']:.2%}"
+                    + (f", distill {distill['accuracy']:.2%} (uses no gold)" if distill else "")
+                    + f" — {who}")
+            reasons.append(line)
+    return {"choice": choice, "noise_margin": margin, "reasons": reasons}
+
+
+def table_rows(c: dict[str, Any]) -> tuple[list[str], list[list[str]]]:
+    """compare.json -> (columns, rows of strings), for compare.md and report.html."""
+    cols = ["variant", "objective", "gold labels", "teacher labels", "accuracy", "macro-F1",
+            "agree w/ teacher", "p50 ms", "inputs/s", "$ / 1,000 requests", "labelling $"]
+
+    def f(v, nd=4):
+        return "—" if v is None or (isinstance(v, float) and not math.isfinite(v)) else (
+            f"{v:.{nd}f}" if isinstance(v, float) else str(v))
+
+    rows = []
+    for r in c.get("rows", []):
+        rows.append([r["name"], r["objective"], f"{r['gold_labels']:,} ({r['gold_share']:.0%})",
+                     f"{r['teacher_labels']:,}" if r.get("teacher_labels") else "0",
+                     f(r.get("accuracy")), f(r.get("macro_f1")), f(r.get("agreement_with_teacher")),
+                     f(r.get("latency_ms_p50"), 2), f(r.get("throughput_per_s"), 1),
+                     "—" if r.get("cost_per_1k") is None else f"${r['cost_per_1k']:,.4f}",
+                     "—" if r.get("teacher_labels_usd") is None else f"${r['teacher_labels_usd']:,.2f}"])
+    t = c.get("teacher")
+    if t:
+        rows.append(["teacher (reference)", "—", "—", "—", f(t.get("accuracy")), f(t.get("macro_f1")), "—",
+                     f(t.get("latency_ms_p50"), 2), f(t.get("throughput_per_s"), 1), "—", "—"])
+    return cols, rows
+
+
+def render_markdown(c: dict[str, Any]) -> str:
+    cols, rows = table_rows(c)
+    rec = c.get("recommendation") or {}
+    lines = [f"# Fine-tune or distill? {c.get('task')}", "",
+             f"The same student ({c.get('student')}) trained on gold labels only, on teacher labels only, "
+             f"and on both; measured on {c.get('test_rows')} held-out test rows.", "",
+             "| " + " | ".join(cols) + " |", "|" + "---|" * len(cols)]
+    lines += ["| " + " | ".join(r) + " |" for r in rows]
+    lines += ["", f"**Recommendation: {rec.get('choice')}**", ""] + [f"- {r}" for r in rec.get("reasons", [])]
+    lines += ["", "$ / 1,000 requests: hosting the model at the cost model's default volume; labelling $: "
+              "teacher spend recorded in potstill.db for the labels it trains on (gold labels are "
+              "assumed already paid for)."]
+    return "\n".join(lines) + "\n"
+
+
+# --- the run-directory plumbing ------------------------------------------------------------------
+@dataclass(frozen=True)
+class VariantPaths(RunPaths):
+    """The main run directory, except the model goes to `out`, and (for a gold share) the inputs
+    and filtered records come from `data`, a copy with the unselected gold labels removed."""
+
+    out: Path = Path(".")
+    data: Optional[Path] = None
+
+    @property
+    def student(self) -> Path:
+        return self.out
+
+    @property
+    def baseline(self) -> Path:
+        return self.out
+
+    @property
+    def inputs(self) -> Path:
+        return self.data / "inputs" if self.data else self.root / "inputs"
+
+    @property
+    def filtered(self) -> Path:
+        return self.data / "filtered" if self.data else self.root / "filtered"
+
+
+def write_masked_data(run: RunPaths, dest: Path, share: float, seed: int) -> int:
+    """Copy inputs/ and filtered/ to `dest`, keeping the gold label of a seeded `share` of the
+    training rows only. The inputs manifest keeps its fingerprint (so prepare_inputs sees it as up
+    to date) and gets a dataset hash of its own. Returns the number of gold labels kept."""
+    from .data.inputs import read_jsonl, write_jsonl
+    from .manifest import fingerprint
+
+    src_in, src_f = run.inputs, run.filtered
+    train = read_jsonl(src_in / "train.jsonl")
+    keep = gold_subset([r["id"] for r in train if r.get("label") is not None], share, seed)
+    (dest / "inputs").mkdir(parents=True, exist_ok=True)
+    (dest / "filtered").mkdir(parents=True, exist_ok=True)
+    for name in SPLITS:
+        if name != "train":
+            shutil.copyfile(src_in / f"{name}.jsonl", dest / "inputs" / f"{name}.jsonl")
+    shutil.copyfile(src_in / "labels.json", dest / "inputs" / "labels.json")
+    write_jsonl(dest / "inputs" / "train.jsonl",
+                [{**r, "label": r["label"] if r["id"] in keep else None} for r in train])
+    m = json.loads((src_in / MANIFEST).read_text())
+    m["dataset_hash"] = fingerprint(m.get("dataset_hash"), "gold_share", share, seed)
+    m["gold_share"] = {"share": share, "seed": seed, "gold_labels": len(keep)}
+    (dest / "inputs" / MANIFEST).write_text(json.dumps(m, indent=2))
+    kept = read_jsonl(src_f / KEPT)
+    write_jsonl(dest / "filtered" / KEPT, [{**r, "gold": r.get("gold") if r["id"] in keep else None}
+                                           for r in kept])
+    for name in (SOFT, MANIFEST, "filter_report.json"):
+        if (src_f / name).exists():
+            shutil.copyfile(src_f / name, dest / "filtered" / name)
+    return len(keep)
+
+
+def _seed_from_main(run: RunPaths, out: Path, which: str, objective: str) -> None:
+    """Start `out` from a copy of the run's own model when it was trained the same way; the
+    fingerprint check in train_student then decides whether it is really up to date."""
+    src = run.model_dir(which)
+    if (out / MANIFEST).exists() or not (src / MANIFEST).exists():
+        return
+    if json.loads((src / MANIFEST).read_text()).get("objective") != objective:
+        return
+    shutil.copytree(src, out, ignore=shutil.ignore_patterns("checkpoints"))
+
+
+def compare(spec_path: str | Path, overrides: Sequence[str] = (), workdir: str | Path | None = None,
+            gold_shares: Sequence[float] = ()) -> dict[str, Any]:
+    """Train and evaluate every variant of `plan(gold_shares)`; write compare.json/.md."""
+    from .config import load_spec
+    from .data.filters import filter_stage
+    from .data.label import label
+    from .data.prepare import prepare_inputs
+    from .evaluate import _local_model_metrics, accuracy, agreement, macro_f1
+    from .loop import run_paths
+    from .progress import log
+    from .report import PREDICTIONS, hosting_cost_per_1k
+    from .train import fit_teacher, train_student
+
+    variants = plan(gold_shares)
+    spec = load_spec(spec_path, list(overrides))
+    run = run_paths(spec, workdir)
+    # the main run's data stages: each is skipped when up to date, labels come from the cache
+    inputs = prepare_inputs(spec, run)
+    if spec.teacher.kind == "fit":
+        fit_teacher(spec, run)
+    label(spec, run)
+    filter_stage(spec, run)
+
+    texts = [e.text for e in inputs.test]
+    gold = [e.gold for e in inputs.test]
+    if not texts:
+        raise ValueError("no test split: set data.test to a gold-labelled file")
+    teacher_pred = _teacher_predictions(run, texts)
+    report = json.loads(run.report_json.read_text()) if run.report_json.exists() else {}
+    spend = (report.get("data") or {}).get("teacher_spend_usd")
+    if spend is None:
+        spend = _labelling_spend(run)
+    n_kept = sum(1 for line in (run.filtered / KEPT).read_text().splitlines() if line.strip())
+    try:
+        from .cost import cost_inputs_from_run
+
+        x = cost_inputs_from_run(run.root)
+    except (FileNotFoundError, ValueError):
+        from .cost import CostInputs
+
+        x = CostInputs()
+    old = _previous_rows(run)
+    base = Path(run.root) / COMPARE_DIR
+    rows = []
+    n_gold_all = sum(e.gold is not None for e in inputs.train)
+    for v in variants:
+        out = base / v.name.replace("@", "_share")
+        data = None
+        n_gold = n_gold_all
+        if v.gold_share < 1.0:
+            data = base / f"data_share{v.gold_share:g}"
+            n_gold = write_masked_data(run, data, v.gold_share, spec.train.seed)
+        vp = VariantPaths(run.root, out=out, data=data)
+        log(f"compare: {v.name} ({v.objective}, {v.gold_share:.0%} of the gold labels) -> {out}")
+        if v.objective == "gold":
+            if data is None:
+                _seed_from_main(run, out, "baseline", "gold")
+            man = train_student(spec, vp, "baseline")
+        else:
+            s_v = load_spec(spec_path, [*overrides, f"train.objective={v.objective}"])
+            if data is None:
+                _seed_from_main(run, out, "student", v.objective)
+            man = train_student(s_v, vp, "student")
+        fp = man.get("fingerprint")
+        prev = old.get(v.name)
+        if prev and prev.get("fingerprint") == fp and prev.get("accuracy") is not None:
+            rows.append(prev)
+            continue
+        pred, info, _ = _local_model_metrics(out, texts, spec, v.name)
+        rows.append({
+            "name": v.name, "objective": v.objective, "gold_share": v.gold_share, "gold_labels":
+            n_gold if v.objective != "distill" else 0, "teacher_labels": n_kept if v.objective != "gold" else 0,
+            "accuracy": round(accuracy(gold, pred), 4), "macro_f1": round(macro_f1(gold, pred, inputs.labels), 4),
+            "agreement_with_teacher": round(agreement(pred, teacher_pred), 4) if teacher_pred else None,
+            "latency_ms_p50": info["latency_ms_p50"], "latency_ms_p95": info["latency_ms_p95"],
+            "throughput_per_s": info["throughput_per_s"], "params": info["params"], "size_mb": info["size_mb"],
+            "cost_per_1k": hosting_cost_per_1k(x, info["throughput_per_s"]) if info["throughput_per_s"] else None,
+            "teacher_labels_usd": float(spend) if v.objective != "gold" and spend is not None else
+            (0.0 if v.objective == "gold" else None),
+            "init_from": man.get("init_from"), "best_val_accuracy": (man.get("metrics") or {}).get("best_val_accuracy"),
+            "train_seconds": (man.get("metrics") or {}).get("seconds"), "model_dir": str(out), "fingerprint": fp,
+        })
+    t = (report.get("models") or {}).get("teacher")
+    doc = {
+        "task": spec.name, "spec_hash": spec.spec_hash(), "student": spec.student.model,
+        "student_layers": spec.student.layers, "test_rows": len(texts), "gold_shares": sorted(
+            {v.gold_share for v in variants if v.gold_share < 1}, reverse=True), "seed": spec.train.seed,
+        "rows": rows, "teacher": {k: t.get(k) for k in ("accuracy", "macro_f1", "latency_ms_p50",
+                                                       "throughput_per_s")} if t else None,
+        "recommendation": recommend(rows, len(texts)),
+        "run_dir": str(run.root),
+        "note": "teacher agreement uses the test predictions in " + PREDICTIONS if teacher_pred else
+        "no teacher predictions on the test split (run `potstill eval`): agreement not measured",
+    }
+    (run.root / COMPARE_JSON).write_text(json.dumps(doc, indent=2))
+    (run.root / COMPARE_MD).write_text(render_markdown(doc))
+    return doc
+
+
+def _teacher_predictions(run: RunPaths, texts: list[str]) -> list[str | None] | None:
+    from .report import PREDICTIONS
+
+    p = run.root / PREDICTIONS
+    if not p.exists():
+        return None
+    rows = [json.loads(l) for l in p.read_text().splitlines() if l.strip()]
+    if [r["text"] for r in rows] != texts or not rows or "teacher" not in rows[0]:
+        return None
+    return [r["teacher"] for r in rows]
+
+
+def _labelling_spend(run: RunPaths) -> float | None:
+    from .manifest import read_manifest
+
+    try:
+        return (read_manifest(run.labels).get("summary") or {}).get("spend_total", {}).get("cost_usd")
+    except FileNotFoundError:
+        return None
+
+
+def _previous_rows(run: RunPaths) -> dict[str, dict[str, Any]]:
+    p = run.root / COMPARE_JSON
+    try:
+        return {r["name"]: r for r in json.loads(p.read_text()).get("rows", [])} if p.exists() else {}
+    except (json.JSONDecodeError, AttributeError, KeyError):
+        return {}
+
+
+# --- the command -----------------------------------------------------------------------------------
+def compare_command(
+    spec: Annotated[Path, typer.Argument(help="Task spec (potstill.yaml or .toml).")],
+    set: Annotated[Optional[list[str]], typer.Option(
+        "--set", help="Override a spec field, e.g. --set train.epochs=3. Repeatable.")] = None,
+    workdir: Annotated[Optional[Path], typer.Option(
+        "--workdir", "-w", help="Run directory (default: runs/<name> beside the spec).")] = None,
+    gold_share: Annotated[Optional[list[float]], typer.Option(
+        "--gold-share", help="Also train gold and both with only this share of the gold labels "
+        "(a seeded subset). Repeatable, e.g. --gold-share 0.25 --gold-share 0.1.")] = None,
+    mlflow: Annotated[bool, typer.Option("--mlflow", help="Log the spec, metrics and compare files to MLflow.")] = False,
+    mlflow_uri: Annotated[Optional[str], typer.Option(
+        "--mlflow-uri", help="MLflow tracking URI (default: a folder store in RUN_DIR/mlruns).")] = None,
+):
+    """Fine-tune or distill? Train the same student on gold labels only, teacher labels only, and both; measure each on the test split; recommend one, with reasons.
+
+    Shares the run directory's inputs, teacher, labels and filtered records (nothing is relabelled); models go to RUN/compare/<variant>/. Writes RUN/compare.json and compare.md; `potstill report` renders them into report.html.
+    """
+    from rich.console import Console
+    from rich.table import Table
+
+    from .tracking import require_mlflow
+
+    if mlflow:
+        require_mlflow()
+    doc = compare(spec, set or [], workdir, gold_share or [])
+    cols, rows = table_rows(doc)
+    t = Table(title=f"{doc['task']}: gold vs distill vs both on {doc['test_rows']} test rows")
+    for c in cols:
+        t.add_column(c, justify="left" if c in ("variant", "objective") else "right")
+    for r in rows:
+        t.add_row(*r)
+    c = Console()
+    if not c.is_terminal:
+        c = Console(width=180)
+    c.print(t)
+    rec = doc["recommendation"]
+    c.print(f"recommendation: [bold]{rec['choice']}[/]")
+    for r in rec["reasons"]:
+        c.print(f"  - {r}", highlight=False, soft_wrap=True)
+    root = Path(doc["run_dir"])
+    c.print(f"wrote {root / COMPARE_JSON} and {root / COMPARE_MD}", highlight=False)
+    if mlflow:
+        from .tracking import log_run_dir
+
+        c.print(f"mlflow: {log_run_dir(root, uri=mlflow_uri, kind='compare')}", highlight=False)

@@ -1,0 +1,81 @@
+"""`potstill export RUN_DIR --format merged|adapter --out DIR`: the trained causal-LM student in a
+form other servers load.
+
+- `adapter`: the PEFT adapter as vLLM's `--lora-modules name=DIR` loads it:
+  `adapter_config.json` + `adapter_model.safetensors` (+ the tokenizer files);
+  `adapter_config.json`'s `base_model_name_or_path` names the base model vLLM must serve.
+- `merged`: LoRA folded into the base weights: a plain transformers model directory
+  (`config.json` + `model.safetensors` + tokenizer) that any server loads without peft.
+  A fully fine-tuned student is already that, and is copied.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+from typing import Annotated, Literal
+
+import typer
+
+STUDENT_META = "potstill_student.json"  # = students.causal_lm.STUDENT_META (no torch import here)
+
+ADAPTER_FILES = ("adapter_config.json", "adapter_model.safetensors")
+TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json",
+                   "chat_template.jinja", "vocab.json", "merges.txt", "tokenizer.model")
+
+
+def student_dir(run_dir: str | Path, which: str = "student") -> Path:
+    d = Path(run_dir) / which
+    if not (d / STUDENT_META).exists():
+        raise FileNotFoundError(f"{d}: no causal-LM student here ({STUDENT_META} missing); export is for "
+                                "student.kind causal_lm — run `potstill train` first")
+    return d
+
+
+def export_student(run_dir: str | Path, fmt: Literal["merged", "adapter"], out: str | Path,
+                   which: str = "student") -> Path:
+    """Write the student of `run_dir` to `out` in `fmt`; returns `out`."""
+    src = student_dir(run_dir, which)
+    out = Path(out)
+    if out.exists() and any(out.iterdir()):
+        raise FileExistsError(f"{out} exists and is not empty")
+    meta = json.loads((src / STUDENT_META).read_text())
+    if fmt == "adapter":
+        if not meta.get("adapter"):
+            raise ValueError(f"{src} holds a fully fine-tuned model, not an adapter; use --format merged")
+        missing = [f for f in ADAPTER_FILES if not (src / f).exists()]
+        if missing:
+            raise FileNotFoundError(f"{src}: {', '.join(missing)} missing")
+        out.mkdir(parents=True, exist_ok=True)
+        for f in ADAPTER_FILES + TOKENIZER_FILES:
+            if (src / f).exists():
+                shutil.copy2(src / f, out / f)
+        return out
+    if fmt != "merged":
+        raise ValueError(f"--format {fmt!r}: one of merged, adapter")
+    if not meta.get("adapter"):
+        shutil.copytree(src, out, dirs_exist_ok=True,
+                        ignore=shutil.ignore_patterns("checkpoints", "manifest.json", "history.json"))
+        return out
+    from .students.causal_lm import load_causal_lm
+
+    model, tok = load_causal_lm(src, merge=True)
+    out.mkdir(parents=True, exist_ok=True)
+    model.save_pretrained(out, safe_serialization=True)
+    tok.save_pretrained(out)
+    return out
+
+
+def export_command(
+    run_dir: Annotated[Path, typer.Argument(help="Run directory holding student/ (a causal-LM student).")],
+    format: Annotated[str, typer.Option("--format", help="merged (plain transformers model) or adapter "
+                                        "(PEFT adapter, the layout of vLLM's --lora-modules name=DIR).")] = "adapter",
+    out: Annotated[Path, typer.Option("--out", help="Folder to write (must be new or empty).")] = Path("export"),
+    which: Annotated[str, typer.Option(help="student or baseline.")] = "student",
+):
+    """Export a causal-LM student: merged weights, or its PEFT adapter for vLLM / peft."""
+    if format not in ("merged", "adapter"):
+        raise typer.BadParameter("--format must be merged or adapter")
+    path = export_student(run_dir, format, out, which)  # type: ignore[arg-type]
+    typer.echo(f"exported {which} of {run_dir} as {format} to {path}")

@@ -1,0 +1,680 @@
+"""Causal-LM student: build (LoRA, prefix or prompt tuning through `peft`, or full fine-tuning;
+QLoRA on CUDA), format prompt/completion rows, train, save, load, merge, generate with logprobs.
+
+Any `AutoModelForCausalLM` works, from a hub id or a local path. Objectives (see `LMTrainConfig`):
+
+- `sequence`: cross-entropy on the kept teacher outputs, completion tokens only (prompt tokens
+  carry label -100);
+- `logit_kd`: token-level KD (forward/reverse KL or JSD, `losses.py`) against the full logits of
+  a local teacher that shares the student's tokenizer, or the top-k + tail KD against an API
+  teacher's cached top-k logprobs; plus `ce_weight` times the sequence loss;
+- `rationale`: Distilling step-by-step (Hsieh et al., 2023): each input becomes two tasks,
+  "[label] prompt" -> answer and "[rationale] prompt" -> the teacher's rationale; at inference
+  the student is asked the "[label]" task only, so it answers without writing a rationale.
+
+General-data mixing: `general_ratio` of the rows are plain text (loss on every token) against
+forgetting; the held-out general text gives the perplexity of the student and of its base model,
+so a regression is visible in `history.json`.
+
+Why a small loop rather than TRL's SFTTrainer: `logit_kd` runs a teacher forward pass and our
+losses on every batch, the top-k KD needs per-row teacher data that SFTTrainer's collator does
+not carry, and one loop for the three objectives means the comparison between them shares
+batches, schedule and precision exactly. TRL's SFTTrainer is measured side by side on the same
+model and data in `bench/causal_distill.py` (tokens/s).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import random
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Sequence
+
+import torch
+import torch.nn.functional as F
+
+from ..losses import token_kd_loss, topk_tail_kd
+from ..progress import log, progress
+
+LABEL_TAG = "[label]"
+RATIONALE_TAG = "[rationale]"
+STUDENT_META = "potstill_student.json"  # beside the weights: base model, method, objective
+IGNORE = -100
+
+
+# ---------------------------------------------------------------------------------------------
+# rows and formatting (pure)
+
+
+@dataclass
+class LMRow:
+    """One training example: the prompt (no loss) and the completion (loss)."""
+
+    prompt: str
+    completion: str
+    kind: str = "task"
+    """task | rationale | general (general text: empty prompt, loss on every token, no KD)."""
+    weight: float = 1.0
+    topk: tuple[list[list[int]], list[list[float]]] | None = None
+    """API teacher: per completion token, its top-k token ids and logprobs (same tokenizer)."""
+
+
+def task_prompt(prompt: str, objective: str) -> str:
+    """The prompt the student sees for the answer: tagged "[label]" under the rationale objective."""
+    return f"{LABEL_TAG} {prompt}" if objective == "rationale" else prompt
+
+
+def rationale_rows(prompt: str, rationale: str, answer: str, rationale_weight: float = 1.0) -> list[LMRow]:
+    """Distilling step-by-step: one input, two tasks told apart by a tag in the prompt."""
+    return [LMRow(f"{LABEL_TAG} {prompt}", answer, "task"),
+            LMRow(f"{RATIONALE_TAG} {prompt}", rationale, "rationale", rationale_weight)]
+
+
+def split_rationale(output: str) -> tuple[str, str] | None:
+    """A teacher output "…reasoning… Answer: X" -> (reasoning, X); None without an answer line.
+
+    The last line starting with `Answer:` (case-insensitive) is the answer; everything before it
+    is the rationale (a leading "Rationale:" is dropped).
+    """
+    lines = output.strip().splitlines()
+    for i in range(len(lines) - 1, -1, -1):
+        s = lines[i].strip()
+        if s.lower().startswith("answer:"):
+            answer = s[len("answer:"):].strip()
+            rationale = "\n".join(lines[:i]).strip()
+            if rationale.lower().startswith("rationale:"):
+                rationale = rationale[len("rationale:"):].strip()
+            return (rationale, answer) if answer and rationale else None
+    return None
+
+
+def render_for_model(tokenizer, prompt: str) -> str:
+    """The prompt as the model expects it: through the chat template when the tokenizer has one
+    (instruct models), else as plain text followed by a newline."""
+    if getattr(tokenizer, "chat_template", None):
+        return tokenizer.apply_chat_template([{"role": "user", "content": prompt}], tokenize=False,
+                                             add_generation_prompt=True)
+    return prompt + "\n"
+
+
+def prompt_ids(tokenizer, prompt: str) -> list[int]:
+    """Token ids of a prompt as the model sees it. A chat template writes its own special tokens
+    (BOS included), so the tokenizer adds none then; plain text gets the tokenizer's BOS."""
+    templated = bool(getattr(tokenizer, "chat_template", None))
+    return tokenizer(render_for_model(tokenizer, prompt), add_special_tokens=not templated)["input_ids"]
+
+
+def encode_row(tokenizer, row: LMRow, max_length: int) -> dict[str, list[int]]:
+    """input_ids and labels for one row: prompt tokens get label -100, completion tokens (and the
+    EOS closing them) their own id. A too-long prompt is cut from the left, keeping the
+    completion; a too-long completion is cut at the right."""
+    if row.kind == "general":
+        p_ids: list[int] = []
+        c_ids = tokenizer(row.completion, add_special_tokens=False)["input_ids"]
+        bos = tokenizer.bos_token_id
+        if bos is not None:
+            p_ids = [bos]
+    else:
+        p_ids = prompt_ids(tokenizer, row.prompt)
+        c_ids = tokenizer(row.completion, add_special_tokens=False)["input_ids"]
+    if tokenizer.eos_token_id is not None:
+        c_ids = c_ids + [tokenizer.eos_token_id]
+    c_ids = c_ids[:max_length - 1]
+    p_ids = p_ids[-(max_length - len(c_ids)):] if len(p_ids) + len(c_ids) > max_length else p_ids
+    return {"input_ids": p_ids + c_ids, "labels": [IGNORE] * len(p_ids) + list(c_ids),
+            "prompt_len": len(p_ids)}
+
+
+def collate(tokenizer, encoded: list[dict[str, Any]], rows: list[LMRow]) -> dict[str, torch.Tensor]:
+    """Right-padded batch: input_ids, attention_mask, labels (B, T); row weights and KD flags (B,);
+    for rows with API top-k data, topk_ids / topk_logprobs (B, T, K) aligned with the labels
+    (position t holds the teacher's alternatives for the token at t; -1 where none)."""
+    pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
+    T = max(len(e["input_ids"]) for e in encoded)
+    B = len(encoded)
+    ids = torch.full((B, T), pad, dtype=torch.long)
+    labels = torch.full((B, T), IGNORE, dtype=torch.long)
+    attn = torch.zeros((B, T), dtype=torch.long)
+    for i, e in enumerate(encoded):
+        n = len(e["input_ids"])
+        ids[i, :n] = torch.tensor(e["input_ids"])
+        labels[i, :n] = torch.tensor(e["labels"])
+        attn[i, :n] = 1
+    batch = {"input_ids": ids, "attention_mask": attn, "labels": labels,
+             "weight": torch.tensor([r.weight for r in rows], dtype=torch.float32),
+             "kd": torch.tensor([r.kind != "general" for r in rows])}
+    if any(r.topk is not None for r in rows):
+        K = max(len(a) for r in rows if r.topk for a in r.topk[0])
+        tk_ids = torch.full((B, T, K), -1, dtype=torch.long)
+        tk_lp = torch.zeros((B, T, K), dtype=torch.float32)
+        has = torch.zeros(B, dtype=torch.bool)
+        for i, (e, r) in enumerate(zip(encoded, rows)):
+            if r.topk is None:
+                continue
+            start = e["prompt_len"]
+            for j, (a_ids, a_lp) in enumerate(zip(*r.topk)):
+                if start + j >= T:
+                    break
+                tk_ids[i, start + j, :len(a_ids)] = torch.tensor(a_ids)
+                tk_lp[i, start + j, :len(a_lp)] = torch.tensor(a_lp)
+            has[i] = True
+        batch.update(topk_ids=tk_ids, topk_logprobs=tk_lp, has_topk=has)
+    return batch
+
+
+def topk_from_token_logprobs(tokenizer, tokens: list[tuple[str, float, list[tuple[str, float]]]],
+                             ) -> tuple[list[list[int]], list[list[float]]] | None:
+    """An OpenAI-style logprobs record (per generated token: text, logprob, top alternatives) ->
+    per-position top-k token ids and logprobs in the student's vocabulary. The student must share
+    the teacher's tokenizer: None when a token text is not one token of the student's vocabulary
+    (the row then trains on its text only). Duplicate ids keep the first (highest) logprob."""
+    vocab = tokenizer.get_vocab()
+    out_ids, out_lp = [], []
+    for tok, lp, alts in tokens:
+        ids: list[int] = []
+        lps: list[float] = []
+        for t, a_lp in (alts or [(tok, lp)]):
+            tid = vocab.get(t)
+            if tid is None:
+                enc = tokenizer(t, add_special_tokens=False)["input_ids"]
+                if len(enc) != 1:
+                    return None
+                tid = enc[0]
+            if tid not in ids:
+                ids.append(tid)
+                lps.append(float(a_lp))
+        out_ids.append(ids)
+        out_lp.append(lps)
+    return out_ids, out_lp
+
+
+# ---------------------------------------------------------------------------------------------
+# build, save, load, merge
+
+
+def resolve_causal_path(name: str) -> str:
+    """A local model directory (checked) or a hub id (transformers resolves it; offline it fails
+    with transformers' own message)."""
+    p = Path(name).expanduser()
+    if p.exists():
+        if not (p / "config.json").exists() and not (p / "adapter_config.json").exists():
+            raise FileNotFoundError(f"{p}: not a Hugging Face model directory (no config.json)")
+        return str(p.resolve())
+    return name
+
+
+def _dtype_for(precision: str):
+    return torch.bfloat16 if precision == "bf16" else torch.float32
+
+
+def build_causal_lm(model_name: str, method: str = "lora", r: int = 16, alpha: float = 32,
+                    dropout: float = 0.05, target_modules: Any = "auto", num_virtual_tokens: int = 16,
+                    quantize_4bit: bool = False, seed: int = 13, gradient_checkpointing: bool = False):
+    """(model, tokenizer): the base causal LM wrapped for `method` (lora | prefix | prompt | full).
+
+    target_modules "auto": peft's default for known architectures (e.g. q_proj, v_proj for
+    Llama), else every linear layer except the LM head ("all-linear"). quantize_4bit loads the
+    frozen base in 4-bit NF4 (QLoRA) and needs CUDA and bitsandbytes.
+    """
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from .classifier import quiet_transformers
+
+    quiet_transformers()
+    if method not in ("lora", "prefix", "prompt", "full"):
+        raise ValueError(f"student.lora.method {method!r}: one of lora, prefix, prompt, full")
+    path = resolve_causal_path(model_name)
+    kwargs: dict[str, Any] = {}
+    if quantize_4bit:
+        if not torch.cuda.is_available():
+            raise RuntimeError("student.lora.quantize_4bit (QLoRA 4-bit loading) needs a CUDA GPU and "
+                               "bitsandbytes; on this machine set student.lora.quantize_4bit=false")
+        if method == "full":
+            raise ValueError("student.lora.quantize_4bit needs an adapter method: 4-bit weights do not train")
+        from transformers import BitsAndBytesConfig
+
+        kwargs["quantization_config"] = BitsAndBytesConfig(
+            load_in_4bit=True, bnb_4bit_quant_type="nf4", bnb_4bit_use_double_quant=True,
+            bnb_4bit_compute_dtype=torch.bfloat16)
+        kwargs["device_map"] = {"": 0}
+    torch.manual_seed(seed)
+    model = AutoModelForCausalLM.from_pretrained(path, **kwargs)
+    tok = AutoTokenizer.from_pretrained(path)
+    if tok.pad_token is None:
+        tok.pad_token = tok.eos_token
+    if quantize_4bit:
+        from peft import prepare_model_for_kbit_training
+
+        model = prepare_model_for_kbit_training(model, use_gradient_checkpointing=gradient_checkpointing)
+    elif gradient_checkpointing:
+        model.gradient_checkpointing_enable()
+        model.enable_input_require_grads()  # so the recomputed graph reaches frozen-base adapters
+    if not quantize_4bit and torch.cuda.is_available():
+        model.to("cuda")  # 4-bit weights were placed by device_map already
+    if method == "full":
+        return model, tok
+    from peft import LoraConfig, PrefixTuningConfig, PromptTuningConfig, TaskType, get_peft_model
+
+    if method == "lora":
+        targets = None if target_modules in ("auto", None) else target_modules
+        if targets is None:
+            from peft.utils import TRANSFORMERS_MODELS_TO_LORA_TARGET_MODULES_MAPPING as known
+
+            if model.config.model_type not in known:
+                targets = "all-linear"
+        cfg = LoraConfig(task_type=TaskType.CAUSAL_LM, r=r, lora_alpha=alpha, lora_dropout=dropout,
+                         target_modules=targets)
+    elif method == "prefix":
+        cfg = PrefixTuningConfig(task_type=TaskType.CAUSAL_LM, num_virtual_tokens=num_virtual_tokens)
+    else:
+        cfg = PromptTuningConfig(task_type=TaskType.CAUSAL_LM, num_virtual_tokens=num_virtual_tokens)
+    return get_peft_model(model, cfg), tok
+
+
+def is_peft(model) -> bool:
+    return hasattr(model, "peft_config")
+
+
+def save_causal_lm(model, tokenizer, out_dir: str | Path, meta: dict[str, Any] | None = None) -> Path:
+    """Adapters only for peft models (adapter_config.json + adapter_model.safetensors), the whole
+    model otherwise; the tokenizer and `potstill_student.json` beside them."""
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    model.save_pretrained(out, safe_serialization=True)
+    tokenizer.save_pretrained(out)
+    info = {"adapter": is_peft(model), **(meta or {})}
+    if is_peft(model):
+        info.setdefault("base_model", model.peft_config["default"].base_model_name_or_path)
+        info.setdefault("method", str(model.peft_config["default"].peft_type.value).lower())
+    (out / STUDENT_META).write_text(json.dumps(info, indent=2))
+    return out
+
+
+def load_causal_lm(path: str | Path, merge: bool = False):
+    """(model, tokenizer) from a directory `save_causal_lm` wrote (adapters or a whole model).
+    merge=True folds LoRA adapters into the base weights (a plain transformers model)."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from .classifier import quiet_transformers
+
+    quiet_transformers()
+    path = Path(path)
+    if (path / "adapter_config.json").exists():
+        from peft import PeftModel
+
+        base_name = json.loads((path / "adapter_config.json").read_text())["base_model_name_or_path"]
+        base = AutoModelForCausalLM.from_pretrained(resolve_causal_path(base_name))
+        model = PeftModel.from_pretrained(base, path)
+        if merge:
+            model = merge_adapters(model)
+    elif (path / "config.json").exists():
+        model = AutoModelForCausalLM.from_pretrained(path)
+    else:
+        raise FileNotFoundError(f"{path}: no trained causal LM here (no adapter_config.json or config.json)")
+    tok = AutoTokenizer.from_pretrained(path)
+    if tok.pad_token is None:
+        tok.pad_token = tok.eos_token
+    model.eval()
+    return model, tok
+
+
+def merge_adapters(model):
+    """LoRA adapters folded into the base weights -> a plain transformers model. Prefix and
+    prompt tuning add virtual tokens, not weight deltas, so they cannot be merged."""
+    if not is_peft(model):
+        return model
+    kind = str(model.peft_config["default"].peft_type.value).lower()
+    if kind != "lora":
+        raise ValueError(f"a {kind} adapter adds virtual tokens and cannot be merged into the weights; "
+                         "export it with --format adapter")
+    return model.merge_and_unload()
+
+
+def count_trainable(model) -> tuple[int, int]:
+    total = sum(p.numel() for p in model.parameters())
+    train = sum(p.numel() for p in model.parameters() if p.requires_grad)
+    return train, total
+
+
+# ---------------------------------------------------------------------------------------------
+# training
+
+
+@dataclass
+class LMTrainConfig:
+    objective: str = "sequence"  # sequence | logit_kd | rationale
+    kd_loss: str = "forward_kl"
+    temperature: float = 1.0
+    jsd_beta: float = 0.5
+    kd_weight: float = 1.0
+    ce_weight: float = 0.1
+    """logit_kd: weight of the sequence cross-entropy next to the KD term (other objectives: 1)."""
+    epochs: float = 1
+    max_steps: int | None = None
+    batch_size: int = 8
+    lr: float = 2e-4
+    weight_decay: float = 0.0
+    warmup_ratio: float = 0.06
+    seed: int = 13
+    precision: str = "fp32"  # fp32 | bf16 | auto
+    max_length: int = 256
+    log_every: int = 10
+    checkpoint_every: int = 200
+    """With a checkpoint_dir: save a resumable checkpoint every N steps, at each epoch end and at
+    the last step (students/lm_checkpoint.py)."""
+
+
+def shifted(logits: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Logits at t predict the token at t + 1: (B, T, V), (B, T) -> (B, T-1, V), targets (B, T-1),
+    mask (B, T-1) of completion positions."""
+    logits = logits[:, -labels.shape[1]:]  # prompt/prefix tuning prepend virtual positions
+    tgt = labels[:, 1:]
+    return logits[:, :-1], tgt, tgt != IGNORE
+
+
+def weighted_ce(logits: torch.Tensor, targets: torch.Tensor, mask: torch.Tensor,
+                weight: torch.Tensor) -> torch.Tensor:
+    """Token cross-entropy, (B, T, V) and (B, T) -> scalar: mean over masked tokens, each row's
+    tokens weighted by weight (B,)."""
+    ce = F.cross_entropy(logits.float().transpose(1, 2), targets.clamp_min(0), reduction="none")  # (B, T)
+    w = mask.float() * weight[:, None]
+    return (ce * w).sum() / w.sum().clamp_min(1e-9)
+
+
+def lm_loss(model, batch: dict[str, torch.Tensor], cfg: LMTrainConfig, teacher=None,
+            vocab_size: int | None = None) -> tuple[torch.Tensor, dict[str, float]]:
+    """The loss of one batch for cfg.objective; returns (loss, parts for logging)."""
+    logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
+    s_logits, tgt, mask = shifted(logits, batch["labels"])  # (B, T-1, V), (B, T-1), (B, T-1)
+    ce = weighted_ce(s_logits, tgt, mask, batch["weight"])
+    if cfg.objective != "logit_kd":
+        return ce, {"ce": float(ce.detach())}
+    kd_mask = mask & batch["kd"][:, None]  # general text trains on CE only
+    kd = s_logits.new_zeros((), dtype=torch.float32)
+    if teacher is not None:
+        with torch.no_grad():
+            t_logits = teacher(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
+        t_logits = t_logits[:, :-1]
+        v = vocab_size or s_logits.shape[-1]  # ids past the tokenizer's size are padding rows
+        kd = token_kd_loss(s_logits[..., :v], t_logits[..., :v], kd_mask, cfg.kd_loss,
+                           cfg.temperature, cfg.jsd_beta)
+    elif "topk_ids" in batch:
+        m = kd_mask & batch["has_topk"][:, None]
+        kd = topk_tail_kd(s_logits, batch["topk_ids"][:, 1:], batch["topk_logprobs"][:, 1:], m)
+    loss = cfg.kd_weight * kd + cfg.ce_weight * ce
+    return loss, {"ce": float(ce.detach()), "kd": float(kd.detach())}
+
+
+def _autocast(precision: str, device: torch.device):
+    import contextlib
+
+    if precision == "bf16":
+        return torch.autocast(device.type, dtype=torch.bfloat16)
+    return contextlib.nullcontext()
+
+
+def resolve_precision(precision: str) -> str:
+    from .classifier import pick_precision
+
+    return "bf16" if pick_precision(precision) == "bf16" else "fp32"
+
+
+@torch.no_grad()
+def mean_nll(model, tokenizer, rows: Sequence[LMRow], max_length: int = 256, batch_size: int = 16,
+             precision: str = "fp32") -> float:
+    """Mean negative log-likelihood per supervised token of `rows` (general text: every token)."""
+    was_training = model.training
+    model.eval()
+    device = next(model.parameters()).device
+    total = n = 0.0
+    for s in range(0, len(rows), batch_size):
+        chunk = list(rows[s:s + batch_size])
+        b = collate(tokenizer, [encode_row(tokenizer, r, max_length) for r in chunk], chunk)
+        with _autocast(precision, device):
+            logits = model(input_ids=b["input_ids"].to(device),
+                           attention_mask=b["attention_mask"].to(device)).logits
+        lg, tgt, mask = shifted(logits, b["labels"].to(device))
+        ce = F.cross_entropy(lg.float().transpose(1, 2), tgt.clamp_min(0), reduction="none")
+        total += float((ce * mask).sum())
+        n += float(mask.sum())
+    model.train(was_training)
+    return total / max(n, 1.0)
+
+
+def perplexity(model, tokenizer, texts: Sequence[str], max_length: int = 256,
+               precision: str = "fp32", base: bool = False) -> float:
+    """Perplexity of plain `texts`; base=True measures a peft model's base (adapters disabled)."""
+    rows = [LMRow("", t, "general") for t in texts]
+    if base and is_peft(model):
+        with model.disable_adapter():
+            return math.exp(mean_nll(model, tokenizer, rows, max_length, precision=precision))
+    return math.exp(mean_nll(model, tokenizer, rows, max_length, precision=precision))
+
+
+def mix_general(rows: list[LMRow], general_texts: Sequence[str], ratio: float, seed: int) -> list[LMRow]:
+    """`rows` plus general-text rows so that they make `ratio` of the result (drawn without
+    replacement while there are enough, then again from the start)."""
+    if ratio <= 0 or not general_texts:
+        return list(rows)
+    n = round(len(rows) * ratio / (1 - ratio))
+    rng = random.Random(seed)
+    pool: list[str] = []
+    while len(pool) < n:
+        more = list(general_texts)
+        rng.shuffle(more)
+        pool += more
+    return list(rows) + [LMRow("", t, "general") for t in pool[:n]]
+
+
+def train_causal_lm(model, tokenizer, rows: list[LMRow], cfg: LMTrainConfig, teacher=None,
+                    val_rows: Sequence[LMRow] = (), general_eval: Sequence[str] = (),
+                    desc: str = "train", checkpoint_dir: Path | None = None,
+                    fingerprint: str | None = None) -> dict[str, Any]:
+    """Train `model` in place on `rows` (already mixed with general text) for cfg.objective.
+
+    teacher: a causal LM sharing the tokenizer (logit_kd against full logits); rows with `topk`
+    data train against the API teacher's top-k instead. Returns the history: losses, validation
+    NLL, tokens/s, and the general-text perplexity of the base model and of the student.
+    checkpoint_dir: resume from the checkpoint there when its fingerprint matches, and save one
+    every cfg.checkpoint_every steps, at each epoch end and at the last step (the caller removes
+    it once the model is saved); see students/lm_checkpoint.py.
+    """
+    from .classifier import length_grouped_batches
+
+    torch.manual_seed(cfg.seed)
+    precision = resolve_precision(cfg.precision)
+    device = next(model.parameters()).device
+    if cfg.objective == "logit_kd" and teacher is None and not any(r.topk for r in rows):
+        raise ValueError("logit_kd needs a local teacher causal LM (teacher.kind hf) or rows with the "
+                         "API teacher's cached top-k logprobs")
+    vocab_size = None
+    if teacher is not None:
+        vocab_size = check_shared_vocab(tokenizer, teacher_tokenizer=getattr(teacher, "_potstill_tok", None),
+                                        student=model, teacher=teacher)
+        teacher.eval().to(device)
+        for p in teacher.parameters():
+            p.requires_grad_(False)
+    encoded = [encode_row(tokenizer, r, cfg.max_length) for r in rows]
+    steps_per_epoch = math.ceil(len(rows) / cfg.batch_size)
+    total_steps = cfg.max_steps or max(1, math.ceil(steps_per_epoch * cfg.epochs))
+    params = [p for p in model.parameters() if p.requires_grad]
+    opt = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay,
+                            fused=all(p.dtype.is_floating_point for p in params))
+    warmup = int(total_steps * cfg.warmup_ratio)
+    sched = torch.optim.lr_scheduler.LambdaLR(
+        opt, lambda s: (s + 1) / max(1, warmup) if s < warmup
+        else max(0.0, (total_steps - s) / max(1, total_steps - warmup)))
+    history: dict[str, Any] = {"objective": cfg.objective, "precision": precision, "steps": 0,
+                               "losses": [], "rows": len(rows),
+                               "general_rows": sum(r.kind == "general" for r in rows)}
+    if general_eval:
+        history["general_ppl_base"] = round(perplexity(model, tokenizer, general_eval, cfg.max_length,
+                                                       precision, base=True), 4)
+    model.train()
+    step, tokens, t0 = 0, 0, time.perf_counter()
+    lengths = [len(e["input_ids"]) for e in encoded]
+    epoch = done_in_epoch = 0
+    if checkpoint_dir is not None:
+        from .lm_checkpoint import load_lm_checkpoint, save_lm_checkpoint
+
+        saved = load_lm_checkpoint(checkpoint_dir, fingerprint, model, opt, sched)
+        if saved is not None:
+            step, epoch, done_in_epoch = saved["step"], saved["epoch"], saved["done_in_epoch"]
+            tokens, t0 = saved["tokens"], t0 - saved["seconds"]
+            history["losses"] = saved["losses"]
+            log(f"{desc}: resuming from {checkpoint_dir} at step {step}/{total_steps}")
+
+    def checkpoint(done: int) -> None:
+        save_lm_checkpoint(checkpoint_dir, model, opt, sched, {
+            "fingerprint": fingerprint, "step": step, "epoch": epoch, "done_in_epoch": done,
+            "tokens": tokens, "seconds": time.perf_counter() - t0, "losses": history["losses"]})
+
+    with progress(total_steps, desc) as bar:
+        bar.advance(step)
+        while step < total_steps:
+            batches = length_grouped_batches(lengths, cfg.batch_size, cfg.seed * 1000 + epoch)
+            for k, idx in enumerate(batches):
+                if step >= total_steps:
+                    break
+                if k < done_in_epoch:  # done before the resumed checkpoint
+                    continue
+                b = collate(tokenizer, [encoded[i] for i in idx], [rows[i] for i in idx])
+                b = {k: v.to(device) for k, v in b.items()}
+                with _autocast(precision, device):
+                    loss, parts = lm_loss(model, b, cfg, teacher, vocab_size)
+                loss.backward()
+                torch.nn.utils.clip_grad_norm_(params, 1.0)
+                opt.step()
+                sched.step()
+                opt.zero_grad(set_to_none=True)
+                step += 1
+                tokens += int(b["attention_mask"].sum())
+                if step % cfg.log_every == 0 or step == total_steps:
+                    history["losses"].append({"step": step, "loss": round(float(loss.detach()), 5),
+                                              **{k: round(v, 5) for k, v in parts.items()}})
+                    bar.set_postfix(f"loss {float(loss.detach()):.3f}")
+                bar.advance()
+                if checkpoint_dir is not None and (step % cfg.checkpoint_every == 0 or step == total_steps
+                                                   or k == len(batches) - 1):
+                    checkpoint(k + 1)
+            epoch += 1
+            done_in_epoch = 0
+    seconds = time.perf_counter() - t0
+    history.update(steps=step, seconds=round(seconds, 2), tokens=tokens,
+                   tokens_per_s=round(tokens / max(seconds, 1e-9), 1))
+    if val_rows:
+        history["val_nll"] = round(mean_nll(model, tokenizer, val_rows, cfg.max_length, precision=precision), 5)
+    if general_eval:
+        ppl = perplexity(model, tokenizer, general_eval, cfg.max_length, precision)
+        history["general_ppl_student"] = round(ppl, 4)
+        history["general_ppl_ratio"] = round(ppl / history["general_ppl_base"], 4)
+        if history["general_ppl_ratio"] > 1.1:
+            log(f"{desc}: perplexity on held-out general text rose {history['general_ppl_ratio']:.2f}x "
+                f"over the base model ({history['general_ppl_base']:.2f} -> {ppl:.2f}); raise "
+                "train.general_ratio against forgetting")
+    model.eval()
+    return history
+
+
+def check_shared_vocab(student_tokenizer, teacher_tokenizer=None, student=None, teacher=None) -> int:
+    """The vocabulary size logit KD compares over; ValueError when student and teacher do not share
+    a tokenizer. With both tokenizers the token -> id maps must be equal; without the teacher's,
+    the models' output sizes must agree up to the tokenizer's size (rows past it are padding)."""
+    n = len(student_tokenizer)
+    if teacher_tokenizer is not None and student_tokenizer.get_vocab() != teacher_tokenizer.get_vocab():
+        raise ValueError(
+            f"logit_kd needs the teacher and the student to share a tokenizer: the student's has "
+            f"{len(student_tokenizer)} tokens, the teacher's {len(teacher_tokenizer)}, and their "
+            "token ids differ; use train.objective=sequence (train on the teacher's text) instead")
+    if student is not None and teacher is not None:
+        sv = student.get_output_embeddings().weight.shape[0] if student.get_output_embeddings() is not None else n
+        tv = teacher.get_output_embeddings().weight.shape[0]
+        if sv < n or tv < n:
+            raise ValueError(
+                f"logit_kd needs the teacher and the student to share a tokenizer: the tokenizer has {n} "
+                f"tokens but the student's output layer has {sv} and the teacher's {tv}; use "
+                "train.objective=sequence instead")
+    return n
+
+
+def load_teacher_lm(name: str, student_tokenizer, precision: str = "fp32"):
+    """A local causal-LM teacher for logit_kd, checked to share the student's tokenizer."""
+    from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
+
+    path = resolve_causal_path(name)
+    arch = (AutoConfig.from_pretrained(path).architectures or [""])[0]
+    if arch and not arch.endswith("ForCausalLM"):
+        raise ValueError(f"teacher {name} is a {arch}, not a causal LM: logit_kd needs a causal-LM "
+                         "teacher (teacher.kind hf, teacher.model a causal LM)")
+    tok = AutoTokenizer.from_pretrained(path)
+    check_shared_vocab(student_tokenizer, tok)
+    model = AutoModelForCausalLM.from_pretrained(path, dtype=_dtype_for(precision))
+    model._potstill_tok = tok
+    return model
+
+
+# ---------------------------------------------------------------------------------------------
+# generation with logprobs
+
+
+@dataclass
+class Generation:
+    text: str
+    token_logprobs: list[float] = field(default_factory=list)
+
+    @property
+    def mean_logprob(self) -> float:
+        return sum(self.token_logprobs) / len(self.token_logprobs) if self.token_logprobs else float("-inf")
+
+    @property
+    def min_logprob(self) -> float:
+        return min(self.token_logprobs) if self.token_logprobs else float("-inf")
+
+
+def sequence_logprob_stats(logprobs: Sequence[float]) -> dict[str, float]:
+    """Mean and min token logprob of an answer: the router's confidence signals (pure)."""
+    if not logprobs:
+        return {"mean_logprob": float("-inf"), "min_logprob": float("-inf")}
+    return {"mean_logprob": sum(logprobs) / len(logprobs), "min_logprob": min(logprobs)}
+
+
+@torch.no_grad()
+def generate(model, tokenizer, prompts: Sequence[str], max_new_tokens: int = 32, batch_size: int = 16,
+             objective: str = "sequence", max_length: int = 256) -> list[Generation]:
+    """Greedy answers for `prompts` with the logprob of every generated token (EOS included, as
+    it ends the answer). Under the rationale objective the prompts are tagged "[label]" so the
+    student answers without a rationale."""
+    model.eval()
+    device = next(model.parameters()).device
+    pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
+    eos = tokenizer.eos_token_id
+    out: list[Generation] = []
+    for s in range(0, len(prompts), batch_size):
+        enc = [prompt_ids(tokenizer, task_prompt(p, objective))[-(max_length - max_new_tokens):]
+               for p in prompts[s:s + batch_size]]
+        T = max(len(e) for e in enc)
+        ids = torch.full((len(enc), T), pad, dtype=torch.long)
+        attn = torch.zeros((len(enc), T), dtype=torch.long)
+        for i, e in enumerate(enc):  # left padding: every row's next token is at the end
+            ids[i, T - len(e):] = torch.tensor(e)
+            attn[i, T - len(e):] = 1
+        res = model.generate(input_ids=ids.to(device), attention_mask=attn.to(device),
+                             max_new_tokens=max_new_tokens, do_sample=False, num_beams=1,
+                             output_scores=True, return_dict_in_generate=True,
+                             pad_token_id=pad, eos_token_id=eos)
+        new = res.sequences[:, -len(res.scores):]  # (B, n)
+        lps = torch.stack([F.log_softmax(sc.float(), -1) for sc in res.scores], 1)  # (B, n, V)
+        tok_lp = lps.gather(-1, new.unsqueeze(-1)).squeeze(-1)  # (B, n)
+        for i in range(new.shape[0]):
+            toks, lp = [], []
+            for j in range(new.shape[1]):
+                t = int(new[i, j])
+                lp.append(float(tok_lp[i, j]))
+                if t == eos:
+                    break
+                toks.append(t)
+            out.append(Generation(tokenizer.decode(toks, skip_special_tokens=True).strip(), lp))
+    return out
