@@ -96,9 +96,10 @@ def test_probs_single_token_labels_hand_computed():
     tokens = [("balance", lp(0.7), [("balance", lp(0.7)), ("refund", lp(0.2)),
                                      ("hello", lp(0.06)), (" Refund", lp(0.01))])]
     probs = label_probs(tokens, LABELS, "balance")
-    # balance 0.7 (exact), refund 0.2 + 0.01 (" Refund" strips to a prefix of it), hello dropped
-    total = 0.7 + 0.21
-    assert probs == pytest.approx([0, 0, 0.7 / total, 0.21 / total])
+    # balance 0.7 (exact), refund 0.2 + 0.01 (" Refund" strips to a prefix of it), hello dropped;
+    # the 0.03 no listed token carries is split over the two labels nothing named
+    raw = [0.015, 0.015, 0.7, 0.21]
+    assert probs == pytest.approx([p / sum(raw) for p in raw])
 
 
 def test_probs_multi_token_label_hand_computed():
@@ -113,8 +114,8 @@ def test_probs_multi_token_label_hand_computed():
     chosen = 0.8 * 0.99 * 0.9 * 1.0  # its own tokens along the path
     # "bal" -> balance; "Card" is a prefix of both card labels, the chosen one is excluded so
     # card_declined gets all of it; "x" names no label. Later-position alternatives ("dec")
-    # are not used.
-    raw = [chosen, 0.04, 0.12, 0.0]
+    # are not used. The unlisted 0.03 at the first position goes to refund, which nothing named.
+    raw = [chosen, 0.04, 0.12, 0.03]
     assert probs == pytest.approx([p / sum(raw) for p in raw])
 
 

@@ -32,8 +32,11 @@ alternative token other than the generated one is compared, after removing the c
 precede the label in the generated token (` "` in ` "card`) when it starts with them, then
 stripping whitespace and quotes, case-insensitively, as a prefix of every label's text: its
 probability goes to the labels it is a prefix of, split evenly between them, except the chosen
-label, whose share is already exact. Alternatives that name no label are dropped; the vector is
-then renormalised to sum to 1. When the label cannot be located in the tokens, probs is one-hot.
+label, whose share is already exact. The mass left unlisted at that position (1 minus the
+generated token's and the alternatives' probabilities; `top_logprobs` lists at most 20) is split
+evenly over the labels that no listed token named, so a task with more labels than listed
+alternatives keeps a tail for distillation rather than zeros. Alternatives that name no label are
+dropped; the vector is then renormalised to sum to 1. When the label cannot be located in the tokens, probs is one-hot.
 
 Without logprobs (not asked for, or the endpoint returned none): with `teacher.samples` n > 1
 the request asks for `n` choices (and makes further calls if the endpoint returns fewer, e.g.
@@ -440,6 +443,13 @@ def label_probs(tokens: list[TokenLP], labels: list[str], chosen: str) -> list[f
         hit = [k for k, key in enumerate(keys) if key.startswith(core) and labels[k] != chosen]
         for k in hit:
             probs[k] += math.exp(alt_lp) / len(hit)
+    # the mass no listed token carries (top_logprobs lists at most 20): spread evenly over the
+    # labels nothing named, so a distillation target keeps its tail instead of zeros
+    seen = math.exp(tokens[first][1]) + sum(math.exp(a_lp) for a, a_lp in alts if a != gen_tok)
+    unseen = [k for k, p in enumerate(probs) if p == 0.0]
+    if unseen and seen < 1.0:
+        for k in unseen:
+            probs[k] = (1.0 - seen) / len(unseen)
     total = sum(probs)
     if not total > 0:
         return None

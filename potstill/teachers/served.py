@@ -72,7 +72,9 @@ class ServedTeacher:
         t = spec.teacher.model_copy(update={
             "kind": "openai", "model": spec.serve.model_name or spec.name,
             "base_url": "http://127.0.0.1:0/v1",  # the real port is set when the server starts
-            "logprobs": True, "samples": 1, "temperature": 0.0, "price_in": 0.0, "price_out": 0.0})
+            "logprobs": True, "samples": 1, "temperature": 0.0, "price_in": 0.0, "price_out": 0.0,
+            # enough requests in flight for the server to fill a batch of `teacher.batch_size`
+            "concurrency": max(spec.teacher.concurrency, spec.teacher.batch_size)})
         self._http = OpenAITeacher(spec.model_copy(update={"teacher": t}), labels, api_key=self._key)
         self.labels = labels
         self.identity = f"served:{identity}"
