@@ -295,7 +295,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         results = []
         with fake as url:
             teacher = [] if args.real_teacher else [
-                "teacher.kind=openai", "teacher.model=bench-teacher", f"teacher.base_url={url}",
+                "teacher.kind=openai", "teacher.over_http=false", "teacher.model=bench-teacher", f"teacher.base_url={url}",
                 "teacher.max_retries=0", "teacher.logprobs=false", "teacher.concurrency=64"]
             if args.threads:
                 teacher.append(f"serve.threads={args.threads}")
