@@ -14,7 +14,7 @@ from typing import Any
 
 import numpy as np
 
-from .data.filters import apply_filters
+from .data.filters import apply_filters, input_checks
 from .data.inputs import InputError, normalise, read_jsonl, write_jsonl
 from .extract_schema import canonical_json, clean_fields, parse_answer, schema_fields, validate_fields
 from .manifest import read_manifest, write_manifest
@@ -82,17 +82,10 @@ def check_extract_record(rec: dict[str, Any], f: FilterSpec, seen: set[str]) -> 
         return "teacher_error"
     if rec.get("label") is None:
         return rec.get("parse_reason") or "invalid_json"
-    n = len(rec["text"].strip())
-    if n < f.min_chars:
-        return "too_short"
-    if f.max_chars is not None and n > f.max_chars:
-        return "too_long"
+    why = input_checks(rec, rec["label"], f, seen)
+    if why:
+        return why
     key = normalise(rec["text"])
-    if f.dedup and key in seen:
-        return "duplicate"
-    votes = rec.get("votes")
-    if votes and f.min_votes > 1 and votes.get(rec["label"], 0) < f.min_votes:
-        return "low_votes"
     if rec.get("teacher_fields") and not rec.get("spans"):
         return "no_value_in_text"
     if f.drop_gold_disagreement and rec.get("gold") is not None and \

@@ -38,7 +38,7 @@ import re
 from collections import Counter
 from typing import Any, Sequence
 
-from .data.filters import apply_filters
+from .data.filters import apply_filters, input_checks
 from .data.inputs import normalise, read_jsonl, write_jsonl
 from .generate_eval import normalize_answer
 from .manifest import read_manifest, write_manifest
@@ -212,17 +212,10 @@ def check_generate_record(rec: dict[str, Any], f: FilterSpec, seen: set[str]) ->
         return rec.get("parse_reason") or "empty_output"
     if not rec["output"].strip():
         return "empty_output"
-    n = len(rec["text"].strip())
-    if n < f.min_chars:
-        return "too_short"
-    if f.max_chars is not None and n > f.max_chars:
-        return "too_long"
+    why = input_checks(rec, normalize_answer(rec["output"]), f, seen)
+    if why:
+        return why
     key = normalise(rec["text"])
-    if f.dedup and key in seen:
-        return "duplicate"
-    votes = rec.get("votes")
-    if votes and f.min_votes > 1 and votes.get(normalize_answer(rec["output"]), 0) < f.min_votes:
-        return "low_votes"
     conf = rec.get("confidence")
     if f.min_confidence > 0 and conf is not None and conf < f.min_confidence:
         return "low_confidence"

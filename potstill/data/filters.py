@@ -22,23 +22,32 @@ REASONS = ("teacher_error", "no_label", "too_short", "too_long", "duplicate", "l
            "low_confidence", "gold_disagreement")
 
 
+def input_checks(rec: dict[str, Any], answer: str, f: FilterSpec, seen: set[str]) -> str | None:
+    """The checks every task kind shares, in order: input length, near-duplicate input (by
+    normalised text), self-consistency (`answer`'s votes, k of n)."""
+    n = len(rec["text"].strip())
+    if n < f.min_chars:
+        return "too_short"
+    if f.max_chars is not None and n > f.max_chars:
+        return "too_long"
+    if f.dedup and normalise(rec["text"]) in seen:
+        return "duplicate"
+    votes = rec.get("votes")
+    if votes and f.min_votes > 1 and votes.get(answer, 0) < f.min_votes:
+        return "low_votes"
+    return None
+
+
 def check_record(rec: dict[str, Any], f: FilterSpec, seen: set[str]) -> str | None:
     """The reason `rec` is dropped under policy `f`, or None to keep it. Adds kept texts to `seen`."""
     if rec.get("error"):
         return "teacher_error"
     if rec.get("label") is None:
         return "no_label"  # unparseable answer, or a label outside the task's set
-    n = len(rec["text"].strip())
-    if n < f.min_chars:
-        return "too_short"
-    if f.max_chars is not None and n > f.max_chars:
-        return "too_long"
+    why = input_checks(rec, rec["label"], f, seen)
+    if why:
+        return why
     key = normalise(rec["text"])
-    if f.dedup and key in seen:
-        return "duplicate"
-    votes = rec.get("votes")
-    if votes and f.min_votes > 1 and votes.get(rec["label"], 0) < f.min_votes:
-        return "low_votes"
     conf = rec.get("confidence")
     if f.min_confidence > 0 and conf is not None and conf < f.min_confidence:
         return "low_confidence"
