@@ -143,14 +143,7 @@ def evaluate(spec: TaskSpec, run: RunPaths) -> dict[str, Any]:
         models[name]["macro_f1"] = round(macro_f1(gold, pred, labels), 4)
         if name != "teacher":
             models[name]["agreement_with_teacher"] = round(agreement(pred, preds["teacher"]), 4)
-    s, t = models.get("student"), models["teacher"]
-    summary: dict[str, Any] = {}
-    if s:
-        summary["student_over_teacher_accuracy"] = round(s["accuracy"] / max(t["accuracy"], 1e-9), 4)
-        if t.get("latency_ms_p50"):
-            summary["latency_speedup"] = round(t["latency_ms_p50"] / s["latency_ms_p50"], 2)
-        if "baseline" in models:
-            summary["student_minus_baseline_accuracy"] = round(s["accuracy"] - models["baseline"]["accuracy"], 4)
+    summary = summarise(models, "accuracy")
 
     filt = json.loads((run.filtered / FILTER_REPORT).read_text()) if (run.filtered / FILTER_REPORT).exists() else {}
     label_m = read_manifest(run.labels) if (run.labels / MANIFEST).exists() else {}
@@ -200,6 +193,20 @@ def write_predictions(out, texts: list[str], gold: list[str], preds: dict[str, l
             if p1 is not None:
                 row["student_prob"] = round(float(p1[i]), 6)
             f.write(json.dumps(row) + "\n")
+
+
+def summarise(models: dict[str, dict[str, Any]], metric: str) -> dict[str, Any]:
+    """The report's summary: student / teacher on `metric`, the p50 latency speed-up, and
+    student - baseline on `metric` (each when its models were evaluated)."""
+    s, t = models.get("student"), models["teacher"]
+    summary: dict[str, Any] = {}
+    if s:
+        summary[f"student_over_teacher_{metric}"] = round(s[metric] / max(t[metric], 1e-9), 4)
+        if t.get("latency_ms_p50"):
+            summary["latency_speedup"] = round(t["latency_ms_p50"] / s["latency_ms_p50"], 2)
+        if "baseline" in models:
+            summary[f"student_minus_baseline_{metric}"] = round(s[metric] - models["baseline"][metric], 4)
+    return summary
 
 
 def _timing_only(teacher, texts: list[str], spec: TaskSpec) -> dict[str, Any]:

@@ -14,12 +14,11 @@ from typing import Any
 
 import numpy as np
 
-from .data.filters import apply_filters, input_checks
+from .data.filters import apply_filters, input_checks, save_filter_report
 from .data.inputs import InputError, normalise, read_jsonl, write_jsonl
 from .extract_schema import canonical_json, clean_fields, parse_answer, schema_fields, validate_fields
-from .manifest import read_manifest, write_manifest
-from .paths import DROPPED, FILTER_REPORT, KEPT, RECORDS, SOFT, RunPaths
-from .progress import log
+from .manifest import read_manifest
+from .paths import DROPPED, KEPT, RECORDS, SOFT, RunPaths
 from .spec import FilterSpec, TaskSpec
 from .students.tagger import align_fields
 
@@ -122,12 +121,6 @@ def filter_extract(spec: TaskSpec, run: RunPaths) -> dict[str, Any]:
         "kept_per_field": dict(Counter(f for i in kept for f in records[i]["fields"]).most_common()),
         "policy": spec.filters.model_dump(),
     }
-    (run.filtered / FILTER_REPORT).write_text(json.dumps(report, indent=2))
-    write_manifest(run.filtered, "filter", spec, teacher=label_manifest.get("teacher"),
-                   dataset_hash=label_manifest.get("dataset_hash"),
-                   parents={"labels": str(run.labels)}, report=report)
-    why = ", ".join(f"{k} {v}" for k, v in report["dropped_by_reason"].items() if v) or "none"
     vwhy = ", ".join(f"{k} {v}" for k, v in report["values_dropped_by_reason"].items() if v) or "none"
-    log(f"filter: kept {len(kept)}/{len(records)}; dropped: {why}; values dropped in kept "
-        f"records: {vwhy}")
+    save_filter_report(spec, run, report, label_manifest, f"; values dropped in kept records: {vwhy}")
     return report

@@ -21,7 +21,7 @@ import unicodedata
 from typing import Any, Sequence
 
 from .data.prepare import prepare_inputs
-from .evaluate import _machine, percentile
+from .evaluate import _machine, percentile, summarise
 from .extract_schema import clean_fields, validate_fields
 from .manifest import read_manifest, write_manifest
 from .paths import FILTER_REPORT, MANIFEST, RunPaths
@@ -187,14 +187,7 @@ def evaluate_extract(spec: TaskSpec, run: RunPaths) -> dict[str, Any]:
 
     for name, pred in preds.items():
         models[name].update(model_metrics(gold, pred, fields, None if name == "teacher" else preds["teacher"]))
-    s, t = models.get("student"), models["teacher"]
-    summary: dict[str, Any] = {}
-    if s:
-        summary["student_over_teacher_field_f1"] = round(s["field_f1"] / max(t["field_f1"], 1e-9), 4)
-        if t.get("latency_ms_p50"):
-            summary["latency_speedup"] = round(t["latency_ms_p50"] / s["latency_ms_p50"], 2)
-        if "baseline" in models:
-            summary["student_minus_baseline_field_f1"] = round(s["field_f1"] - models["baseline"]["field_f1"], 4)
+    summary = summarise(models, "field_f1")
 
     filt = json.loads((run.filtered / FILTER_REPORT).read_text()) if (run.filtered / FILTER_REPORT).exists() else {}
     label_m = read_manifest(run.labels) if (run.labels / MANIFEST).exists() else {}

@@ -32,18 +32,16 @@ long free text set `filters.drop_gold_disagreement: false`.
 
 from __future__ import annotations
 
-import json
 import math
 import re
 from collections import Counter
 from typing import Any, Sequence
 
-from .data.filters import apply_filters, input_checks
+from .data.filters import apply_filters, input_checks, save_filter_report
 from .data.inputs import normalise, read_jsonl, write_jsonl
 from .generate_eval import normalize_answer
-from .manifest import read_manifest, write_manifest
-from .paths import DROPPED, FILTER_REPORT, KEPT, RECORDS, SOFT, RunPaths
-from .progress import log
+from .manifest import read_manifest
+from .paths import DROPPED, KEPT, RECORDS, SOFT, RunPaths
 from .spec import FilterSpec, TaskSpec
 from .teachers.base import Answer
 
@@ -252,10 +250,4 @@ def filter_generate(spec: TaskSpec, run: RunPaths) -> dict[str, Any]:
         "distinct_outputs_kept": len({normalize_answer(records[i]["output"]) for i in kept}),
         "policy": spec.filters.model_dump(),
     }
-    (run.filtered / FILTER_REPORT).write_text(json.dumps(report, indent=2))
-    write_manifest(run.filtered, "filter", spec, teacher=label_manifest.get("teacher"),
-                   dataset_hash=label_manifest.get("dataset_hash"),
-                   parents={"labels": str(run.labels)}, report=report)
-    why = ", ".join(f"{k} {v}" for k, v in report["dropped_by_reason"].items() if v) or "none"
-    log(f"filter: kept {len(kept)}/{len(records)}; dropped: {why}")
-    return report
+    return save_filter_report(spec, run, report, label_manifest)

@@ -100,10 +100,16 @@ def filter_stage(spec: TaskSpec, run: RunPaths) -> dict[str, Any]:
         "kept_per_label": dict(Counter(records[i]["label"] for i in kept).most_common()),
         "policy": spec.filters.model_dump(),
     }
+    return save_filter_report(spec, run, report, label_manifest)
+
+
+def save_filter_report(spec: TaskSpec, run: RunPaths, report: dict[str, Any],
+                       label_manifest: dict[str, Any], note: str = "") -> dict[str, Any]:
+    """Write filter_report.json and the stage manifest, log the counts (+ `note`); the report."""
     (run.filtered / FILTER_REPORT).write_text(json.dumps(report, indent=2))
     write_manifest(run.filtered, "filter", spec, teacher=label_manifest.get("teacher"),
                    dataset_hash=label_manifest.get("dataset_hash"),
                    parents={"labels": str(run.labels)}, report=report)
     why = ", ".join(f"{k} {v}" for k, v in report["dropped_by_reason"].items() if v) or "none"
-    log(f"filter: kept {len(kept)}/{len(records)}; dropped: {why}")
+    log(f"filter: kept {report['kept']}/{report['inputs']}; dropped: {why}{note}")
     return report
