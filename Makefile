@@ -7,7 +7,7 @@ TORCH  ?= torch==2.13.0
 STAMP  := $(VENV)/.potstill-installed
 RUN    ?= runs/clinc150
 
-.PHONY: setup demo test bench clean
+.PHONY: setup demo test test-fast lint bench clean
 
 $(STAMP): pyproject.toml
 	test -x $(PY) || python3 -m venv $(VENV)
@@ -22,6 +22,15 @@ demo: setup
 
 test: setup
 	HF_HUB_OFFLINE=1 $(VENV)/bin/pytest -q
+
+# the unit tests alone (no end-to-end training runs or servers): seconds, for the edit-test loop
+test-fast: setup
+	HF_HUB_OFFLINE=1 $(VENV)/bin/pytest -q -m "not e2e and not slow"
+
+# ruff (lint + import order) and mypy (the typed layers, see pyproject.toml)
+lint: setup
+	$(VENV)/bin/ruff check potstill bench tests
+	$(VENV)/bin/mypy
 
 clean:
 	rm -rf $(VENV) runs

@@ -95,7 +95,7 @@ def build_llama(path: Path, tok, layers: int, hidden: int, seed: int) -> Path:
 
 
 def exact(gold: list[str], pred: list[str]) -> float:
-    from potstill.generate_eval import exact_match
+    from potstill.tasks.generate import exact_match
 
     return round(exact_match(gold, pred), 4)
 
@@ -124,8 +124,15 @@ def main() -> None:
     import torch
 
     from potstill.students.causal_lm import (
-        LMRow, LMTrainConfig, build_causal_lm, count_trainable, encode_row, generate,
-        rationale_rows, resolve_precision, split_rationale, train_causal_lm,
+        LMRow,
+        LMTrainConfig,
+        build_causal_lm,
+        count_trainable,
+        generate,
+        rationale_rows,
+        resolve_precision,
+        split_rationale,
+        train_causal_lm,
     )
     from potstill.students.classifier import quiet_transformers
 
@@ -152,7 +159,6 @@ def main() -> None:
     teacher_path = build_llama(work / "teacher-init", tok, tl, th, seed=2)
 
     # 1. teacher on gold (multi-task: answer, and rationale + answer)
-    t0 = time.perf_counter()
     teacher, ttok = build_causal_lm(str(teacher_path), "full")
     gold_rows = ([LMRow(prompt(r["text"]), r["intent"]) for r in teacher_rows]
                  + [LMRow(explain_prompt(r["text"]), f"{rationale_of(r)}\nAnswer: {r['intent']}")
@@ -226,7 +232,13 @@ def main() -> None:
 def throughput(args, student_init, rows, teacher, tok, work) -> dict:
     import torch
 
-    from potstill.students.causal_lm import LMTrainConfig, build_causal_lm, encode_row, train_causal_lm, resolve_precision
+    from potstill.students.causal_lm import (
+        LMTrainConfig,
+        build_causal_lm,
+        encode_row,
+        resolve_precision,
+        train_causal_lm,
+    )
 
     steps, bs = args.tput_steps, args.batch
     out: dict = {}
@@ -249,8 +261,6 @@ def throughput(args, student_init, rows, teacher, tok, work) -> dict:
         print(f"  {name:>36}: {steps * bs * mean_len / seconds:>8.0f} tokens/s ({seconds:.1f}s)", flush=True)
 
     from datasets import Dataset
-    from transformers import AutoModelForCausalLM
-    from trl import SFTConfig, SFTTrainer
 
     ds = Dataset.from_list([{"prompt": r.prompt + "\n", "completion": r.completion} for r in rows])
 
@@ -300,10 +310,10 @@ def _trl(args, student_init, ds, tok, work, steps, bs, row) -> None:
 
 
 def _da(args, student_init, rows, tok, work, steps, bs, teacher, row) -> None:
-    from transformers import AutoModelForCausalLM
     from distillanything.config import DistillConfig, LossConfig, TrainConfig
     from distillanything.data.tokenize import SFTDataset
     from distillanything.train.trainer import DistillTrainer
+    from transformers import AutoModelForCausalLM
 
     recs = [{"prompt": r.prompt, "response": r.completion} for r in rows]
     da_ds = SFTDataset(recs, tok, max_seq_len=96)

@@ -93,8 +93,8 @@ def overhead(run: Path, texts: list[str], n: int, threads: int | None) -> dict[s
     import torch
 
     from potstill.paths import RunPaths
-    from potstill.serve.app import build_student
     from potstill.serve.calibrate import load_run_spec
+    from potstill.serve.classifier import build_student
     from potstill.serve.queue import ReviewQueue
     from potstill.serve.router import Policy, Router
     from potstill.store import Store
@@ -286,6 +286,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         over = overhead(run, texts, args.overhead_samples, args.threads)
 
         from fake_openai import FakeOpenAI
+
         from potstill.serve.calibrate import load_run_spec
 
         spec = load_run_spec(run)

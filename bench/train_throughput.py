@@ -74,8 +74,16 @@ import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
 from potstill.students.classifier import (  # noqa: E402
-    TrainConfig, TrainRow, build_classifier, keep_layers, load_classifier, log_softmax_np,
-    model_labels, predict_logits, resolve_model_path, train_classifier,
+    TrainConfig,
+    TrainRow,
+    build_classifier,
+    keep_layers,
+    load_classifier,
+    log_softmax_np,
+    model_labels,
+    predict_logits,
+    resolve_model_path,
+    train_classifier,
 )
 
 DATA = ROOT / "examples" / "clinc150" / "data"

@@ -31,8 +31,7 @@ def examples_dir() -> Path:
 
 
 def _load(spec: Path, overrides: list[str] | None, workdir: Path | None):
-    from .config import load_spec
-    from .loop import run_paths
+    from .config import load_spec, run_paths
 
     s = load_spec(spec, overrides or [])
     return s, run_paths(s, workdir)
@@ -66,8 +65,8 @@ def run(spec: SpecArg, set: SetOpt = None, workdir: WorkdirOpt = None,
     cache, so a second run costs nothing. Prints the evaluation table at the end and writes
     report.html + report.md (see `potstill report`).
     """
-    from .loop import run_all, run_paths
-    from .config import load_spec
+    from .config import load_spec, run_paths
+    from .pipeline import run_all
 
     if mlflow:
         from .tracking import require_mlflow
@@ -86,7 +85,7 @@ def run(spec: SpecArg, set: SetOpt = None, workdir: WorkdirOpt = None,
 def teacher_fit(spec: SpecArg, set: SetOpt = None, workdir: WorkdirOpt = None):
     """Fine-tune a local encoder (teacher.fit.model, all layers) on the gold labels: the teacher
     when teacher.kind is 'fit', and the plain fine-tuning path."""
-    from .train import fit_teacher
+    from .stages.train import fit_teacher
 
     s, r = _load(spec, set, workdir)
     m = fit_teacher(s, r)
@@ -96,7 +95,7 @@ def teacher_fit(spec: SpecArg, set: SetOpt = None, workdir: WorkdirOpt = None):
 @app.command()
 def label(spec: SpecArg, set: SetOpt = None, workdir: WorkdirOpt = None):
     """Label the training inputs with the teacher (cached; a killed run resumes)."""
-    from .data.label import label as label_stage
+    from .stages.label import label as label_stage
 
     s, r = _load(spec, set, workdir)
     label_stage(s, r)
@@ -105,7 +104,7 @@ def label(spec: SpecArg, set: SetOpt = None, workdir: WorkdirOpt = None):
 @app.command("filter")
 def filter_cmd(spec: SpecArg, set: SetOpt = None, workdir: WorkdirOpt = None):
     """Apply the spec's filters to the labelled records; every drop keeps its reason."""
-    from .data.filters import filter_stage
+    from .stages.filter import filter_stage
 
     s, r = _load(spec, set, workdir)
     filter_stage(s, r)
@@ -122,7 +121,7 @@ def train(
     `accelerate launch --multi_gpu --num_processes 2 -m potstill train SPEC`) trains on two
     processes, on CPUs or GPUs. A killed run resumes from its last checkpoint.
     """
-    from .train import train_student
+    from .stages.train import train_student
 
     s, r = _load(spec, set, workdir)
     from .manifest import is_main_process
@@ -135,23 +134,22 @@ def train(
 @app.command("eval")
 def eval_cmd(spec: SpecArg, set: SetOpt = None, workdir: WorkdirOpt = None):
     """Evaluate teacher, student and baseline on the held-out test split; writes report.json/.md."""
-    from .evaluate import evaluate
+    from .stages.evaluate import evaluate
 
     s, r = _load(spec, set, workdir)
     _print_report(evaluate(s, r))
 
 
 # commands that live beside their stage; their modules import nothing heavy at load time
+from .compare import compare_command  # noqa: E402
 from .cost_cli import cost_command  # noqa: E402
+from .export import export_command  # noqa: E402
+from .report import report_command  # noqa: E402
+from .rounds import iterate_command, rollback_command  # noqa: E402
 from .serve.app import serve_command  # noqa: E402
 from .serve.calibrate import calibrate_command  # noqa: E402
 from .serve.queue import queue_list_command  # noqa: E402
-from .rounds import iterate_command, rollback_command  # noqa: E402
 from .synth import synth_command  # noqa: E402
-from .report import report_command  # noqa: E402
-from .compare import compare_command  # noqa: E402
-
-from .export import export_command  # noqa: E402
 
 app.command("cost")(cost_command)
 app.command("export")(export_command)
@@ -169,28 +167,18 @@ queue_app.command("list")(queue_list_command)
 
 
 def _print_report(report: dict) -> None:
+    """The evaluation table, rendered by the report's own task kind (report.json says which)."""
     from rich.console import Console
     from rich.table import Table
 
-    if report.get("kind") == "extract":
-        from .extract_eval import render_markdown
+    from .tasks import get_task
 
-        typer.echo(render_markdown(report))
-        return
-    if report.get("kind") == "generate" or any("exact_match" in m for m in report["models"].values()):
-        from .generate_eval import render_generate_markdown
-
-        typer.echo(render_generate_markdown(report))
-        return
+    head, rows = get_task(report.get("kind", "classify")).table(report)
     t = Table(title=f"{report['task']}: {report['test_rows']} held-out test rows")
-    for col in ("model", "accuracy", "macro-F1", "agree w/ teacher", "params", "p50 ms", "p95 ms", "inputs/s"):
+    for col in head:
         t.add_column(col, justify="left" if col == "model" else "right")
-    for name, m in report["models"].items():
-        t.add_row(name, f"{m['accuracy']:.4f}", f"{m['macro_f1']:.4f}",
-                  str(m.get("agreement_with_teacher", "—")),
-                  f"{m['params'] / 1e6:.1f}M" if m.get("params") else "—",
-                  str(m.get("latency_ms_p50") or "—"), str(m.get("latency_ms_p95") or "—"),
-                  str(m.get("throughput_per_s") or "—"))
+    for r in rows:
+        t.add_row(*r)
     c = Console()
     if not c.is_terminal:
         c = Console(width=160)
@@ -200,19 +188,19 @@ def _print_report(report: dict) -> None:
 
 
 def main() -> None:
-    from .config import SpecError
-    from .data.inputs import InputError
-    from .teachers.base import BudgetExceeded
+    """The console entry point. User mistakes (`PotstillError`: a bad spec, bad data, a missing
+    stage output) print one line and exit 2; anything else is a bug and shows its traceback."""
+    from .errors import PotstillError
 
     try:
         app()
-    except (SpecError, InputError, BudgetExceeded, FileNotFoundError, ValueError) as e:
+    except PotstillError as e:
         typer.secho(f"error: {e}", fg="red", err=True)
         sys.exit(2)
-    except KeyboardInterrupt:
-        typer.secho("interrupted; finished work is kept, rerun to resume", fg="yellow", err=True)
-        sys.exit(130)
-
+    except SystemExit as e:
+        if e.code == 130:  # typer turns Ctrl-C into a silent exit 130: say what it means
+            typer.secho("interrupted; finished work is kept, rerun to resume", fg="yellow", err=True)
+        raise
 
 if __name__ == "__main__":
     main()

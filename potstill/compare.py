@@ -29,11 +29,9 @@ from typing import Annotated, Any, Optional, Sequence
 
 import typer
 
-from .paths import KEPT, MANIFEST, SOFT, SPLITS, RunPaths
+from .errors import PotstillError
+from .paths import COMPARE_DIR, COMPARE_JSON, COMPARE_MD, KEPT, MANIFEST, PREDICTIONS, SOFT, SPLITS, RunPaths
 
-COMPARE_DIR = "compare"
-COMPARE_JSON = "compare.json"
-COMPARE_MD = "compare.md"
 OBJECTIVES = ("gold", "distill", "both")
 
 
@@ -50,7 +48,7 @@ def plan(gold_shares: Sequence[float] = ()) -> list[Variant]:
     out = [Variant(o, o, 1.0) for o in OBJECTIVES]
     for s in sorted({float(s) for s in gold_shares}, reverse=True):
         if not 0.0 < s <= 1.0:
-            raise ValueError(f"--gold-share must be within (0, 1], got {s}")
+            raise PotstillError(f"--gold-share must be within (0, 1], got {s}")
         if s < 1.0:
             out += [Variant(f"{o}@{s:g}", o, s) for o in ("gold", "both")]
     return out
@@ -235,15 +233,16 @@ def _seed_from_main(run: RunPaths, out: Path, which: str, objective: str) -> Non
 def compare(spec_path: str | Path, overrides: Sequence[str] = (), workdir: str | Path | None = None,
             gold_shares: Sequence[float] = ()) -> dict[str, Any]:
     """Train and evaluate every variant of `plan(gold_shares)`; write compare.json/.md."""
-    from .config import load_spec
-    from .data.filters import filter_stage
-    from .data.label import label
-    from .data.prepare import prepare_inputs
-    from .evaluate import _local_model_metrics, accuracy, agreement, macro_f1
-    from .loop import run_paths
+    from .config import load_spec, run_paths
+    from .cost import hosting_cost_per_1k
+    from .paths import PREDICTIONS
     from .progress import log
-    from .report import PREDICTIONS, hosting_cost_per_1k
-    from .train import fit_teacher, train_student
+    from .stages.filter import filter_stage
+    from .stages.label import label
+    from .stages.prepare import prepare_inputs
+    from .stages.train import fit_teacher, train_student
+    from .students import get_student
+    from .tasks import get_task
 
     variants = plan(gold_shares)
     spec = load_spec(spec_path, list(overrides))
@@ -255,10 +254,11 @@ def compare(spec_path: str | Path, overrides: Sequence[str] = (), workdir: str |
     label(spec, run)
     filter_stage(spec, run)
 
+    task, student = get_task(spec.kind), get_student(spec.student.kind)
     texts = [e.text for e in inputs.test]
-    gold = [e.gold for e in inputs.test]
+    gold = [task.gold_answer(e.gold) for e in inputs.test]
     if not texts:
-        raise ValueError("no test split: set data.test to a gold-labelled file")
+        raise PotstillError("no test split: set data.test to a gold-labelled file")
     teacher_pred = _teacher_predictions(run, texts)
     report = json.loads(run.report_json.read_text()) if run.report_json.exists() else {}
     spend = (report.get("data") or {}).get("teacher_spend_usd")
@@ -300,12 +300,11 @@ def compare(spec_path: str | Path, overrides: Sequence[str] = (), workdir: str |
         if prev and prev.get("fingerprint") == fp and prev.get("accuracy") is not None:
             rows.append(prev)
             continue
-        pred, info, _ = _local_model_metrics(out, texts, spec, v.name)
+        pred, info, _ = student.evaluate(spec, task, out, texts, inputs.labels, v.name)
         rows.append({
             "name": v.name, "objective": v.objective, "gold_share": v.gold_share, "gold_labels":
             n_gold if v.objective != "distill" else 0, "teacher_labels": n_kept if v.objective != "gold" else 0,
-            "accuracy": round(accuracy(gold, pred), 4), "macro_f1": round(macro_f1(gold, pred, inputs.labels), 4),
-            "agreement_with_teacher": round(agreement(pred, teacher_pred), 4) if teacher_pred else None,
+            "agreement_with_teacher": None, **task.score(gold, pred, inputs.labels, teacher_pred),
             "latency_ms_p50": info["latency_ms_p50"], "latency_ms_p95": info["latency_ms_p95"],
             "throughput_per_s": info["throughput_per_s"], "params": info["params"], "size_mb": info["size_mb"],
             "cost_per_1k": hosting_cost_per_1k(x, info["throughput_per_s"]) if info["throughput_per_s"] else None,
@@ -332,8 +331,6 @@ def compare(spec_path: str | Path, overrides: Sequence[str] = (), workdir: str |
 
 
 def _teacher_predictions(run: RunPaths, texts: list[str]) -> list[str | None] | None:
-    from .report import PREDICTIONS
-
     p = run.root / PREDICTIONS
     if not p.exists():
         return None

@@ -6,6 +6,7 @@ Errors name the file, the field and, for YAML, the line, e.g.
 
 from __future__ import annotations
 
+import json
 import sys
 from pathlib import Path
 from typing import Any
@@ -13,6 +14,8 @@ from typing import Any
 import yaml
 from pydantic import ValidationError
 
+from .errors import PotstillError
+from .paths import RunPaths
 from .spec import TaskSpec
 
 if sys.version_info >= (3, 11):
@@ -21,7 +24,7 @@ else:  # pragma: no cover
     import tomli as tomllib
 
 
-class SpecError(ValueError):
+class SpecError(PotstillError):
     """A spec that cannot be loaded; the message names the file and the field."""
 
 
@@ -141,4 +144,23 @@ def load_spec(path: str | Path, overrides: list[str] | None = None) -> TaskSpec:
             lines.append(f"{where}: {field}: {msg}")
         raise SpecError("invalid spec\n" + "\n".join(lines)) from None
     spec.source = path.resolve()
+    from .tasks import get_task
+
+    try:
+        get_task(spec.kind)
+    except PotstillError as e:
+        raise SpecError(f"{path}: {e}") from None
     return spec
+
+
+def default_workdir(spec: TaskSpec) -> Path:
+    """Beside the spec: `<spec folder>/runs/<name>`."""
+    base = spec.source.parent if spec.source else Path.cwd()
+    return base / "runs" / spec.name
+
+
+def run_paths(spec: TaskSpec, workdir: str | Path | None = None) -> RunPaths:
+    run = RunPaths(Path(workdir) if workdir else default_workdir(spec))
+    run.root.mkdir(parents=True, exist_ok=True)
+    run.spec.write_text(json.dumps(spec.resolved(), indent=2))
+    return run

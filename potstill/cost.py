@@ -26,6 +26,9 @@ from dataclasses import asdict, dataclass, field, fields, replace
 from pathlib import Path
 from typing import Any
 
+from .errors import MissingOutput, PotstillError
+from .paths import CALIBRATION_JSON, RunPaths
+
 # --- verdict thresholds (keyword arguments of `verdict`) -----------------------------------------
 FAST_PAYBACK_SHARE = 0.25
 """'distill' needs the one-off cost back within this share of the horizon (3 of 12 months): a
@@ -105,19 +108,19 @@ class CostInputs:
         for name in nonneg:
             v = getattr(self, name)
             if not (isinstance(v, (int, float)) and math.isfinite(v) and v >= 0):
-                raise ValueError(f"{name} must be a finite number >= 0, got {v!r}")
+                raise PotstillError(f"{name} must be a finite number >= 0, got {v!r}")
         for name in ("student_throughput_per_s", "hours_per_month", "horizon_months"):
             v = getattr(self, name)
             if not (isinstance(v, (int, float)) and math.isfinite(v) and v > 0):
-                raise ValueError(f"{name} must be a finite number > 0, got {v!r}")
+                raise PotstillError(f"{name} must be a finite number > 0, got {v!r}")
         if not 0.0 <= self.teacher_share <= 1.0:
-            raise ValueError(f"teacher_share must be within 0..1, got {self.teacher_share!r}")
+            raise PotstillError(f"teacher_share must be within 0..1, got {self.teacher_share!r}")
         if not 0.0 < self.utilisation <= 1.0:
-            raise ValueError(f"utilisation must be within (0, 1], got {self.utilisation!r}")
+            raise PotstillError(f"utilisation must be within (0, 1], got {self.utilisation!r}")
         if self.peak_to_average < 1.0:
-            raise ValueError(f"peak_to_average must be >= 1, got {self.peak_to_average!r}")
+            raise PotstillError(f"peak_to_average must be >= 1, got {self.peak_to_average!r}")
         if int(self.min_instances) != self.min_instances:
-            raise ValueError(f"min_instances must be a whole number, got {self.min_instances!r}")
+            raise PotstillError(f"min_instances must be a whole number, got {self.min_instances!r}")
 
 
 # --- the formulas ---------------------------------------------------------------------------------
@@ -358,7 +361,6 @@ def summarize(x: CostInputs) -> dict[str, Any]:
 
 
 # --- the one function that reads files -------------------------------------------------------------
-CALIBRATION = "calibration.json"
 """In the run directory; its top-level `teacher_share` (0..1) is the hybrid's escalation rate."""
 
 
@@ -372,7 +374,6 @@ def cost_inputs_from_run(run_dir: str | Path, **overrides: Any) -> CostInputs:
     present (teacher_share). `notes` says where each of those figures came from, and which fell
     back to a default. Raises FileNotFoundError naming report.json or potstill.db when missing.
     """
-    from .paths import RunPaths
 
     run = RunPaths(Path(run_dir))
     overrides = {k: v for k, v in overrides.items() if v is not None}
@@ -385,11 +386,11 @@ def cost_inputs_from_run(run_dir: str | Path, **overrides: Any) -> CostInputs:
 
     # report.json: throughput and latencies
     if not run.report_json.exists():
-        raise FileNotFoundError(f"{run.report_json} not found: run `potstill eval` (or `potstill run`) first")
+        raise MissingOutput(f"{run.report_json} not found: run `potstill eval` (or `potstill run`) first")
     try:
         report = json.loads(run.report_json.read_text())
     except json.JSONDecodeError as e:
-        raise ValueError(f"{run.report_json} is not valid JSON: {e}") from None
+        raise PotstillError(f"{run.report_json} is not valid JSON: {e}") from None
     models = report.get("models") or {}
     student, teacher = models.get("student") or {}, models.get("teacher") or {}
     if student.get("throughput_per_s"):
@@ -405,7 +406,7 @@ def cost_inputs_from_run(run_dir: str | Path, **overrides: Any) -> CostInputs:
 
     # potstill.db: tokens per call and what the teacher cost so far
     if not run.db.exists():
-        raise FileNotFoundError(f"{run.db} not found: the teacher-call store is written by `potstill label`")
+        raise MissingOutput(f"{run.db} not found: the teacher-call store is written by `potstill label`")
     identity = teacher.get("identity")
     con = sqlite3.connect(run.db.resolve().as_uri() + "?mode=ro", uri=True)
     try:
@@ -417,7 +418,7 @@ def cost_inputs_from_run(run_dir: str | Path, **overrides: Any) -> CostInputs:
             if not n_tok:
                 n_tok, avg_in, avg_out = con.execute(tok_q).fetchone()
         except sqlite3.DatabaseError as e:
-            raise ValueError(f"{run.db} is not a potstill store (no readable calls table): {e}") from None
+            raise PotstillError(f"{run.db} is not a potstill store (no readable calls table): {e}") from None
     finally:
         con.close()
     got["labelling_usd"] = float(spent)
@@ -446,7 +447,7 @@ def cost_inputs_from_run(run_dir: str | Path, **overrides: Any) -> CostInputs:
         src["price_in"] = f"default: {why}; pass --teacher-price-in/--teacher-price-out"
 
     # calibration.json: the hybrid's teacher share
-    cal = run.root / CALIBRATION
+    cal = run.root / CALIBRATION_JSON
     if cal.exists():
         try:
             doc = json.loads(cal.read_text())
@@ -455,7 +456,7 @@ def cost_inputs_from_run(run_dir: str | Path, **overrides: Any) -> CostInputs:
             op = doc.get("operating_point") or {}
             share = op.get("teacher_share_with_oos", op.get("teacher_share", doc.get("teacher_share")))
         except (json.JSONDecodeError, AttributeError) as e:
-            raise ValueError(f"{cal} is not a JSON object with a teacher_share: {e}") from None
+            raise PotstillError(f"{cal} is not a JSON object with a teacher_share: {e}") from None
         if share is None:
             src["teacher_share"] = f"default: {cal.name} has no teacher_share"
         else:
@@ -464,7 +465,7 @@ def cost_inputs_from_run(run_dir: str | Path, **overrides: Any) -> CostInputs:
             except (TypeError, ValueError):
                 got["teacher_share"] = math.nan
             if not 0.0 <= got["teacher_share"] <= 1.0:
-                raise ValueError(f"{cal}: teacher_share must be a number within 0..1, got {share!r}")
+                raise PotstillError(f"{cal}: teacher_share must be a number within 0..1, got {share!r}")
             src["teacher_share"] = cal.name
     else:
         src["teacher_share"] = f"default: no {cal.name} in the run directory; pass --teacher-share"
@@ -486,3 +487,11 @@ def cost_inputs_from_run(run_dir: str | Path, **overrides: Any) -> CostInputs:
 
 def _num(v: float) -> str:
     return f"{int(v):,}" if float(v).is_integer() else f"{v:.6g}"
+
+
+def hosting_cost_per_1k(x: CostInputs, throughput_per_s: float) -> float:
+    """$ per 1,000 requests of a model served on your own instances: the cost model's hosting for
+    `x.requests_per_month` at this throughput (min_instances, peak sizing) / volume x 1000."""
+    if x.requests_per_month <= 0:
+        return math.inf
+    return 1000 * student_hosting_monthly(replace(x, student_throughput_per_s=throughput_per_s)) / x.requests_per_month

@@ -18,6 +18,8 @@ from typing import Annotated, Literal
 
 import typer
 
+from .errors import MissingOutput, PotstillError
+
 STUDENT_META = "potstill_student.json"  # = students.causal_lm.STUDENT_META (no torch import here)
 
 ADAPTER_FILES = ("adapter_config.json", "adapter_model.safetensors")
@@ -28,7 +30,7 @@ TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "special_tokens_ma
 def student_dir(run_dir: str | Path, which: str = "student") -> Path:
     d = Path(run_dir) / which
     if not (d / STUDENT_META).exists():
-        raise FileNotFoundError(f"{d}: no causal-LM student here ({STUDENT_META} missing); export is for "
+        raise MissingOutput(f"{d}: no causal-LM student here ({STUDENT_META} missing); export is for "
                                 "student.kind causal_lm — run `potstill train` first")
     return d
 
@@ -43,17 +45,17 @@ def export_student(run_dir: str | Path, fmt: Literal["merged", "adapter"], out: 
     meta = json.loads((src / STUDENT_META).read_text())
     if fmt == "adapter":
         if not meta.get("adapter"):
-            raise ValueError(f"{src} holds a fully fine-tuned model, not an adapter; use --format merged")
+            raise PotstillError(f"{src} holds a fully fine-tuned model, not an adapter; use --format merged")
         missing = [f for f in ADAPTER_FILES if not (src / f).exists()]
         if missing:
-            raise FileNotFoundError(f"{src}: {', '.join(missing)} missing")
+            raise MissingOutput(f"{src}: {', '.join(missing)} missing")
         out.mkdir(parents=True, exist_ok=True)
         for f in ADAPTER_FILES + TOKENIZER_FILES:
             if (src / f).exists():
                 shutil.copy2(src / f, out / f)
         return out
     if fmt != "merged":
-        raise ValueError(f"--format {fmt!r}: one of merged, adapter")
+        raise PotstillError(f"--format {fmt!r}: one of merged, adapter")
     if not meta.get("adapter"):
         shutil.copytree(src, out, dirs_exist_ok=True,
                         ignore=shutil.ignore_patterns("checkpoints", "manifest.json", "history.json"))

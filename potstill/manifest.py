@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import Any
 
 from . import __version__
+from .errors import MissingOutput
 from .paths import MANIFEST
 
 
@@ -75,7 +76,7 @@ def write_manifest(directory: Path, stage: str, spec: Any, **fields: Any) -> dic
 def read_manifest(directory: Path) -> dict[str, Any]:
     p = directory / MANIFEST
     if not p.exists():
-        raise FileNotFoundError(f"{p}: missing; run the stage that makes {directory.name}/ first")
+        raise MissingOutput(f"{p}: missing; run the stage that makes {directory.name}/ first")
     return json.loads(p.read_text())
 
 

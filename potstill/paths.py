@@ -72,3 +72,15 @@ FILTER_REPORT = "filter_report.json"
 SPLITS = ("train", "validation", "test")
 CHECKPOINTS = "checkpoints"      # inside a model directory while it trains
 HISTORY = "history.json"         # per-epoch training curves inside a model directory
+
+# files at the run directory's top level and in eval/ (relative to the run directory)
+EVAL_DIR = "eval"
+PREDICTIONS = "eval/predictions.jsonl"        # one row per test input: gold and every model's answer
+STUDENT_LOGITS = "eval/student_logits.npy"    # (N, C) classifier student logits on the test split
+STUDENT_LABELS = "eval/student_labels.json"   # (C) their label order
+CALIBRATION_JSON = "calibration.json"         # `potstill calibrate`: thresholds and the trade-off table
+CALIBRATION_DIR = "calibration"               # its temperature, OOD statistics
+COMPARE_JSON = "compare.json"                 # `potstill compare`
+COMPARE_MD = "compare.md"
+COMPARE_DIR = "compare"                       # its variants' run directories
+REPORT_HTML = "report.html"

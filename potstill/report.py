@@ -10,8 +10,8 @@ Three layers, in this order in the file:
 3. rendering: `render_html(data)` and `render_markdown(data)`; plots come from matplotlib's Agg
    backend. Nothing here trains a model or runs the evaluation again.
 
-Files read: report.json (evaluate.py), eval/predictions.jsonl + eval/student_logits.npy +
-eval/student_labels.json (evaluate.py), calibration.json (serve/calibrate.py), potstill.db and
+Files read: report.json (stages/evaluate.py), eval/predictions.jsonl + eval/student_logits.npy +
+eval/student_labels.json (stages/evaluate.py), calibration.json (serve/calibrate.py), potstill.db and
 spec.resolved.json (through cost.py), filtered/filter_report.json, {student,baseline}/history.json,
 the stage manifests, and compare.json (compare.py) when present.
 """
@@ -29,15 +29,31 @@ from typing import Annotated, Any, Optional, Sequence
 
 import typer
 
-from .cost import (CostInputs, break_even_requests_per_month, cost_inputs_from_run, hybrid_monthly,
-                   one_off_cost, student_hosting_monthly, summarize, teacher_only_monthly)
-from .paths import FILTER_REPORT, HISTORY, MANIFEST, RunPaths
+from .cost import (
+    CostInputs,
+    break_even_requests_per_month,
+    cost_inputs_from_run,
+    hosting_cost_per_1k,
+    hybrid_monthly,
+    one_off_cost,
+    summarize,
+    teacher_only_monthly,
+)
+from .errors import MissingOutput, PotstillError
+from .paths import (
+    CALIBRATION_JSON,
+    COMPARE_JSON,
+    EVAL_DIR,
+    FILTER_REPORT,
+    HISTORY,
+    MANIFEST,
+    PREDICTIONS,
+    REPORT_HTML,
+    STUDENT_LABELS,
+    STUDENT_LOGITS,
+    RunPaths,
+)
 
-REPORT_HTML = "report.html"
-PREDICTIONS = "eval/predictions.jsonl"
-STUDENT_LOGITS = "eval/student_logits.npy"
-STUDENT_LABELS = "eval/student_labels.json"
-COMPARE_JSON = "compare.json"
 MODELS = ("teacher", "student", "baseline")
 N_BINS = 15
 """Reliability bins: the same 15 equal-width bins `potstill calibrate` uses for its ECE."""
@@ -107,14 +123,6 @@ def per_label_scores(gold: Sequence[str], pred: Sequence[str | None],
             for l, a, b, c, d in zip(labels, p, r, f, s)]
 
 
-def hosting_cost_per_1k(x: CostInputs, throughput_per_s: float) -> float:
-    """$ per 1,000 requests of a model served on your own instances: the cost model's hosting for
-    `x.requests_per_month` at this throughput (min_instances, peak sizing) / volume x 1000."""
-    if x.requests_per_month <= 0:
-        return math.inf
-    return 1000 * student_hosting_monthly(replace(x, student_throughput_per_s=throughput_per_s)) / x.requests_per_month
-
-
 def cost_curve(x: CostInputs, volumes: Sequence[float]) -> list[dict[str, float]]:
     """Monthly cost against monthly volume: teacher only, hybrid, and the hybrid with the one-off
     cost amortised over the horizon (the line the break-even volume is defined on)."""
@@ -142,7 +150,7 @@ def _read_json(path: Path) -> Any:
     try:
         return json.loads(path.read_text())
     except json.JSONDecodeError as e:
-        raise ValueError(f"{path} is not valid JSON: {e}") from None
+        raise PotstillError(f"{path} is not valid JSON: {e}") from None
 
 
 def read_predictions(run: RunPaths) -> list[dict[str, Any]]:
@@ -153,7 +161,7 @@ def read_predictions(run: RunPaths) -> list[dict[str, Any]]:
             try:
                 rows.append(json.loads(line))
             except json.JSONDecodeError as e:
-                raise ValueError(f"{path}:{n}: not valid JSON: {e}") from None
+                raise PotstillError(f"{path}:{n}: not valid JSON: {e}") from None
     return rows
 
 
@@ -162,12 +170,12 @@ def build_report(run_dir: str | Path, *, requests_per_month: float | None = None
     the run was never evaluated; every other missing file only leaves its section out."""
     run = RunPaths(Path(run_dir))
     if not run.report_json.exists():
-        raise FileNotFoundError(f"{run.report_json} not found: run `potstill eval` (or `potstill run`) first")
+        raise MissingOutput(f"{run.report_json} not found: run `potstill eval` (or `potstill run`) first")
     report = _read_json(run.report_json)
     missing: dict[str, str] = {}
     data: dict[str, Any] = {"task": report.get("task"), "run_dir": str(run.root), "report": report,
                             "missing": missing}
-    cal_path = run.root / "calibration.json"
+    cal_path = run.root / CALIBRATION_JSON
     cal = _read_json(cal_path) if cal_path.exists() else None
     if cal is None:
         missing["routing"] = "run `potstill calibrate RUN_DIR` for the routing trade-off"
@@ -253,16 +261,11 @@ def headline(report: dict[str, Any], x: CostInputs | None, teacher_kind: str | N
     return rows
 
 
-QUALITY = {
-    "classify": (("accuracy", "accuracy"), ("macro_f1", "macro-F1")),
-    "extract": (("field_f1", "field F1"), ("exact_match", "exact match"), ("json_validity", "valid JSON")),
-    "generate": (("exact_match", "exact match"), ("token_f1", "token F1")),
-}
-
-
 def quality_columns(report: dict[str, Any]) -> tuple[tuple[str, str], ...]:
-    """(report.json key, column title) of the task kind's quality metrics."""
-    return QUALITY.get(report.get("kind") or "classify", QUALITY["classify"])
+    """(report.json key, column title) of the task kind's quality metrics (`Task.quality`)."""
+    from .tasks import get_task
+
+    return tuple(get_task(report.get("kind") or "classify").quality)
 
 
 def cost_section(x: CostInputs) -> dict[str, Any]:
@@ -309,7 +312,7 @@ def reliability_section(run: RunPaths, cal: dict[str, Any] | None) -> dict[str, 
     own = _read_json(labp)
     gold = [r["gold"] for r in read_predictions(run)]
     if len(gold) != len(logits):
-        raise ValueError(f"{lp}: {len(logits)} rows but {pp} has {len(gold)}; rerun `potstill eval`")
+        raise PotstillError(f"{lp}: {len(logits)} rows but {pp} has {len(gold)}; rerun `potstill eval`")
     index = {l: i for i, l in enumerate(own)}
     y = np.array([index.get(g, -1) for g in gold])  # -1: a label the student does not know, never right
     out: dict[str, Any] = {"rows": len(gold), "temperature": None, "temperature_source": None}
@@ -363,13 +366,13 @@ def lineage(run: RunPaths) -> list[dict[str, Any]]:
 
 # --- computing missing test predictions from the saved models (no training, no timing) ----------
 def predict_test(spec_or_run: Any, run_dir: str | Path) -> Path:
-    """Write eval/predictions.jsonl (+ student logits) for a run evaluated before evaluate.py
+    """Write eval/predictions.jsonl (+ student logits) for a run evaluated before stages/evaluate.py
     wrote them: the saved student and baseline predict the test split; the teacher's answers come
     from the cache in potstill.db (a local teacher runs; an API teacher is asked only for texts
     not cached). `spec_or_run`: a TaskSpec, or None to load spec.resolved.json."""
-    from .data.prepare import load_inputs
-    from .evaluate import write_predictions
     from .serve.calibrate import load_run_spec
+    from .stages.evaluate import write_predictions
+    from .stages.prepare import load_inputs
     from .store import Store
     from .students.classifier import load_classifier, model_labels, predict_logits
     from .teachers import answer_cached, make_teacher
@@ -393,8 +396,8 @@ def predict_test(spec_or_run: Any, run_dir: str | Path) -> Path:
                                 show=f"predict {name}")
         preds[name] = [own[i] for i in logits.argmax(-1)]
         if name == "student":
-            student = (own, logits)
-    write_predictions(run.root / "eval", texts, gold, preds, student)
+            student = {"logits": (own, logits)}
+    write_predictions(run.root / EVAL_DIR, texts, gold, preds, {"student": student} if student else {})
     return run.root / PREDICTIONS
 
 
@@ -762,7 +765,7 @@ def compare_html(c: dict[str, Any]) -> str:
 
 
 def render_markdown(data: dict[str, Any]) -> str:
-    """report.md: evaluate.py's table and data summary, then the sections this report adds."""
+    """report.md: the evaluation's table and data summary, then the sections this report adds."""
     miss = data["missing"]
     lines = [_evaluation_markdown(data["report"]).rstrip(), ""]
     cols, rows = headline_rows(data)
@@ -813,15 +816,10 @@ def render_markdown(data: dict[str, Any]) -> str:
 
 
 def _evaluation_markdown(report: dict[str, Any]) -> str:
-    """The evaluation's own report.md text, by task kind."""
-    kind = report.get("kind") or "classify"
-    if kind == "extract":
-        from .extract_eval import render_markdown as md
-    elif kind == "generate":
-        from .generate_eval import render_generate_markdown as md
-    else:
-        from .evaluate import render_markdown as md
-    return md(report)
+    """The evaluation's own report.md text, rendered by its task kind (report.json says which)."""
+    from .tasks import get_task
+
+    return get_task(report.get("kind") or "classify").render_markdown(report)
 
 
 def write_report(run_dir: str | Path, *, requests_per_month: float | None = None) -> dict[str, Any]:

@@ -39,8 +39,9 @@ import numpy as np
 import typer
 
 from .data.inputs import read_jsonl, write_jsonl
+from .errors import MissingOutput, PotstillError
 from .manifest import read_manifest, write_manifest
-from .paths import KEPT, MANIFEST, SOFT, RunPaths
+from .paths import CALIBRATION_DIR, CALIBRATION_JSON, KEPT, SOFT, RunPaths
 from .progress import log
 from .spec import TaskSpec
 from .teachers.base import Answer
@@ -48,8 +49,6 @@ from .teachers.base import Answer
 STATE = "rounds.json"
 RECORDS = "records"
 GATE = "gate.json"
-CALIBRATION_JSON = "calibration.json"
-CALIBRATION_DIR = "calibration"
 
 
 # -- pure pieces ---------------------------------------------------------------------------------
@@ -192,7 +191,7 @@ def _copy_calibration(src_root: Path, dst_root: Path) -> None:
 
 
 def _gold_records(spec: TaskSpec, run: RunPaths) -> tuple[list[dict[str, Any]], np.ndarray]:
-    from .data.prepare import prepare_inputs
+    from .stages.prepare import prepare_inputs
 
     inputs = prepare_inputs(spec, run)
     rows = [{"id": ex.id, "text": ex.text, "label": ex.gold, "gold": ex.gold, "source": "gold"}
@@ -201,12 +200,12 @@ def _gold_records(spec: TaskSpec, run: RunPaths) -> tuple[list[dict[str, Any]], 
 
 
 def _gate_set(spec: TaskSpec, run: RunPaths, split: str) -> tuple[list[str], list[str], str]:
-    from .data.prepare import prepare_inputs
+    from .stages.prepare import prepare_inputs
 
     inputs = prepare_inputs(spec, run)
     rows = [ex for ex in getattr(inputs, split) if ex.gold is not None]
     if not rows:
-        raise ValueError(f"the {split} split has no gold labels to gate on")
+        raise PotstillError(f"the {split} split has no gold labels to gate on")
     texts, gold = [ex.text for ex in rows], [ex.gold for ex in rows]
     digest = hashlib.sha256(json.dumps([texts, gold]).encode()).hexdigest()[:16]
     return texts, gold, digest
@@ -215,7 +214,7 @@ def _gate_set(spec: TaskSpec, run: RunPaths, split: str) -> tuple[list[str], lis
 def _init_state(spec: TaskSpec, run: RunPaths, split: str) -> dict[str, Any]:
     """Round 0: a snapshot of the deployed student, its calibration and its training records."""
     if not (run.student / "config.json").exists():
-        raise FileNotFoundError(f"{run.student}: no trained student to start the loop from; "
+        raise MissingOutput(f"{run.student}: no trained student to start the loop from; "
                                 "run `potstill run` first")
     _, _, digest = _gate_set(spec, run, split)
     r0 = round_dir(run, 0)
@@ -244,18 +243,15 @@ def _init_state(spec: TaskSpec, run: RunPaths, split: str) -> dict[str, Any]:
 def _teacher_answers(spec: TaskSpec, run: RunPaths, texts: list[str], labels: list[str]
                      ) -> dict[str, Answer]:
     """The teacher's answers for `texts`, through the run's cache (the server's teacher cached
-    what it answered; only the rest is asked). An unreachable teacher gives no answers."""
+    what it answered; only the rest is asked). A teacher that cannot be built is an error; one that
+    hits its spending cap leaves the rest to the teacher labels the queue kept."""
     from .progress import progress
     from .store import Store
     from .teachers import BudgetExceeded, answer_cached, make_teacher
 
     if not texts:
         return {}
-    try:
-        teacher = make_teacher(spec, run, labels)
-    except Exception as e:  # noqa: BLE001 - the queue's own teacher labels still serve
-        log(f"iterate: no teacher ({e}); using the teacher labels the queue kept")
-        return {}
+    teacher = make_teacher(spec, run, labels)  # a teacher that cannot be built is an error, not a guess
     with Store(run.db) as store:
         try:
             with progress(len(texts), "iterate: teacher labels for the queue") as bar:
@@ -267,8 +263,8 @@ def _teacher_answers(spec: TaskSpec, run: RunPaths, texts: list[str], labels: li
 
 
 def gate_accuracy(model_dir: Path, texts: list[str], gold: list[str], spec: TaskSpec) -> float:
-    from .evaluate import accuracy
     from .students.classifier import load_classifier, model_labels, predict_logits
+    from .tasks.classify import accuracy
 
     model, tok = load_classifier(model_dir)
     names = model_labels(model)
@@ -293,19 +289,19 @@ def deploy(spec: TaskSpec, run: RunPaths, n: int) -> None:
 def iterate(spec: TaskSpec, run: RunPaths, margin: float = 0.0, gate: str = "test",
             min_cases: int = 1) -> dict[str, Any]:
     """One round of the loop (see the module doc). Returns the round's gate record."""
-    from .data.prepare import prepare_inputs
+    from .stages.prepare import prepare_inputs
+    from .stages.train import train_student
     from .store import Store
-    from .train import train_student
 
     if spec.kind != "classify" or spec.student.kind != "classifier":
-        raise ValueError("potstill iterate supports classify tasks with a classifier student")
+        raise PotstillError("potstill iterate supports classify tasks with a classifier student")
     state = load_state(run) or _init_state(spec, run, gate)
     if state["gate"]["split"] != gate:
-        raise ValueError(f"this run's loop gates on the {state['gate']['split']} split; "
+        raise PotstillError(f"this run's loop gates on the {state['gate']['split']} split; "
                          f"pass --gate {state['gate']['split']}")
     texts, gold, digest = _gate_set(spec, run, gate)
     if digest != state["gate"]["hash"]:
-        raise ValueError(f"the {gate} split changed since the loop started (gate hash "
+        raise PotstillError(f"the {gate} split changed since the loop started (gate hash "
                          f"{state['gate']['hash']} -> {digest}); rounds are only comparable on a "
                          "fixed gate set")
     inputs = prepare_inputs(spec, run)
@@ -319,7 +315,7 @@ def iterate(spec: TaskSpec, run: RunPaths, margin: float = 0.0, gate: str = "tes
     answers = _teacher_answers(spec, run, need_teacher, labels)
     cases, skipped = cases_from_queue(items, labels, answers, held_out)
     if len(cases) < min_cases:
-        raise ValueError(f"{len(cases)} usable queue case(s) ({len(items)} unused queue items, "
+        raise PotstillError(f"{len(cases)} usable queue case(s) ({len(items)} unused queue items, "
                          f"{len(skipped)} skipped); a round needs at least {min_cases} "
                          "(--min-cases)")
 
@@ -378,17 +374,17 @@ def rollback(spec: TaskSpec, run: RunPaths, to: int | None = None) -> dict[str, 
     """Deploy the round deployed before the current one (or round `to`)."""
     state = load_state(run)
     if state is None:
-        raise ValueError(f"{run.root}: no rounds yet (run `potstill iterate` first)")
+        raise PotstillError(f"{run.root}: no rounds yet (run `potstill iterate` first)")
     hist = state["deployed_history"]
     if to is None:
         if len(hist) < 2:
-            raise ValueError(f"round {hist[-1]} is the first deployed round; nothing to roll back to")
+            raise PotstillError(f"round {hist[-1]} is the first deployed round; nothing to roll back to")
         to = hist[-2]
         hist.pop()
     else:
         known = {r["round"]: r for r in state["rounds"]}
         if to not in known or not (round_dir(run, to) / "student" / "config.json").exists():
-            raise ValueError(f"no round {to} with a trained student (rounds: {sorted(known)})")
+            raise PotstillError(f"no round {to} with a trained student (rounds: {sorted(known)})")
         hist.append(to)
     deploy(spec, run, to)
     for r in state["rounds"]:

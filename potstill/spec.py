@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import re
 from pathlib import Path
 from typing import Any, Literal
 
@@ -21,6 +20,15 @@ DEFAULT_INSTRUCTION = "Classify the text into exactly one of the labels."
 DEFAULT_TEMPLATE = (
     "{instruction}\n\nLabels: {labels}\n\nText: {text}\n\n"
     'Answer with the label only, or as JSON {{"label": "..."}}.'
+)
+
+EXTRACT_INSTRUCTION = (
+    "Extract the fields described by the JSON schema from the text. Copy each value exactly as it "
+    "is written in the text; leave out fields the text does not mention."
+)
+EXTRACT_TEMPLATE = (
+    "{instruction}\n\nJSON schema: {schema}\n\nText: {text}\n\n"
+    "Answer with one JSON object only."
 )
 
 
@@ -285,7 +293,8 @@ class ServeSpec(_Strict):
 
 class TaskSpec(_Strict):
     name: str = Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
-    kind: Literal["classify", "extract", "generate"] = "classify"
+    kind: str = Field("classify", pattern=r"^[a-z][a-z0-9_]*$")
+    """classify, extract, generate, or a kind registered with `potstill.tasks.register`."""
     labels: list[str] | None = None
     """Listed here, or read from the gold labels of the data when null."""
     instruction: str = DEFAULT_INSTRUCTION
@@ -293,7 +302,7 @@ class TaskSpec(_Strict):
     """Fields: {instruction}, {labels}, {text}."""
     json_schema: dict[str, Any] | None = None
     """For `extract`: an object schema whose string-valued properties are the fields
-    (see extract_schema.py); the prompt template may show it as {schema}."""
+    (see answers.check_extract_schema); the prompt template may show it as {schema}."""
     data: DataSpec
     teacher: TeacherSpec = TeacherSpec()
     filters: FilterSpec = FilterSpec()
@@ -320,7 +329,7 @@ class TaskSpec(_Strict):
     @classmethod
     def _valid_schema(cls, v: dict[str, Any] | None, info: ValidationInfo) -> dict[str, Any] | None:
         if v is not None and info.data.get("kind") == "extract":
-            from .extract_schema import check_extract_schema
+            from .answers import check_extract_schema
 
             check_extract_schema(v)
         return v
@@ -352,10 +361,6 @@ class TaskSpec(_Strict):
             _extract_defaults(self)
         elif self.student.kind == "tagger":
             raise ValueError("student.kind 'tagger' is for kind 'extract'")
-        if self.kind not in ("classify", "generate", "extract"):
-            raise ValueError(
-                f"kind {self.kind!r} is reserved in the spec but not implemented yet; use 'classify'"
-            )
         return self
 
     def resolved(self) -> dict[str, Any]:
@@ -382,9 +387,7 @@ class TaskSpec(_Strict):
 
 def _extract_defaults(spec: TaskSpec) -> None:
     """kind extract: json_schema is required; the student is a tagger; the classify prompt
-    defaults give way to extract_schema's (fields set in the file or --set are kept)."""
-    from .extract_schema import EXTRACT_INSTRUCTION, EXTRACT_TEMPLATE
-
+    defaults give way to EXTRACT_INSTRUCTION and EXTRACT_TEMPLATE (fields set in the file or --set are kept)."""
     if spec.json_schema is None:
         raise ValueError("kind 'extract' needs json_schema: an object schema whose string-valued "
                          "properties are the fields to extract")
@@ -406,51 +409,3 @@ class _Probe(dict):
             raise KeyError(f"unknown field {{{key}}}; allowed: {{instruction}}, {{labels}}, {{text}}, "
                            "{schema}")
         return ""
-
-
-def _first_json_object(s: str) -> dict | None:
-    """The first JSON object embedded in `s` (in a code fence, after prose, before more text)."""
-    decoder = json.JSONDecoder()
-    for m in re.finditer(r"\{", s):
-        try:
-            obj, _ = decoder.raw_decode(s, m.start())
-        except json.JSONDecodeError:
-            continue
-        if isinstance(obj, dict):
-            return obj
-    return None
-
-
-def parse_label(answer: str, labels: list[str]) -> str | None:
-    """Map a teacher's free-text answer to one of `labels`, or None when it names none.
-
-    Tried in order: exact match; case- and space-insensitive match (also after stripping quotes
-    and trailing punctuation); a JSON object with a "label" field (also inside surrounding text or
-    a code fence); "Label: X"; finally, exactly one label appearing as a whole word in the answer.
-    """
-    if answer is None:
-        return None
-    s = answer.strip()
-    if s in labels:
-        return s
-    canon = {_canon(l): l for l in labels}
-    c = _canon(s)
-    if c in canon:
-        return canon[c]
-    obj = _first_json_object(s)
-    if obj is not None:
-        for key in ("label", "intent", "class", "category"):
-            if isinstance(obj.get(key), str):
-                return parse_label(obj[key], labels) if obj[key].strip() != s else None
-    m = re.match(r"^\s*(?:label|answer|intent|class)\s*[:=]\s*(.+)$", s, re.I | re.S)
-    if m:
-        return parse_label(m.group(1).strip().splitlines()[0], labels)
-    hits = {l for l in labels if re.search(rf"(?<![\w]){re.escape(l)}(?![\w])", s, re.I)}
-    # prefer the longest label when one contains another ("balance" vs "account_balance")
-    hits = {h for h in hits if not any(h != o and h.lower() in o.lower() for o in hits)}
-    return hits.pop() if len(hits) == 1 else None
-
-
-def _canon(s: str) -> str:
-    s = s.strip().strip("`\"'").strip().rstrip(".!").strip().lower()
-    return re.sub(r"[\s\-]+", "_", s)

@@ -33,6 +33,7 @@ import numpy as np
 import typer
 
 from .data.inputs import normalise, write_jsonl
+from .errors import PotstillError
 from .progress import log, progress
 from .spec import TaskSpec
 
@@ -200,17 +201,17 @@ def synth(spec: TaskSpec, run, n: int, out: Path, per_call: int = 5, per_prompt:
           max_similarity: float = 0.92, temperature: float = 1.0, max_rounds: int = 5) -> dict[str, Any]:
     """Ask the teacher for new inputs until `n` distinct ones are kept (or `max_rounds` waves of
     calls found too few); write them to `out` (JSONL). Returns a summary."""
-    from .data.prepare import prepare_inputs
+    from .stages.prepare import prepare_inputs
     from .store import Store
 
     t = spec.teacher
     if t.kind != "openai":
-        raise ValueError("potstill synth needs a generative teacher: teacher.kind openai "
+        raise PotstillError("potstill synth needs a generative teacher: teacher.kind openai "
                          "(any OpenAI-compatible endpoint)")
     inputs = prepare_inputs(spec, run)
     seeds = [(ex.text, ex.gold) for ex in inputs.train]
     if not seeds:
-        raise ValueError(f"{spec.data.train}: no inputs to use as seeds")
+        raise PotstillError(f"{spec.data.train}: no inputs to use as seeds")
     known = [ex.text for ex in inputs.train + inputs.validation + inputs.test]
     seen_norm = {normalise(x) for x in known}
     old_emb = embed(known)
@@ -310,8 +311,7 @@ def synth_command(
     inputs stay balanced and varied. Every answer is cached: a rerun costs nothing. Feed the
     file to the teacher like any unlabelled inputs.
     """
-    from .config import load_spec
-    from .loop import run_paths
+    from .config import load_spec, run_paths
 
     s = load_spec(spec, set or [])
     run = run_paths(s, workdir)

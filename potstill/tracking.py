@@ -20,12 +20,15 @@ import os
 from pathlib import Path
 from typing import Any
 
+from .errors import PotstillError
+from .paths import COMPARE_JSON
+
 EXTRA_HINT = "pip install 'potstill[mlflow]'"
 EXPERIMENT = "potstill"
 MAX_PARAM_CHARS = 6000  # MLflow's limit on one parameter value (8000 on recent servers; stay under)
 
 
-class TrackingError(ValueError):
+class TrackingError(PotstillError):
     """--mlflow could not be honoured (mlflow not installed); the message says how to fix it."""
 
 
@@ -97,7 +100,7 @@ def log_run_dir(run_dir: str | Path, *, uri: str | None = None, kind: str = "run
     spec_path, report_path = run_dir / "spec.resolved.json", run_dir / "report.json"
     params = flatten(json.loads(spec_path.read_text())) if spec_path.exists() else {}
     report = json.loads(report_path.read_text()) if report_path.exists() else {}
-    cmp_path = run_dir / "compare.json"
+    cmp_path = run_dir / COMPARE_JSON
     compare = json.loads(cmp_path.read_text()) if cmp_path.exists() else None
     metrics = report_metrics(report, compare)
     uri = uri or default_uri(run_dir)

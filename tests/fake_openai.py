@@ -53,7 +53,7 @@ import re
 import threading
 import time
 import uuid
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any, Callable, Sequence
 
 FAULT_KINDS = ("429", "500", "400", "hang", "malformed", "no_choices", "drop")

@@ -11,10 +11,19 @@ import pytest
 from fake_openai import FakeOpenAI
 from test_serve_support import LABELS, fresh_run, tiny_run  # noqa: F401
 
-from potstill.serve.calibrate import (Rows, escalated, explain, load_run_spec, pick_point, summarise,
-                                      sweep)
-from potstill.serve.confidence import (KNNStats, MahalanobisStats, confidence_scores, ece,
-                                       fit_ood, fit_temperature, load_ood, nll, save_ood, softmax)
+from potstill.serve.calibrate import Rows, escalated, explain, load_run_spec, pick_point, summarise, sweep
+from potstill.serve.confidence import (
+    KNNStats,
+    MahalanobisStats,
+    confidence_scores,
+    ece,
+    fit_ood,
+    fit_temperature,
+    load_ood,
+    nll,
+    save_ood,
+    softmax,
+)
 
 
 # -- temperature -----------------------------------------------------------------------------------

@@ -6,13 +6,31 @@ import math
 
 import pytest
 import torch
-
 from causal_fixtures import build_tiny_llama, build_tokenizer, one_torch_thread  # noqa: F401 (autouse)
+
 from potstill.students.causal_lm import (
-    IGNORE, LABEL_TAG, RATIONALE_TAG, LMRow, LMTrainConfig, build_causal_lm, check_shared_vocab,
-    collate, encode_row, generate, is_peft, load_causal_lm, load_teacher_lm, merge_adapters,
-    mix_general, rationale_rows, save_causal_lm, sequence_logprob_stats, split_rationale, task_prompt,
-    topk_from_token_logprobs, train_causal_lm,
+    IGNORE,
+    LABEL_TAG,
+    RATIONALE_TAG,
+    LMRow,
+    LMTrainConfig,
+    build_causal_lm,
+    check_shared_vocab,
+    collate,
+    encode_row,
+    generate,
+    is_peft,
+    load_causal_lm,
+    load_teacher_lm,
+    merge_adapters,
+    mix_general,
+    rationale_rows,
+    save_causal_lm,
+    sequence_logprob_stats,
+    split_rationale,
+    task_prompt,
+    topk_from_token_logprobs,
+    train_causal_lm,
 )
 
 ROWS = [LMRow("what is my balance", "balance"), LMRow("send money to mom", "transfer"),

@@ -39,11 +39,11 @@ def test_issue_command_through_the_cli_parser(chat_spec, monkeypatch):
     """`potstill run chat/potstill.yaml --set ...` gets as far as the run (spec valid)."""
     from typer.testing import CliRunner
 
-    import potstill.loop
+    import potstill.pipeline
     from potstill.cli import app
 
     seen = {}
-    monkeypatch.setattr(potstill.loop, "run_all", lambda s, w: seen.setdefault("spec", s) and {})
+    monkeypatch.setattr(potstill.pipeline, "run_all", lambda s, w: seen.setdefault("spec", s) and {})
     args = ["run", str(chat_spec)] + [a for o in ISSUE_OVERRIDES for a in ("--set", o)]
     CliRunner().invoke(app, args)
     assert seen["spec"].student.kind == "causal_lm" and seen["spec"].train.objective == "logit_kd"

@@ -6,14 +6,11 @@ from __future__ import annotations
 import json
 
 import pytest
-import torch
-
 from causal_fixtures import build_tiny_llama, one_torch_thread  # noqa: F401 (autouse)
 from conftest import make_rows, write_jsonl
-from potstill.config import load_spec
-from potstill.data.prepare import prepare_inputs
-from potstill.loop import run_paths
-from potstill.students.causal_lm import LMTrainConfig, build_causal_lm, train_causal_lm
+
+from potstill.config import load_spec, run_paths
+from potstill.stages.prepare import prepare_inputs
 
 RATIONALES = {"balance": "it asks about money held", "transfer": "it asks to move money",
               "weather": "it asks about the sky"}
@@ -58,9 +55,9 @@ eval: {{batch_size: 16}}
 
 
 def test_rationale_student_train_eval_export(tmp_path, lms):
-    from potstill.evaluate import evaluate
     from potstill.export import export_student
-    from potstill.train import train_student
+    from potstill.stages.evaluate import evaluate
+    from potstill.stages.train import train_student
 
     spec, run = _task(tmp_path, lms, ", objective: rationale")
     m = train_student(spec, run)
@@ -86,7 +83,7 @@ def test_rationale_student_train_eval_export(tmp_path, lms):
 
 
 def test_gold_baseline_and_logit_kd_with_local_teacher(tmp_path, lms):
-    from potstill.train import train_student
+    from potstill.stages.train import train_student
 
     spec, run = _task(tmp_path, lms, ", objective: logit_kd, kd_loss: jsd, epochs: 0.3")
     m = train_student(spec, run)
@@ -97,7 +94,8 @@ def test_gold_baseline_and_logit_kd_with_local_teacher(tmp_path, lms):
 
 def test_logit_kd_refuses_a_teacher_of_another_tokenizer(tmp_path, lms):
     from causal_fixtures import build_tokenizer
-    from potstill.train import train_student
+
+    from potstill.stages.train import train_student
 
     other = build_tiny_llama(tmp_path / "other", tokenizer=build_tokenizer(["zebra quartz words"], 300))
     spec, run = _task(tmp_path, lms, ", objective: logit_kd")
@@ -112,7 +110,7 @@ def test_logit_kd_refuses_a_teacher_of_another_tokenizer(tmp_path, lms):
 def test_potstill_run_classify_with_a_causal_student(task_dir, lms):
     """The whole flow (fit teacher -> label -> filter -> causal student + baseline -> eval) for a
     classify task whose student is a causal LM generating the label."""
-    from potstill.loop import run_all
+    from potstill.pipeline import run_all
 
     spec = load_spec(task_dir / "potstill.yaml", [
         "student.kind=causal_lm", f"student.model={lms[0]}", "student.max_new_tokens=4",

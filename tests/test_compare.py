@@ -9,8 +9,7 @@ import math
 import pytest
 from test_report_support import copy_run, report_task  # noqa: F401
 
-from potstill.compare import (Variant, compare, gold_subset, noise_margin, plan, recommend,
-                              render_markdown, table_rows)
+from potstill.compare import Variant, compare, gold_subset, noise_margin, plan, recommend, render_markdown, table_rows
 
 
 def _row(objective, acc, share=1.0, usd=None):

@@ -6,12 +6,17 @@ import json
 
 import pytest
 import torch
-
 from causal_fixtures import build_tiny_llama, one_torch_thread  # noqa: F401 (autouse)
+
 from potstill.export import ADAPTER_FILES, STUDENT_META, export_student
 from potstill.students import causal_lm
 from potstill.students.causal_lm import (
-    LMRow, LMTrainConfig, build_causal_lm, load_causal_lm, save_causal_lm, train_causal_lm,
+    LMRow,
+    LMTrainConfig,
+    build_causal_lm,
+    load_causal_lm,
+    save_causal_lm,
+    train_causal_lm,
 )
 
 ROWS = [LMRow("what is my balance", "balance"), LMRow("send money to mom", "transfer")] * 4

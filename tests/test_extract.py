@@ -12,16 +12,22 @@ import pytest
 from conftest import FILLERS, write_jsonl
 from fake_openai import FakeOpenAI
 
+from potstill.answers import canonical_json, parse_answer
 from potstill.config import SpecError, load_spec
 from potstill.data.inputs import InputError
-from potstill.extract_data import check_extract_record, prepare_record
-from potstill.extract_eval import exact_match, field_scores, json_validity, model_metrics
-from potstill.extract_schema import canonical_json, parse_answer
-from potstill.extract_serve import extract_confidence, output_from
-from potstill.extract_teacher import OpenAIExtractTeacher
 from potstill.serve.router import Policy, decide
+from potstill.serve.tagger import extract_confidence, output_from
 from potstill.spec import FilterSpec, TaskSpec
 from potstill.students.tagger import Prediction
+from potstill.tasks.extract import (
+    check_extract_record,
+    exact_match,
+    field_scores,
+    json_validity,
+    model_metrics,
+    prepare_record,
+)
+from potstill.teachers.openai_extract import OpenAIExtractTeacher
 
 SCHEMA = {"type": "object", "additionalProperties": False,
           "properties": {"person": {"type": "string"}, "account": {"type": "string"},
@@ -54,7 +60,7 @@ def test_extract_spec_defaults_to_a_tagger_and_a_schema_prompt(tmp_path):
 def test_bad_schema_is_a_clear_error_with_file_and_line(tmp_path, schema, message):
     with pytest.raises(SpecError) as e:
         load_spec(_spec_file(tmp_path, schema))
-    assert f"potstill.yaml:4: json_schema" in str(e.value)
+    assert "potstill.yaml:4: json_schema" in str(e.value)
     assert message in str(e.value)
 
 
@@ -68,8 +74,8 @@ def test_extract_needs_a_schema_and_a_tagger(tmp_path):
 
 
 def test_gold_that_breaks_the_schema_names_the_row(tmp_path):
-    from potstill.data.prepare import prepare_inputs
     from potstill.paths import RunPaths
+    from potstill.stages.prepare import prepare_inputs
 
     write_jsonl(tmp_path / "t.jsonl", [{"text": "send money to mom", "fields": {"person": "mom"}},
                                        {"text": "hi", "fields": {"persn": "x"}}])
@@ -185,9 +191,9 @@ def test_samples_vote_over_canonical_json(tmp_path):
 
 
 def test_label_and_filter_stages_with_an_openai_teacher(tmp_path):
-    from potstill.data.filters import filter_stage
-    from potstill.data.label import label
-    from potstill.loop import run_paths
+    from potstill.config import run_paths
+    from potstill.stages.filter import filter_stage
+    from potstill.stages.label import label
 
     rows = [{"text": "send money to mom"}, {"text": "move cash to savings"}, {"text": "hey there"},
             {"text": "wire cash to dad"}, {"text": "will it rain today"}, {"text": "pay the landlord"}]
@@ -245,7 +251,7 @@ def test_field_metrics_known_answer():
 def test_tagger_backend_escalates_when_a_required_field_is_missing(tiny_bert, tmp_path):
     import torch
 
-    from potstill.extract_serve import TaggerStudent
+    from potstill.serve.tagger import TaggerStudent
     from potstill.students.tagger import build_tagger
 
     model, tok = build_tagger(str(tiny_bert), list(SCHEMA["properties"]), layers=[0, 1])
@@ -333,8 +339,9 @@ def one_thread():
 
 
 def test_tiny_extract_run_end_to_end(extract_task, one_thread):
-    from potstill.cli import app
     from typer.testing import CliRunner
+
+    from potstill.cli import app
 
     res = CliRunner().invoke(app, ["run", str(extract_task / "potstill.yaml")])
     assert res.exit_code == 0, res.output + repr(res.exception)
@@ -356,9 +363,9 @@ def test_tiny_extract_run_end_to_end(extract_task, one_thread):
     assert "field F1" in res.output
 
     # the fitted tagger also works as an `hf` teacher (a local token-classification model)
-    from potstill.extract_teacher import TaggerTeacher
     from potstill.paths import RunPaths
     from potstill.teachers import make_teacher
+    from potstill.teachers.hf_tagger import TaggerTeacher
 
     spec = load_spec(extract_task / "potstill.yaml", ["teacher.kind=hf", f"teacher.model={run / 'teacher'}"])
     teacher = make_teacher(spec, RunPaths(run), list(SCHEMA["properties"]))
@@ -368,10 +375,11 @@ def test_tiny_extract_run_end_to_end(extract_task, one_thread):
 
 
 def test_bundled_example_inits_and_its_data_fits_its_schema(tmp_path):
-    from potstill.cli import app
-    from potstill.data.prepare import prepare_inputs
-    from potstill.paths import RunPaths
     from typer.testing import CliRunner
+
+    from potstill.cli import app
+    from potstill.paths import RunPaths
+    from potstill.stages.prepare import prepare_inputs
 
     res = CliRunner().invoke(app, ["init", str(tmp_path / "invoices"), "--example", "snips-extract"])
     assert res.exit_code == 0, res.output

@@ -1,5 +1,6 @@
-from potstill.data.filters import apply_filters, check_record
 from potstill.spec import FilterSpec
+from potstill.stages.filter import apply_filters
+from potstill.tasks.classify import check_record
 
 
 def rec(text="book a table", label="book", gold=None, conf=0.9, votes=None, error=None):
@@ -31,14 +32,14 @@ def test_keeps_what_passes_and_respects_switches():
 
 def test_duplicates_are_dropped_after_the_first_kept_copy():
     records = [rec("Book a table!"), rec("book a   table"), rec("other"), rec("BOOK A TABLE", label=None)]
-    kept, dropped = apply_filters(records, FilterSpec())
+    kept, dropped = apply_filters(records, FilterSpec(), check_record)
     assert kept == [0, 2]
     assert dropped == [(1, "duplicate"), (3, "no_label")]
-    kept, _ = apply_filters(records, FilterSpec(dedup=False))
+    kept, _ = apply_filters(records, FilterSpec(dedup=False), check_record)
     assert kept == [0, 1, 2]
 
 
 def test_a_dropped_record_does_not_block_a_later_copy():
     records = [rec("same", conf=0.1), rec("same", conf=0.9)]
-    kept, dropped = apply_filters(records, FilterSpec(min_confidence=0.5))
+    kept, dropped = apply_filters(records, FilterSpec(min_confidence=0.5), check_record)
     assert kept == [1] and dropped == [(0, "low_confidence")]

@@ -9,11 +9,17 @@ import math
 import pytest
 from fake_openai import FakeOpenAI
 
-from potstill.generate_data import (
-    RATIONALE_INSTRUCTION, aligned_topk, check_generate_record, generate_answer, mean_prob,
-    parse_rationale_answer, read_reply, slice_tokens,
+from potstill.answers import (
+    RATIONALE_INSTRUCTION,
+    generate_answer,
+    mean_prob,
+    parse_rationale_answer,
+    read_reply,
+    slice_tokens,
 )
 from potstill.spec import FilterSpec, TaskSpec
+from potstill.students.causal_lm import aligned_topk
+from potstill.tasks.generate import check_generate_record
 
 
 def tl(tok: str, p: float, alts=()) -> list:
@@ -118,9 +124,9 @@ def gen_spec(url: str, **extra) -> TaskSpec:
 
 
 def test_openai_generate_teacher_keeps_text_and_logprobs_and_caches(tmp_path):
-    from potstill.generate_teacher import OpenAIGenerateTeacher
     from potstill.store import Store
     from potstill.teachers.base import answer_cached
+    from potstill.teachers.openai_generate import OpenAIGenerateTeacher
 
     fake = FakeOpenAI({"song please": "play music", "halt": "stop", "mute": ""}.get, labels=["stop"])
     with fake as url:
@@ -144,7 +150,7 @@ def test_openai_generate_teacher_keeps_text_and_logprobs_and_caches(tmp_path):
 
 
 def test_openai_generate_teacher_rationale_prompt_and_samples():
-    from potstill.generate_teacher import OpenAIGenerateTeacher
+    from potstill.teachers.openai_generate import OpenAIGenerateTeacher
 
     replies = {"t1": ["Rationale: wants songs.\nAnswer: play music", "Rationale: r.\nAnswer: Play music!",
                       "Rationale: r.\nAnswer: stop"],

@@ -6,8 +6,8 @@ import json
 
 import pytest
 import torch
-
 from causal_fixtures import build_tiny_llama, one_torch_thread  # noqa: F401 (autouse)
+
 from potstill.students import causal_lm as CL
 from potstill.students.causal_lm import LMRow, LMTrainConfig, build_causal_lm, train_causal_lm
 
@@ -82,13 +82,12 @@ def test_a_checkpoint_of_another_fingerprint_is_ignored(tiny_lm, tmp_path):
 def test_train_stage_resumes_a_killed_student(tiny_lm, tmp_path, monkeypatch):
     """`potstill train` for a causal student: killed, rerun, it ends with the weights of a run
     that was not killed, and the checkpoint folder is gone once the student is saved."""
+    from conftest import make_rows, write_jsonl
     from safetensors.torch import load_file
 
-    from conftest import make_rows, write_jsonl
-    from potstill.config import load_spec
-    from potstill.data.prepare import prepare_inputs
-    from potstill.loop import run_paths
-    from potstill.train import train_student
+    from potstill.config import load_spec, run_paths
+    from potstill.stages.prepare import prepare_inputs
+    from potstill.stages.train import train_student
 
     write_jsonl(tmp_path / "data/train.jsonl", make_rows(24, 1))
     write_jsonl(tmp_path / "data/test.jsonl", make_rows(3, 3))

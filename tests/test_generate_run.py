@@ -9,10 +9,10 @@ import json
 import math
 
 import pytest
-from fake_openai import FakeOpenAI
-
 from causal_fixtures import build_tiny_llama, one_torch_thread  # noqa: F401 (autouse)
 from conftest import make_rows, write_jsonl
+from fake_openai import FakeOpenAI
+
 from potstill.config import load_spec
 from potstill.data.inputs import read_jsonl
 
@@ -70,8 +70,8 @@ def token_logprobs_fn(tok):
 def test_generate_run_with_an_api_teacher_sequence_then_logit_kd(tmp_path, lms):
     from transformers import AutoTokenizer
 
-    from potstill.generate_data import aligned_topk
-    from potstill.loop import run_all
+    from potstill.pipeline import run_all
+    from potstill.students.causal_lm import aligned_topk
 
     student, _ = lms
     tok = AutoTokenizer.from_pretrained(student)
@@ -125,7 +125,7 @@ def test_generate_run_with_an_api_teacher_sequence_then_logit_kd(tmp_path, lms):
 
 def test_logit_kd_with_api_records_whose_tokens_do_not_match_is_an_error(tmp_path, lms):
     """Tokens the student does not cut the same way give no top-k: all missing is a clear error."""
-    from potstill.loop import run_all
+    from potstill.pipeline import run_all
 
     student, _ = lms
     gold, _ = write_task(tmp_path, student, "{kind: openai, model: fake, base_url: URL}", ", objective: logit_kd")
@@ -139,7 +139,7 @@ def test_logit_kd_with_api_records_whose_tokens_do_not_match_is_an_error(tmp_pat
 
 
 def test_rationale_mode_parses_and_drops_unparseable(tmp_path, lms):
-    from potstill.loop import run_all
+    from potstill.pipeline import run_all
 
     student, _ = lms
     gold, train_texts = write_task(tmp_path, student, "{kind: openai, model: fake, base_url: URL}",
@@ -170,13 +170,18 @@ def test_rationale_mode_parses_and_drops_unparseable(tmp_path, lms):
 
 
 def test_local_causal_teacher_labels_and_teaches_logit_kd(tmp_path, lms):
-    from potstill.data.filters import filter_stage
-    from potstill.data.label import label
-    from potstill.loop import run_paths
+    from potstill.config import run_paths
+    from potstill.stages.filter import filter_stage
+    from potstill.stages.label import label
+    from potstill.stages.train import train_student
     from potstill.students.causal_lm import (
-        LMRow, LMTrainConfig, build_causal_lm, generate, load_causal_lm, train_causal_lm,
+        LMRow,
+        LMTrainConfig,
+        build_causal_lm,
+        generate,
+        load_causal_lm,
+        train_causal_lm,
     )
-    from potstill.train import train_student
 
     student, teacher = lms
     gold, train_texts = write_task(tmp_path, student, f"{{kind: hf, model: {tmp_path / 'teacher'}}}",
@@ -208,9 +213,8 @@ def test_local_causal_teacher_labels_and_teaches_logit_kd(tmp_path, lms):
 def test_generate_prompts_never_list_gold_answers(tmp_path, lms):
     """Free text has no label set: with {labels} in the template, the gold answers (test ones
     included) must not reach the teacher's or the student's prompt."""
-    from potstill.config import load_spec
-    from potstill.data.prepare import prepare_inputs
-    from potstill.loop import run_paths
+    from potstill.config import load_spec, run_paths
+    from potstill.stages.prepare import prepare_inputs
 
     student, _ = lms
     write_task(tmp_path, student, "{kind: openai, model: fake, base_url: 'http://127.0.0.1:9/v1'}",

@@ -4,7 +4,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from potstill.data.inputs import InputError, dedup, load_examples, load_splits, normalise, Example
+from potstill.data.inputs import Example, InputError, dedup, load_examples, load_splits, normalise
 from potstill.spec import DataSpec
 
 

@@ -8,7 +8,11 @@ import pytest
 import torch
 
 from potstill.losses import (
-    forward_kl_tokens, jsd_tokens, reverse_kl_tokens, token_kd_loss, topk_tail_kd,
+    forward_kl_tokens,
+    jsd_tokens,
+    reverse_kl_tokens,
+    token_kd_loss,
+    topk_tail_kd,
 )
 
 

@@ -12,7 +12,7 @@ import time
 from pathlib import Path
 
 import pytest
-from fake_openai import Fault, FakeOpenAI
+from fake_openai import FakeOpenAI, Fault
 
 from potstill.spec import TaskSpec
 from potstill.store import Store

@@ -11,10 +11,19 @@ import numpy as np
 import pytest
 from test_report_support import copy_run, report_task  # noqa: F401
 
-from potstill.cost import CostInputs, break_even_requests_per_month, replace
-from potstill.report import (CSP, build_report, confusion_pairs, cost_curve, ece_from_bins,
-                             hosting_cost_per_1k, per_label_scores, reliability_bins, render_html,
-                             write_report, write_report_safely)
+from potstill.cost import CostInputs, break_even_requests_per_month, hosting_cost_per_1k, replace
+from potstill.report import (
+    CSP,
+    build_report,
+    confusion_pairs,
+    cost_curve,
+    ece_from_bins,
+    per_label_scores,
+    reliability_bins,
+    render_html,
+    write_report,
+    write_report_safely,
+)
 from potstill.serve.confidence import ece, softmax
 
 

@@ -42,8 +42,8 @@ def report_task(tiny_bert, tmp_path_factory) -> Path:
     spec_path = root / "potstill.yaml"
     run = root / "runs" / "tiny"
     if not (run / "calibration.json").exists():
-        from potstill.config import load_spec
-        from potstill.loop import run_all, run_paths
+        from potstill.config import load_spec, run_paths
+        from potstill.pipeline import run_all
         from potstill.serve.calibrate import calibrate
 
         root.mkdir(parents=True, exist_ok=True)

@@ -13,8 +13,16 @@ from fake_openai import FakeOpenAI
 from test_serve_support import LABELS, fresh_run, tiny_run  # noqa: F401
 
 from potstill.paths import RunPaths
-from potstill.rounds import (Case, cases_from_queue, iterate, load_state, merge_records, rollback,
-                             round_dir, should_promote)
+from potstill.rounds import (
+    Case,
+    cases_from_queue,
+    iterate,
+    load_state,
+    merge_records,
+    rollback,
+    round_dir,
+    should_promote,
+)
 from potstill.serve.calibrate import load_run_spec
 from potstill.store import Store
 from potstill.teachers.base import Answer

@@ -16,8 +16,16 @@ import httpx
 import openai
 import pytest
 from fake_openai import FakeOpenAI
-from test_serve_support import (LABELS, free_port, fresh_run, live_server, queue_rows,  # noqa: F401
-                                start_server_process, tiny_run, wait_for)
+from test_serve_support import (  # noqa: F401
+    LABELS,
+    free_port,
+    fresh_run,
+    live_server,
+    queue_rows,
+    start_server_process,
+    tiny_run,
+    wait_for,
+)
 
 from potstill.serve.app import ServeConfig, create_app
 from potstill.serve.router import Policy
@@ -240,8 +248,8 @@ def test_queue_survives_kill_and_restart(tiny_run, tmp_path):
     assert [r["id"] for r in rows] == [1, 2, 3, 4]
     assert [r["input"] for r in rows] == sent + ["move cash to checking"]
     # `potstill queue list RUN_DIR`
-    from typer.testing import CliRunner
     import typer
+    from typer.testing import CliRunner
 
     from potstill.serve.queue import queue_list_command
 
@@ -433,9 +441,8 @@ def test_label_over_http_through_a_potstill_server(tiny_run, tmp_path, monkeypat
 
     import numpy as np
 
-    from potstill.config import load_spec
-    from potstill.data.label import label
-    from potstill.loop import run_paths
+    from potstill.config import load_spec, run_paths
+    from potstill.stages.label import label
     from potstill.teachers.hf_local import HFTeacher
     from potstill.teachers.served import ServedTeacher
 

@@ -15,15 +15,20 @@ from pathlib import Path
 import httpx
 import openai
 import pytest
-
 from causal_fixtures import build_tiny_llama, one_torch_thread  # noqa: F401 (autouse)
 from conftest import make_rows, write_jsonl
 from fake_openai import FakeOpenAI
 from test_serve_support import LABELS, live_server, queue_rows
 
 from potstill.serve.app import ServeConfig, create_app, parse_adapters
-from potstill.serve.causal import (CAUSAL_CALIBRATION, TextTeacher, calibrate_threshold,
-                                   logprob_confidence, output_from, parse_output)
+from potstill.serve.causal import (
+    CAUSAL_CALIBRATION,
+    TextTeacher,
+    calibrate_threshold,
+    logprob_confidence,
+    output_from,
+    parse_output,
+)
 from potstill.serve.router import StudentOutput
 from potstill.teachers.base import Answer
 
@@ -36,8 +41,7 @@ PROBES = [r["text"] for r in make_rows(9, 3)]
 
 
 def _train_adapter(base: Path, out: Path, mapping: dict[str, str]) -> Path:
-    from potstill.students.causal_lm import (LMRow, LMTrainConfig, build_causal_lm, save_causal_lm,
-                                             train_causal_lm)
+    from potstill.students.causal_lm import LMRow, LMTrainConfig, build_causal_lm, save_causal_lm, train_causal_lm
 
     model, tok = build_causal_lm(str(base), "lora", r=8, alpha=16, dropout=0.0, seed=1,
                                  target_modules="all-linear")
@@ -50,9 +54,8 @@ def _train_adapter(base: Path, out: Path, mapping: dict[str, str]) -> Path:
 @pytest.fixture(scope="module")
 def causal_run(tmp_path_factory):
     """(run dir, {adapter name: dir}): the run's student is the "own" adapter."""
-    from potstill.config import load_spec
-    from potstill.data.prepare import prepare_inputs
-    from potstill.loop import run_paths
+    from potstill.config import load_spec, run_paths
+    from potstill.stages.prepare import prepare_inputs
 
     root = tmp_path_factory.mktemp("causal-serve")
     base = build_tiny_llama(root / "base")
@@ -301,9 +304,8 @@ def test_threshold_calibrated_on_validation_at_start(causal_run, tmp_path):
 def test_generate_task_escalates_to_the_teachers_text(causal_run, tmp_path):
     import shutil
 
-    from potstill.config import load_spec
-    from potstill.data.prepare import prepare_inputs
-    from potstill.loop import run_paths
+    from potstill.config import load_spec, run_paths
+    from potstill.stages.prepare import prepare_inputs
 
     task = Path(causal_run[0]).parent
     doc = (task / "potstill.yaml").read_text().replace("name: tinyc", "name: tinyg\nkind: generate")

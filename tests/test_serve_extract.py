@@ -13,18 +13,16 @@ from pathlib import Path
 import httpx
 import openai
 import pytest
-
 from conftest import write_jsonl
 from fake_openai import FakeOpenAI
 from test_extract import SCHEMA, extract_rows
 from test_serve_support import live_server, queue_rows
 
-from potstill.extract_schema import canonical_json, validate_fields
-from potstill.extract_serve import TaggerStudent
+from potstill.answers import canonical_json, validate_fields
 from potstill.serve.app import ServeConfig, create_app
 from potstill.serve.causal import calibrate_threshold
-from potstill.serve.extract import EXTRACT_CALIBRATION, extract_threshold
 from potstill.serve.router import StudentOutput
+from potstill.serve.tagger import EXTRACT_CALIBRATION, TaggerStudent, extract_threshold
 
 
 @pytest.fixture(autouse=True)
@@ -44,10 +42,9 @@ def extract_run(tiny_bert, tmp_path_factory) -> Path:
     OpenAI-compatible teacher that tests point at the stand-in endpoint."""
     import torch
 
-    from potstill.config import load_spec
-    from potstill.data.prepare import prepare_inputs
-    from potstill.loop import run_paths
-    from potstill.train import train_student
+    from potstill.config import load_spec, run_paths
+    from potstill.stages.prepare import prepare_inputs
+    from potstill.stages.train import train_student
 
     root = tmp_path_factory.mktemp("extract-serve")
     rows = extract_rows(200, 1)
@@ -92,8 +89,8 @@ def post_chat(base: str, text: str) -> dict:
 
 def probes(run: Path) -> list[str]:
     """The run's test texts (never seen in training or calibration)."""
-    from potstill.data.prepare import load_inputs
     from potstill.paths import RunPaths
+    from potstill.stages.prepare import load_inputs
 
     return [ex.text for ex in load_inputs(RunPaths(run)).test]
 
@@ -124,8 +121,8 @@ def test_threshold_rule_known_answer():
 
 # -- calibration at start ------------------------------------------------------------------------
 def test_threshold_calibrated_on_validation_saved_and_redone_when_stale(extract_run, tmp_path):
-    from potstill.data.prepare import load_inputs
     from potstill.paths import RunPaths
+    from potstill.stages.prepare import load_inputs
 
     run = copy_run(extract_run, tmp_path / "run")
     app = create_app(ServeConfig(run, db_path=tmp_path / "q.db", teacher=None, teacher_share=0.5))

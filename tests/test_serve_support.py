@@ -28,10 +28,9 @@ OOS_TEST = ["what time is it in london", "recommend a good movie", "how many cal
 def build_run(root: Path, tiny_bert: Path) -> Path:
     """A task folder + run directory with a student trained on gold (no teacher needed to build
     it); the spec names an OpenAI-compatible teacher that tests point at a fake endpoint."""
-    from potstill.config import load_spec
-    from potstill.data.prepare import prepare_inputs
-    from potstill.loop import run_paths
-    from potstill.train import train_student
+    from potstill.config import load_spec, run_paths
+    from potstill.stages.prepare import prepare_inputs
+    from potstill.stages.train import train_student
 
     write_jsonl(root / "data/train.jsonl", make_rows(240, 1))
     write_jsonl(root / "data/validation.jsonl", make_rows(60, 2))

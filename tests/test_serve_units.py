@@ -16,8 +16,7 @@ import pytest
 from potstill.serve.app import extract_input, template_pattern
 from potstill.serve.batching import MicroBatcher
 from potstill.serve.queue import ReviewQueue
-from potstill.serve.router import (Policy, Router, StudentBackend, StudentOutput, TeacherClient,
-                                   decide, high_stakes_mask)
+from potstill.serve.router import Policy, Router, StudentBackend, StudentOutput, TeacherClient, decide, high_stakes_mask
 from potstill.spec import DEFAULT_TEMPLATE, TaskSpec
 from potstill.store import MIGRATIONS, Store
 from potstill.teachers.base import Answer

@@ -2,8 +2,8 @@ from pathlib import Path
 
 import pytest
 
+from potstill.answers import parse_label
 from potstill.config import SpecError, load_spec, parse_override
-from potstill.spec import parse_label
 
 LABELS = ["balance", "transfer", "account_blocked", "card_declined"]
 

@@ -3,9 +3,9 @@ import json
 import numpy as np
 import pytest
 import torch
+from conftest import INTENTS, make_rows
 
 from potstill.students import classifier as C
-from conftest import INTENTS, make_rows
 
 LABELS = list(INTENTS)
 

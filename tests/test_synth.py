@@ -44,8 +44,7 @@ def test_near_duplicates_known_answer():
 
 
 def test_synth_end_to_end_drops_duplicates_and_resumes_from_cache(tmp_path):
-    from potstill.config import load_spec
-    from potstill.loop import run_paths
+    from potstill.config import load_spec, run_paths
 
     write_jsonl(tmp_path / "data/train.jsonl", make_rows(30, 1))
     write_jsonl(tmp_path / "data/validation.jsonl", make_rows(9, 2))
@@ -85,9 +84,8 @@ def test_synth_end_to_end_drops_duplicates_and_resumes_from_cache(tmp_path):
 
 
 def test_unlabelled_inputs_join_training_without_gold(tmp_path):
-    from potstill.config import load_spec
-    from potstill.data.prepare import prepare_inputs
-    from potstill.loop import run_paths
+    from potstill.config import load_spec, run_paths
+    from potstill.stages.prepare import prepare_inputs
 
     val = make_rows(9, 2)
     write_jsonl(tmp_path / "data/train.jsonl", make_rows(30, 1))

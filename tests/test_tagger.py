@@ -8,9 +8,16 @@ import pytest
 import torch
 
 from potstill.students.tagger import (
-    TagRow, align_fields, align_value, build_tagger, decode_tags, encode_tags, predict_tags, tag_names,
-    tag_rows, tagger_loss,
+    TagRow,
+    build_tagger,
+    decode_tags,
+    encode_tags,
+    predict_tags,
+    tag_names,
+    tag_rows,
+    tagger_loss,
 )
+from potstill.tasks.align import align_fields, align_value
 
 
 # -- alignment -------------------------------------------------------------------------------------

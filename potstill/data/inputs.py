@@ -15,10 +15,11 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterator
 
+from ..errors import PotstillError
 from ..spec import DataSpec
 
 
-class InputError(ValueError):
+class InputError(PotstillError):
     """Bad input data; the message names the file and line (or row)."""
 
 
@@ -194,3 +195,15 @@ def examples_hash(examples: list[Example]) -> str:
     for ex in examples:
         h.update(json.dumps([ex.id, ex.text, ex.gold]).encode())
     return h.hexdigest()[:16]
+
+
+@dataclass
+class Inputs:
+    """A run's prepared inputs (`stages/prepare.py` writes and reads them): the label list and the
+    fixed splits."""
+
+    labels: list[str]
+    train: list[Example]
+    validation: list[Example]
+    test: list[Example]
+    dataset_hash: str

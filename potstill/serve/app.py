@@ -12,7 +12,7 @@ Endpoints (bearer auth on every /v1/* and /metrics route when keys are configure
   (text or text parts); when it is a potstill teacher prompt (the served spec's
   `prompt_template` or the default one), the `{text}` part of it, so a potstill server can be the
   teacher of another run. The answer is the label (`kind: extract`: the canonical JSON of the
-  extracted object, serve/extract.py), as `choices[0].message.content`. Extra
+  extracted object, serve/tagger.py), as `choices[0].message.content`. Extra
   top-level fields: `route` (student | teacher | degraded), `reasons`, `confidence` (the student's
   calibrated confidence), `ood_score`, `degraded`. `logprobs: true` returns the answer as one
   token whose logprob is log p(label), with the other labels as `top_logprobs` (calibrated
@@ -51,8 +51,12 @@ from typing import Annotated, Any, Optional, Sequence
 
 import typer
 
+from ..errors import PotstillError
 from ..paths import RunPaths
 from ..spec import DEFAULT_TEMPLATE, TaskSpec
+from ..stages.prepare import load_inputs
+from ..tasks import get_task
+from .backends import build_backend
 
 log = logging.getLogger("potstill.serve")
 
@@ -313,44 +317,6 @@ def _read_keys(env: str) -> list[str]:
     return [k.strip() for k in raw.split(",") if k.strip()]
 
 
-def build_student(spec: TaskSpec, run: RunPaths, recalibrate: bool = True,
-                  teacher_share: float | None = None, model: str = "student", routing: bool = True):
-    """(ClassifierStudent with its calibration, calibration doc, Policy, operating point) for
-    the run's `model` (student, teacher or baseline). Without routing nothing is calibrated: the
-    model answers everything with its own probabilities (temperature 1), as a teacher should."""
-    from .calibrate import Deployment, calibrate, load_calibration, pick_point, stale_reason
-    from .confidence import load_ood
-    from .router import ClassifierStudent, Policy, student_version
-
-    sv = spec.serve
-    dep = Deployment.of(run, spec, model)
-    if not (dep.model_dir / "config.json").exists():
-        raise FileNotFoundError(f"{dep.model_dir}: no trained {model}; run `potstill train` first")
-    if not routing:
-        student = ClassifierStudent(dep.model_dir, score=sv.confidence_score, embedding=sv.embedding,
-                                    max_length=dep.max_length, threads=sv.threads, device=sv.device)
-        return student, None, Policy(), None
-    cal = load_calibration(dep)
-    why = stale_reason(cal, spec, student_version(dep.model_dir))
-    if why is not None:
-        if not recalibrate:
-            raise ValueError(f"{run.root}: {why}; run `potstill calibrate {run.root}"
-                             f"{'' if model == 'student' else ' --model ' + model}` first")
-        log.warning("calibrating first: %s", why)
-        cal = calibrate(spec, run, model=model)
-    assert cal is not None
-    student = ClassifierStudent(dep.model_dir, temperature=cal["temperature"], score=sv.confidence_score,
-                                ood=load_ood(dep.ood_stats), embedding=sv.embedding,
-                                max_length=dep.max_length, threads=sv.threads, device=sv.device)
-    point = pick_point(cal, teacher_share)
-    policy = Policy(
-        confidence_threshold=sv.confidence_threshold if sv.confidence_threshold is not None
-        else point["confidence_threshold"],
-        ood_threshold=sv.ood_threshold if sv.ood_threshold is not None else point["ood_threshold"],
-        high_stakes=frozenset(sv.high_stakes), high_stakes_prob=sv.high_stakes_prob)
-    return student, cal, policy, point
-
-
 def create_app(config: ServeConfig):
     """The FastAPI app for a run directory (see the module doc)."""
     from fastapi import FastAPI, Request
@@ -365,32 +331,21 @@ def create_app(config: ServeConfig):
 
     run = RunPaths(Path(config.run_dir))
     spec = config.spec or load_run_spec(run.root, config.overrides)
+    task = get_task(spec.kind)
     sv = spec.serve
     cal = None
     point = None
-    if config.student is None and spec.student.kind == "causal_lm":
-        from .causal import build_causal_student
-
-        student, cal, policy, point = build_causal_student(
-            spec, run, config.recalibrate, config.teacher_share, config.model, config.routing,
-            config.adapters)
+    if config.student is None:  # the backend of the run's student kind: serve/backends.py
+        student, cal, policy, point = build_backend(spec, run, config)
     elif config.adapters:
-        raise ValueError("adapters are served on a causal-LM student (student.kind causal_lm)")
-    elif config.student is None and spec.student.kind == "tagger":  # kind extract: serve/extract.py
-        from .extract import build_extract_student
-
-        student, cal, policy, point = build_extract_student(
-            spec, run, config.recalibrate, config.teacher_share, config.model, config.routing)
-    elif config.student is None:
-        student, cal, policy, point = build_student(spec, run, config.recalibrate,
-                                                    config.teacher_share, config.model, config.routing)
+        raise PotstillError("adapters are served on a causal-LM student (student.kind causal_lm)")
     else:
         student = config.student
         policy = Policy(sv.confidence_threshold, sv.ood_threshold, frozenset(sv.high_stakes),
                         sv.high_stakes_prob)
     bad = [l for l in sv.high_stakes if l not in student.labels]
     if bad:
-        raise ValueError(f"serve.high_stakes names labels the student does not have: {bad}")
+        raise PotstillError(f"serve.high_stakes names labels the student does not have: {bad}")
     if not config.routing:
         policy = Policy()  # no gate fires: the served model answers everything
         config = dataclasses.replace(config, teacher=None)
@@ -403,16 +358,14 @@ def create_app(config: ServeConfig):
         from ..teachers import make_teacher
 
         try:
-            if spec.kind == "generate":  # the teacher's text is the answer
-                from .causal import make_text_teacher
+            teacher = make_teacher(spec, run, list(student.labels) or load_inputs(run).labels)
+        except PotstillError as e:  # a mistake in the teacher's config: say so, serve nothing
+            raise PotstillError(f"the teacher cannot be built ({e}); fix the spec's teacher, or serve "
+                                "without a safety net with --no-teacher") from e
+        if get_task(spec.kind).answer_is_text:  # the teacher's whole reply is the answer
+            from .causal import TextTeacher
 
-                teacher = make_text_teacher(spec, run)
-            else:
-                teacher = make_teacher(spec, run, list(student.labels))
-        except Exception as e:  # noqa: BLE001 - serve without a safety net, loudly
-            log.warning("no teacher (%s): escalated inputs will be answered by the student, "
-                        "marked degraded, and queued", e)
-            teacher = None
+            teacher = TextTeacher(teacher)
     tclient = (TeacherClient(teacher, store, spec.spec_hash(), workers=sv.teacher_workers,
                              max_batch=max(1, spec.teacher.concurrency))
                if teacher is not None else None)
@@ -657,17 +610,11 @@ def create_app(config: ServeConfig):
     async def feedback(request: Request):
         auth(request)
         req = _strict(Feedback, await read_json(request))
-        if spec.kind == "extract" and req.answer != "wrong":  # the right object, as JSON
-            from ..extract_schema import canonical_json, parse_answer
-
-            obj, why, detail = parse_answer(req.answer, spec.json_schema)
-            if obj is None:
-                raise ApiError(400, f"answer must be a JSON object fitting the task's json_schema or "
-                               f"\"wrong\" ({why}: {detail})", "invalid_value", "answer")
-            req.answer = canonical_json(obj)
-        elif req.answer != "wrong" and student.labels and req.answer not in student.labels:
-            raise ApiError(400, f"answer must be one of the task's labels or \"wrong\", not {req.answer!r}",
-                           "invalid_value", "answer")
+        if req.answer != "wrong":  # the right answer, in the task's form
+            try:
+                req.answer = task.feedback_answer(req.answer, student.labels, spec.json_schema)
+            except ValueError as e:
+                raise ApiError(400, str(e), "invalid_value", "answer") from None
         found = await queue.find_request(req.request_id)
         if found is None:
             raise ApiError(404, f"no request with id {req.request_id!r}", "request_not_found", "request_id")

@@ -29,16 +29,17 @@ import random
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Annotated, Any, Optional, Sequence
+from typing import Annotated, Any, Callable, Optional, Sequence
 
 import numpy as np
 import typer
 
-from ..paths import RunPaths
+from ..errors import MissingOutput, PotstillError
+from ..paths import CALIBRATION_DIR, CALIBRATION_JSON, RunPaths
+from ..progress import log
 from ..spec import TaskSpec
+from ..stages.prepare import load_inputs
 
-CALIBRATION_JSON = "calibration.json"
-CALIBRATION_DIR = "calibration"
 OOD_STATS = "ood_stats.npz"
 MODELS = ("student", "teacher", "baseline")
 
@@ -62,14 +63,14 @@ class Deployment:
     @classmethod
     def of(cls, run: RunPaths, spec: TaskSpec, name: str = "student") -> "Deployment":
         if name not in MODELS:
-            raise ValueError(f"model must be one of {', '.join(MODELS)}, not {name!r}")
+            raise PotstillError(f"model must be one of {', '.join(MODELS)}, not {name!r}")
         if name == "student":
             return cls(name, run.student, run.root / CALIBRATION_JSON,
                        run.root / CALIBRATION_DIR / OOD_STATS, spec.student.max_length)
         max_len = spec.teacher.max_length if name == "teacher" else spec.student.max_length
         model_dir = run.model_dir(name)
         if name == "teacher" and spec.teacher.kind == "hf":
-            from ..students.classifier import resolve_model_path
+            from ..students.hf import resolve_model_path
 
             model_dir = Path(resolve_model_path(spec.teacher.model))
         return cls(name, model_dir, run.root / f"calibration.{name}.json",
@@ -240,7 +241,7 @@ def load_run_spec(run_dir: Path, overrides: Sequence[str] = ()) -> TaskSpec:
 
     run = RunPaths(Path(run_dir))
     if not run.spec.exists():
-        raise FileNotFoundError(f"{run.spec}: not a potstill run directory (run `potstill run` first)")
+        raise MissingOutput(f"{run.spec}: not a potstill run directory (run `potstill run` first)")
     doc = apply_overrides(json.loads(run.spec.read_text()), list(overrides))
     try:
         return TaskSpec.model_validate(doc)
@@ -264,7 +265,7 @@ def resolve_data_path(p: Path, spec: TaskSpec, run: RunPaths) -> Path:
     for b in bases:
         if (b / p).exists():
             return b / p
-    raise FileNotFoundError(f"{p}: not found relative to any of {', '.join(map(str, bases))}")
+    raise MissingOutput(f"{p}: not found relative to any of {', '.join(map(str, bases))}")
 
 
 def _subset(xs: list, k: int, seed: int) -> list:
@@ -284,10 +285,7 @@ def teacher_predictions(spec: TaskSpec, run: RunPaths, texts: list[str], labels:
     from ..teachers import answer_cached, make_teacher
     from ..teachers.base import Answer, cache_key
 
-    try:
-        teacher = make_teacher(spec, run, labels)
-    except Exception as e:  # noqa: BLE001 - no teacher: every escalated row assumed right
-        return [None] * len(texts), f"no teacher available ({e}); escalated rows assumed answered right"
+    teacher = make_teacher(spec, run, labels)  # a teacher that cannot be built is an error, not a guess
     with Store(run.db) as store:
         if hasattr(teacher, "spent_usd"):  # the spending cap counts what earlier stages spent
             teacher.spent_usd = max(teacher.spent_usd, store.spend(teacher.identity)["cost_usd"])
@@ -348,27 +346,25 @@ def calibrate(spec: TaskSpec, run: RunPaths, teacher_share: float | None = None,
     """Fit, sweep, choose; write calibration.json and calibration/ood_stats.npz (for `model`
     other than the student: see `Deployment`); return the doc."""
     from ..data.inputs import load_examples
-    from ..data.prepare import load_inputs
-    from ..progress import log
     from .confidence import ece, fit_ood, fit_temperature, nll, save_ood, softmax
     from .router import ClassifierStudent
 
     sv = spec.serve
     if teacher_share is not None and target_accuracy is not None:
-        raise ValueError("give a teacher share or a target accuracy, not both")
+        raise PotstillError("give a teacher share or a target accuracy, not both")
     if target_accuracy is None and teacher_share is None:
         target_accuracy = sv.target_accuracy
         teacher_share = None if target_accuracy is not None else sv.teacher_share
     dep = Deployment.of(run, spec, model)
     if not (dep.model_dir / "config.json").exists():
-        raise FileNotFoundError(f"{dep.model_dir}: no trained {model} here; train it first")
+        raise MissingOutput(f"{dep.model_dir}: no trained {model} here; train it first")
     inputs = load_inputs(run)
     student = ClassifierStudent(dep.model_dir, score=sv.confidence_score, embedding=sv.embedding,
                                 max_length=dep.max_length, threads=sv.threads, device=sv.device)
     labels = student.labels
     bad = [l for l in sv.high_stakes if l not in labels]
     if bad:
-        raise ValueError(f"serve.high_stakes names labels the student does not have: {bad}")
+        raise PotstillError(f"serve.high_stakes names labels the student does not have: {bad}")
     t0 = time.monotonic()
 
     # OOD statistics from the training inputs, classes = the student's own predictions
@@ -380,7 +376,7 @@ def calibrate(spec: TaskSpec, run: RunPaths, teacher_share: float | None = None,
     # validation: temperature, then every row's signals
     val = [ex for ex in inputs.validation if ex.gold in labels]
     if not val:
-        raise ValueError(f"{run.inputs}: no gold-labelled validation rows with the student's labels; "
+        raise PotstillError(f"{run.inputs}: no gold-labelled validation rows with the student's labels; "
                          "calibration needs data.validation (or data.validation_share of gold rows)")
     v_texts = [ex.text for ex in val]
     y = np.array([labels.index(ex.gold) for ex in val])
@@ -620,3 +616,38 @@ def print_calibration(doc: dict[str, Any]) -> None:
 def _fmt(x: float | None) -> str:
     return "—" if x is None else f"{x:.4g}"
 
+
+def threshold_on_validation(student: Any, spec: TaskSpec, run: RunPaths, *, path: Path,
+                            settings: dict[str, Any], recalibrate: bool, batch: int,
+                            choose: Callable[[list[Any], list[str | None], float], dict[str, Any]],
+                            what: str) -> dict[str, Any]:
+    """The confidence threshold of a student whose answers are not a label distribution (a tagger,
+    a causal LM), chosen on the validation split for `settings["teacher_share"]`: the saved doc at
+    `path` when it was made for this student version and these settings, else the student answers
+    the validation split (`batch` inputs at a time), `choose(outputs, gold answers, share)` picks
+    the operating point, and the doc is saved atomically. One helper for every such kind."""
+    cal = json.loads(path.read_text()) if path.exists() else None
+    if cal is not None and cal.get("student_version") == student.identity and cal.get("settings") == settings:
+        return cal
+    if not recalibrate:
+        raise PotstillError(f"{run.root}: no up-to-date {path.name}; serve with recalibration or set "
+                            "serve.confidence_threshold")
+    val = [ex for ex in load_inputs(run).validation if ex.gold is not None]
+    if not val:
+        raise PotstillError(f"{run.inputs}: no gold validation rows to calibrate the {what} on; set "
+                            "serve.confidence_threshold by hand")
+    t0 = time.monotonic()
+    outs: list[Any] = []
+    for s in range(0, len(val), batch):
+        outs += student.predict([ex.text for ex in val[s:s + batch]])
+    point = choose(outs, [ex.gold for ex in val], settings["teacher_share"])
+    log(f"calibrated the {what} on {len(val)} validation rows: confidence below "
+        f"{point['confidence_threshold']} goes to the teacher ({100 * point['teacher_share']:.1f}% of rows; "
+        f"hybrid {100 * (point['hybrid_accuracy'] or 0):.1f}% right with the teacher assumed right)")
+    cal = {"created_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()), "task": spec.name,
+           "student_version": student.identity, "settings": settings, "operating_point": point,
+           "seconds": round(time.monotonic() - t0, 2)}
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(json.dumps(cal, indent=2))
+    tmp.replace(path)
+    return cal

@@ -14,7 +14,7 @@ What a generated text becomes (`output_from`, pure):
 - `kind: classify`: the label `spec.parse_label` finds in it; none -> `error` (the router then
   escalates it as `invalid_output`);
 - `kind: generate`: the text itself; an empty text -> `error`;
-- `kind: extract` (a schema given): the canonical JSON of the object `extract_schema.parse_answer`
+- `kind: extract` (a schema given): the canonical JSON of the object `answers.parse_answer`
   finds and validates; no JSON object, or one that breaks the schema -> `error`. (The spec pins
   extract tasks to the tagger student today, so this path serves adapters trained elsewhere.)
 
@@ -46,12 +46,13 @@ import json
 import logging
 import math
 import threading
-import time
 from pathlib import Path
 from typing import Any, Callable, Iterator, Sequence
 
 import numpy as np
 
+from ..errors import MissingOutput, PotstillError
+from ..tasks import get_task
 from .router import Policy, Router, StudentOutput, student_version
 
 log = logging.getLogger("potstill.serve")
@@ -64,7 +65,7 @@ CAUSAL_CALIBRATION = "calibration.causal.json"
 def logprob_confidence(token_logprobs: Sequence[float], score: str = "min") -> float:
     """Token logprobs of one answer -> confidence in [0, 1]: exp(min) or exp(mean); 0 for none."""
     if score not in SCORES:
-        raise ValueError(f"logprob confidence {score!r}: one of {', '.join(SCORES)}")
+        raise PotstillError(f"logprob confidence {score!r}: one of {', '.join(SCORES)}")
     lps = [float(x) for x in token_logprobs]
     if not lps:
         return 0.0
@@ -74,27 +75,8 @@ def logprob_confidence(token_logprobs: Sequence[float], score: str = "min") -> f
 
 def parse_output(text: str, kind: str, labels: Sequence[str] = (),
                  schema: dict[str, Any] | None = None) -> tuple[str | None, str | None, dict[str, Any]]:
-    """A generated text -> (answer, error, extra) for the task `kind` (see the module doc)."""
-    if kind == "classify":
-        from ..spec import parse_label
-
-        label = parse_label(text, list(labels))
-        if label is None:
-            return None, f"no label in the answer: {text[:120]!r}", {"text": text}
-        return label, None, {"text": text}
-    if kind == "extract":
-        from ..extract_schema import canonical_json, parse_answer
-
-        if schema is None:
-            raise ValueError("kind extract needs a json_schema")
-        fields, reason, detail = parse_answer(text, schema)
-        if fields is None:
-            return None, f"{reason}: {detail}", {"text": text}
-        return canonical_json(fields), None, {"text": text, "fields": fields}
-    if kind == "generate":
-        s = text.strip()
-        return (s, None, {}) if s else (None, "empty answer", {})
-    raise ValueError(f"kind {kind!r}: one of classify, generate, extract")
+    """A generated text -> (answer, error, extra), read by the task `kind` (`Task.serve_answer`)."""
+    return get_task(kind).serve_answer(text, labels, schema)
 
 
 def output_from(text: str, token_logprobs: Sequence[float], kind: str, labels: Sequence[str] = (),
@@ -110,13 +92,8 @@ def output_from(text: str, token_logprobs: Sequence[float], kind: str, labels: S
 
 
 def same_answer(answer: str | None, reference: str | None, kind: str) -> bool:
-    """Is the student's answer the reference's? classify / extract: equal (both canonical);
-    generate: equal after case folding and collapsing whitespace."""
-    if answer is None or reference is None:
-        return False
-    if kind == "generate":
-        return " ".join(answer.split()).casefold() == " ".join(reference.split()).casefold()
-    return answer == reference
+    """Is the student's answer the reference's? As the task `kind` compares answers."""
+    return get_task(kind).same_answer(answer, reference)
 
 
 def calibrate_threshold(outputs: Sequence[StudentOutput], references: Sequence[str | None],
@@ -127,7 +104,7 @@ def calibrate_threshold(outputs: Sequence[StudentOutput], references: Sequence[s
     from .calibrate import Rows, summarise, sweep
 
     if not outputs:
-        raise ValueError("calibration needs at least one validation row")
+        raise PotstillError("calibration needs at least one validation row")
     conf = np.array([o.confidence for o in outputs], dtype=np.float64)
     forced = np.array([o.error is not None or o.label is None for o in outputs])
     ok = np.array([same_answer(o.label, r, kind) for o, r in zip(outputs, references)])
@@ -158,7 +135,7 @@ class CausalLMStudent:
         from ..students.causal_lm import STUDENT_META, is_peft, load_causal_lm
 
         if score not in SCORES:
-            raise ValueError(f"serve.logprob_confidence {score!r}: one of {', '.join(SCORES)}")
+            raise PotstillError(f"serve.logprob_confidence {score!r}: one of {', '.join(SCORES)}")
         if threads:
             torch.set_num_threads(threads)
         self.model_dir = Path(model_dir)
@@ -192,15 +169,15 @@ class CausalLMStudent:
         """Load the LoRA adapter in `path` (adapter_config.json + weights) as `name`."""
         path = Path(path)
         if not name or not isinstance(name, str):
-            raise ValueError("an adapter needs a non-empty name")
+            raise PotstillError("an adapter needs a non-empty name")
         if name in self.adapters:
-            raise ValueError(f"an adapter named {name!r} is already loaded")
+            raise PotstillError(f"an adapter named {name!r} is already loaded")
         if not self._peft:
-            raise ValueError(f"{self.model_dir} holds a fully fine-tuned model, not an adapter: "
+            raise PotstillError(f"{self.model_dir} holds a fully fine-tuned model, not an adapter: "
                              "extra adapters need a base model served with an adapter")
         cfg_path = path / "adapter_config.json"
         if not cfg_path.exists():
-            raise FileNotFoundError(f"{path}: not a peft adapter (no adapter_config.json)")
+            raise MissingOutput(f"{path}: not a peft adapter (no adapter_config.json)")
         base = json.loads(cfg_path.read_text()).get("base_model_name_or_path")
         mine = self.model.peft_config["default"].base_model_name_or_path
         if base != mine:
@@ -211,7 +188,7 @@ class CausalLMStudent:
             try:
                 self.model.load_adapter(str(path), adapter_name=peft_name, is_trainable=False)
             except Exception as e:  # noqa: BLE001 - a wrong adapter is the caller's error
-                raise ValueError(f"{path}: cannot load this adapter on the served base model: "
+                raise PotstillError(f"{path}: cannot load this adapter on the served base model: "
                                  f"{type(e).__name__}: {e}") from None
             self.model.eval()
             self.adapters[name] = peft_name
@@ -222,7 +199,7 @@ class CausalLMStudent:
     def unload_adapter(self, name: str) -> None:
         """Remove `name` from the model (never the run's own adapter)."""
         if name == self.default:
-            raise ValueError(f"{name!r} is the served student itself; it cannot be unloaded")
+            raise PotstillError(f"{name!r} is the served student itself; it cannot be unloaded")
         if name not in self.adapters:
             raise KeyError(name)
         with self.lock:
@@ -317,7 +294,7 @@ class TextTeacher:
 
 
 def make_text_teacher(spec, run) -> TextTeacher:
-    from ..data.prepare import load_inputs
+    from ..stages.prepare import load_inputs
     from ..teachers import make_teacher
 
     return TextTeacher(make_teacher(spec, run, load_inputs(run).labels))
@@ -329,18 +306,20 @@ def build_causal_student(spec, run, recalibrate: bool = True, teacher_share: flo
                          adapters: dict[str, str | Path] | None = None):
     """(view of the run's own adapter, calibration doc, Policy, operating point) for a run whose
     student is a causal LM; `adapters` (served name -> directory) are loaded beside it."""
+    from .calibrate import threshold_on_validation
+
     sv = spec.serve
     model_dir = run.student if model == "student" else run.model_dir(model)
     if not ((model_dir / "adapter_config.json").exists() or (model_dir / "config.json").exists()):
-        raise FileNotFoundError(f"{model_dir}: no trained causal-LM {model}; run `potstill train` first")
+        raise MissingOutput(f"{model_dir}: no trained causal-LM {model}; run `potstill train` first")
     labels: list[str] = []
-    if spec.kind == "classify":
+    if get_task(spec.kind).has_label_set:
         labels = list(spec.labels) if spec.labels else _input_labels(run)
     name = sv.model_name or spec.name
     render_labels = _input_labels(run, missing_ok=True) or labels
     host = CausalLMStudent(
         model_dir, name=name, kind=spec.kind, labels=labels,
-        schema=spec.json_schema if spec.kind == "extract" else None,
+        schema=spec.json_schema,
         prompt=lambda t: spec.render_prompt(t, render_labels), score=sv.logprob_confidence,
         max_new_tokens=spec.student.max_new_tokens, max_length=spec.student.max_length,
         threads=sv.threads, device=sv.device)
@@ -356,40 +335,12 @@ def build_causal_student(spec, run, recalibrate: bool = True, teacher_share: flo
     path = run.root / CAUSAL_CALIBRATION
     settings = {"logprob_confidence": sv.logprob_confidence, "teacher_share": share,
                 "model": model, "max_new_tokens": spec.student.max_new_tokens}
-    cal = json.loads(path.read_text()) if path.exists() else None
-    if cal is None or cal.get("student_version") != student.identity or cal.get("settings") != settings:
-        if not recalibrate:
-            raise ValueError(f"{run.root}: no up-to-date {CAUSAL_CALIBRATION}; serve with "
-                             "recalibration or set serve.confidence_threshold")
-        cal = calibrate_causal(student, spec, run, share, settings)
-        tmp = path.with_name(path.name + ".tmp")
-        tmp.write_text(json.dumps(cal, indent=2))
-        tmp.replace(path)
+    cal = threshold_on_validation(
+        student, spec, run, path=path, settings=settings, recalibrate=recalibrate, batch=16,
+        choose=lambda outs, golds, share: calibrate_threshold(outs, golds, share, spec.kind),
+        what="causal student")
     point = cal["operating_point"]
     return student, cal, Policy(point["confidence_threshold"], None, hs, sv.high_stakes_prob), point
-
-
-def calibrate_causal(student: AdapterView, spec, run, share: float,
-                     settings: dict[str, Any]) -> dict[str, Any]:
-    """Generate on the validation split, choose the threshold; the calibration doc."""
-    from ..data.prepare import load_inputs
-
-    val = [ex for ex in load_inputs(run).validation if ex.gold is not None]
-    if not val:
-        raise ValueError(f"{run.inputs}: no gold validation rows to calibrate the causal student "
-                         "on; set serve.confidence_threshold by hand")
-    t0 = time.monotonic()
-    outs: list[StudentOutput] = []
-    for s in range(0, len(val), 16):
-        outs += student.predict([ex.text for ex in val[s:s + 16]])
-    point = calibrate_threshold(outs, [ex.gold for ex in val], share, spec.kind)
-    log.info("calibrated the causal student on %d validation rows: confidence (%s) below %s goes "
-             "to the teacher (%.1f%% of rows; hybrid accuracy %.1f%% with the teacher assumed right)",
-             len(val), settings["logprob_confidence"], point["confidence_threshold"],
-             100 * point["teacher_share"], 100 * (point["hybrid_accuracy"] or 0))
-    return {"created_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()), "task": spec.name,
-            "student_version": student.identity, "settings": settings, "operating_point": point,
-            "seconds": round(time.monotonic() - t0, 2)}
 
 
 def _input_labels(run, missing_ok: bool = False) -> list[str]:
@@ -397,5 +348,5 @@ def _input_labels(run, missing_ok: bool = False) -> list[str]:
     if not p.exists():
         if missing_ok:
             return []
-        raise FileNotFoundError(f"{p}: no labels; run an earlier stage first or list labels in the spec")
+        raise MissingOutput(f"{p}: no labels; run an earlier stage first or list labels in the spec")
     return list(json.loads(p.read_text()))

@@ -29,6 +29,7 @@ from typing import Annotated, Any, Optional
 
 import typer
 
+from ..errors import MissingOutput, PotstillError
 from ..store import Store
 
 KINDS = ("escalation", "degraded", "disagreement", "feedback")
@@ -66,7 +67,7 @@ class ReviewQueue:
 
     async def add(self, **item: Any) -> int:
         if item.get("kind") not in KINDS:
-            raise ValueError(f"queue kind must be one of {KINDS}, got {item.get('kind')!r}")
+            raise PotstillError(f"queue kind must be one of {KINDS}, got {item.get('kind')!r}")
         qid = await asyncio.to_thread(self.store.queue_add, item)
         self._depth = self.depth + 1
         return qid
@@ -118,7 +119,7 @@ def queue_list_command(
 
     run = RunPaths(Path(run_dir))
     if not run.db.exists():
-        raise FileNotFoundError(f"{run.db}: no store in this run directory")
+        raise MissingOutput(f"{run.db}: no store in this run directory")
     if kind is not None and kind not in KINDS:
         raise typer.BadParameter(f"--kind must be one of {', '.join(KINDS)}")
     with Store(run.db) as store:

@@ -16,6 +16,18 @@ General-data mixing: `general_ratio` of the rows are plain text (loss on every t
 forgetting; the held-out general text gives the perplexity of the student and of its base model,
 so a regression is visible in `history.json`.
 
+Stage hooks: the kept teacher records (or gold, for the baseline)
+-> prompt/completion rows -> a causal-LM student in `student/` (or `baseline/`).
+
+What a record teaches: `output` when the record has one, else the parsed `label` (classify) or the
+teacher's `raw` text (generate). Under `rationale`, the record's `rationale` field, or its raw
+output split at its last "Answer:" line (see `causal_lm.split_rationale`). Under `logit_kd` with
+an API teacher, the record's `token_logprobs` ([token, logprob, [[alt, logprob], ...]] per
+generated token) become the top-k + tail targets, when those tokens are exactly the student's
+tokens of the target (`aligned_topk`; else the row trains on its text alone).
+The label stage writes these fields for `kind: generate` (tasks/generate.py). Training resumes
+from `out/checkpoints` after a kill (`causal_lm.train_causal_lm`, students/lm_checkpoint.py).
+
 Why a small loop rather than TRL's SFTTrainer: `logit_kd` runs a teacher forward pass and our
 losses on every batch, the top-k KD needs per-row teacher data that SFTTrainer's collator does
 not carry, and one loop for the three objectives means the comparison between them shares
@@ -31,13 +43,21 @@ import random
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any, Literal, Sequence
 
 import torch
 import torch.nn.functional as F
 
+from ..answers import TokenLP, split_rationale
+from ..data.inputs import Inputs, read_jsonl
+from ..errors import MissingOutput, PotstillError
 from ..losses import token_kd_loss, topk_tail_kd
+from ..manifest import file_hash, fingerprint, read_manifest, up_to_date, write_manifest
+from ..paths import CHECKPOINTS, HISTORY, KEPT, RunPaths
 from ..progress import log, progress
+from ..spec import TaskSpec
+from .base import Student
+from .hf import dir_size_mb
 
 LABEL_TAG = "[label]"
 RATIONALE_TAG = "[rationale]"
@@ -71,24 +91,6 @@ def rationale_rows(prompt: str, rationale: str, answer: str, rationale_weight: f
     """Distilling step-by-step: one input, two tasks told apart by a tag in the prompt."""
     return [LMRow(f"{LABEL_TAG} {prompt}", answer, "task"),
             LMRow(f"{RATIONALE_TAG} {prompt}", rationale, "rationale", rationale_weight)]
-
-
-def split_rationale(output: str) -> tuple[str, str] | None:
-    """A teacher output "…reasoning… Answer: X" -> (reasoning, X); None without an answer line.
-
-    The last line starting with `Answer:` (case-insensitive) is the answer; everything before it
-    is the rationale (a leading "Rationale:" is dropped).
-    """
-    lines = output.strip().splitlines()
-    for i in range(len(lines) - 1, -1, -1):
-        s = lines[i].strip()
-        if s.lower().startswith("answer:"):
-            answer = s[len("answer:"):].strip()
-            rationale = "\n".join(lines[:i]).strip()
-            if rationale.lower().startswith("rationale:"):
-                rationale = rationale[len("rationale:"):].strip()
-            return (rationale, answer) if answer and rationale else None
-    return None
 
 
 def render_for_model(tokenizer, prompt: str) -> str:
@@ -201,7 +203,7 @@ def resolve_causal_path(name: str) -> str:
     p = Path(name).expanduser()
     if p.exists():
         if not (p / "config.json").exists() and not (p / "adapter_config.json").exists():
-            raise FileNotFoundError(f"{p}: not a Hugging Face model directory (no config.json)")
+            raise MissingOutput(f"{p}: not a Hugging Face model directory (no config.json)")
         return str(p.resolve())
     return name
 
@@ -221,11 +223,11 @@ def build_causal_lm(model_name: str, method: str = "lora", r: int = 16, alpha: f
     """
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    from .classifier import quiet_transformers
+    from .hf import quiet_transformers
 
     quiet_transformers()
     if method not in ("lora", "prefix", "prompt", "full"):
-        raise ValueError(f"student.lora.method {method!r}: one of lora, prefix, prompt, full")
+        raise PotstillError(f"student.lora.method {method!r}: one of lora, prefix, prompt, full")
     path = resolve_causal_path(model_name)
     kwargs: dict[str, Any] = {}
     if quantize_4bit:
@@ -233,7 +235,7 @@ def build_causal_lm(model_name: str, method: str = "lora", r: int = 16, alpha: f
             raise RuntimeError("student.lora.quantize_4bit (QLoRA 4-bit loading) needs a CUDA GPU and "
                                "bitsandbytes; on this machine set student.lora.quantize_4bit=false")
         if method == "full":
-            raise ValueError("student.lora.quantize_4bit needs an adapter method: 4-bit weights do not train")
+            raise PotstillError("student.lora.quantize_4bit needs an adapter method: 4-bit weights do not train")
         from transformers import BitsAndBytesConfig
 
         kwargs["quantization_config"] = BitsAndBytesConfig(
@@ -298,7 +300,7 @@ def load_causal_lm(path: str | Path, merge: bool = False):
     merge=True folds LoRA adapters into the base weights (a plain transformers model)."""
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    from .classifier import quiet_transformers
+    from .hf import quiet_transformers
 
     quiet_transformers()
     path = Path(path)
@@ -313,7 +315,7 @@ def load_causal_lm(path: str | Path, merge: bool = False):
     elif (path / "config.json").exists():
         model = AutoModelForCausalLM.from_pretrained(path)
     else:
-        raise FileNotFoundError(f"{path}: no trained causal LM here (no adapter_config.json or config.json)")
+        raise MissingOutput(f"{path}: no trained causal LM here (no adapter_config.json or config.json)")
     tok = AutoTokenizer.from_pretrained(path)
     if tok.pad_token is None:
         tok.pad_token = tok.eos_token
@@ -328,7 +330,7 @@ def merge_adapters(model):
         return model
     kind = str(model.peft_config["default"].peft_type.value).lower()
     if kind != "lora":
-        raise ValueError(f"a {kind} adapter adds virtual tokens and cannot be merged into the weights; "
+        raise PotstillError(f"a {kind} adapter adds virtual tokens and cannot be merged into the weights; "
                          "export it with --format adapter")
     return model.merge_and_unload()
 
@@ -417,7 +419,7 @@ def _autocast(precision: str, device: torch.device):
 
 
 def resolve_precision(precision: str) -> str:
-    from .classifier import pick_precision
+    from .hf import pick_precision
 
     return "bf16" if pick_precision(precision) == "bf16" else "fp32"
 
@@ -482,13 +484,13 @@ def train_causal_lm(model, tokenizer, rows: list[LMRow], cfg: LMTrainConfig, tea
     every cfg.checkpoint_every steps, at each epoch end and at the last step (the caller removes
     it once the model is saved); see students/lm_checkpoint.py.
     """
-    from .classifier import length_grouped_batches
+    from .hf import length_grouped_batches
 
     torch.manual_seed(cfg.seed)
     precision = resolve_precision(cfg.precision)
     device = next(model.parameters()).device
     if cfg.objective == "logit_kd" and teacher is None and not any(r.topk for r in rows):
-        raise ValueError("logit_kd needs a local teacher causal LM (teacher.kind hf) or rows with the "
+        raise PotstillError("logit_kd needs a local teacher causal LM (teacher.kind hf) or rows with the "
                          "API teacher's cached top-k logprobs")
     vocab_size = None
     if teacher is not None:
@@ -585,7 +587,7 @@ def check_shared_vocab(student_tokenizer, teacher_tokenizer=None, student=None, 
     the models' output sizes must agree up to the tokenizer's size (rows past it are padding)."""
     n = len(student_tokenizer)
     if teacher_tokenizer is not None and student_tokenizer.get_vocab() != teacher_tokenizer.get_vocab():
-        raise ValueError(
+        raise PotstillError(
             f"logit_kd needs the teacher and the student to share a tokenizer: the student's has "
             f"{len(student_tokenizer)} tokens, the teacher's {len(teacher_tokenizer)}, and their "
             "token ids differ; use train.objective=sequence (train on the teacher's text) instead")
@@ -593,7 +595,7 @@ def check_shared_vocab(student_tokenizer, teacher_tokenizer=None, student=None, 
         sv = student.get_output_embeddings().weight.shape[0] if student.get_output_embeddings() is not None else n
         tv = teacher.get_output_embeddings().weight.shape[0]
         if sv < n or tv < n:
-            raise ValueError(
+            raise PotstillError(
                 f"logit_kd needs the teacher and the student to share a tokenizer: the tokenizer has {n} "
                 f"tokens but the student's output layer has {sv} and the teacher's {tv}; use "
                 "train.objective=sequence instead")
@@ -607,7 +609,7 @@ def load_teacher_lm(name: str, student_tokenizer, precision: str = "fp32"):
     path = resolve_causal_path(name)
     arch = (AutoConfig.from_pretrained(path).architectures or [""])[0]
     if arch and not arch.endswith("ForCausalLM"):
-        raise ValueError(f"teacher {name} is a {arch}, not a causal LM: logit_kd needs a causal-LM "
+        raise PotstillError(f"teacher {name} is a {arch}, not a causal LM: logit_kd needs a causal-LM "
                          "teacher (teacher.kind hf, teacher.model a causal LM)")
     tok = AutoTokenizer.from_pretrained(path)
     check_shared_vocab(student_tokenizer, tok)
@@ -678,3 +680,224 @@ def generate(model, tokenizer, prompts: Sequence[str], max_new_tokens: int = 32,
                 toks.append(t)
             out.append(Generation(tokenizer.decode(toks, skip_special_tokens=True).strip(), lp))
     return out
+
+
+def aligned_topk(tokenizer, completion: str, token_logprobs: Sequence[TokenLP] | None):
+    """The API teacher's top-k for `completion` in the student's ids, or None unless the
+    teacher's generated tokens are exactly the student's tokenization of `completion` (else the
+    top-k would sit at the wrong positions). See `causal_lm.topk_from_token_logprobs`."""
+    if not token_logprobs:
+        return None
+    vocab = tokenizer.get_vocab()
+    gen: list[int] = []
+    for t in token_logprobs:
+        tid = vocab.get(t[0])
+        if tid is None:
+            enc = tokenizer(t[0], add_special_tokens=False)["input_ids"]
+            if len(enc) != 1:
+                return None
+            tid = enc[0]
+        gen.append(tid)
+    if gen != tokenizer(completion, add_special_tokens=False)["input_ids"]:
+        return None
+    return topk_from_token_logprobs(tokenizer, token_logprobs)
+
+
+# ---------------------------------------------------------------------------------------------
+# the Student: stage hooks (train, evaluate)
+
+
+CAUSAL_OBJECTIVES = {"distill": "sequence", "both": "sequence", "sequence": "sequence",
+                     "logit_kd": "logit_kd", "rationale": "rationale", "gold": "gold"}
+
+
+def record_target(rec: dict[str, Any]) -> str | None:
+    """The text a kept record teaches (pure): its `output` (generate), else its parsed `label`
+    (classify, extract), else the teacher's raw reply."""
+    return rec.get("output") or rec.get("label") or rec.get("raw")
+
+
+def read_general(path: Path) -> list[str]:
+    """General text for mixing: .txt (one text per non-empty line) or JSONL/CSV/Parquet with a `text` column."""
+    path = Path(path)
+    if not path.exists():
+        raise PotstillError(f"{path}: no such file (train.general_data)")
+    if path.suffix == ".txt":
+        return [l.strip() for l in path.read_text(encoding="utf-8").splitlines() if l.strip()]
+    if path.suffix in (".jsonl", ".json"):
+        rows = read_jsonl(path)
+    else:
+        import pandas as pd
+
+        rows = (pd.read_parquet(path) if path.suffix == ".parquet" else pd.read_csv(path)).to_dict("records")
+    texts = [str(r["text"]).strip() for r in rows if r.get("text")]
+    if not texts:
+        raise PotstillError(f"{path}: no `text` values (train.general_data)")
+    return texts
+
+
+def split_general(texts: list[str], held_out_share: float = 0.1) -> tuple[list[str], list[str]]:
+    """(train, held-out) general texts: the last share (at least one) is held out for perplexity."""
+    n = max(1, round(len(texts) * held_out_share)) if len(texts) > 1 else 0
+    return texts[:len(texts) - n], texts[len(texts) - n:]
+
+
+def train_causal_student(spec: TaskSpec, run: RunPaths, inputs: Inputs,
+                         mode: Literal["student", "baseline"] = "student", *,
+                         records: Path | None = None, out: Path | None = None) -> dict[str, Any]:
+    """Train the causal-LM student (or the gold-only baseline) into `out` (default: the run's
+    student/ or baseline/) from the kept records in `records` (default: the run's filtered/)."""
+    t, s = spec.train, spec.student
+    objective = "gold" if mode == "baseline" else CAUSAL_OBJECTIVES[t.objective]
+    out = out or run.model_dir(mode)
+    records = records or run.filtered
+    render = lambda text: spec.render_prompt(text, inputs.labels)  # noqa: E731
+    parents: dict[str, str] = {"inputs": str(run.inputs)}
+    teacher_identity = None
+    rows: list[LMRow] = []
+    missing = 0
+    if objective == "gold":
+        rows = [LMRow(render(ex.text), ex.gold) for ex in inputs.train if ex.gold is not None]
+        data_hash = inputs.dataset_hash
+    else:
+        kept_path = records / KEPT
+        if not kept_path.exists():
+            raise PotstillError(f"{kept_path}: no filtered records; run `potstill filter` first")
+        kept = read_jsonl(kept_path)
+        tok_for_topk = None
+        for rec in kept:
+            target = record_target(rec)
+            if target is None:
+                continue
+            prompt = render(rec["text"])
+            if objective == "rationale":
+                split = ((rec["rationale"], target) if rec.get("rationale")
+                         else split_rationale(rec.get("raw") or ""))
+                if split is None:  # no rationale from the teacher: the answer task alone
+                    missing += 1
+                    rows.append(LMRow(task_prompt(prompt, "rationale"), target))
+                else:
+                    # a parsed label or an explicit output beats the split-off answer line
+                    answer = target if rec.get("output") or rec.get("label") else split[1]
+                    rows += rationale_rows(prompt, split[0], answer, t.rationale_weight)
+                continue
+            row = LMRow(prompt, target)
+            if objective == "logit_kd" and spec.teacher.kind == "openai":
+                if rec.get("token_logprobs"):
+                    if tok_for_topk is None:
+                        from transformers import AutoTokenizer
+
+
+                        tok_for_topk = AutoTokenizer.from_pretrained(resolve_causal_path(s.model))
+                    # None unless the teacher's tokens are the student's tokens of `target`
+                    row.topk = aligned_topk(tok_for_topk, target, rec["token_logprobs"])
+                if row.topk is None:
+                    missing += 1
+            rows.append(row)
+        if objective == "logit_kd" and spec.teacher.kind == "openai" and missing == len(rows):
+            raise PotstillError(
+                "train.objective logit_kd with an API teacher needs the teacher's top-k logprobs cached "
+                f"with each record (`token_logprobs` in {kept_path}); none has them. Set "
+                "teacher.logprobs=true and relabel, or use train.objective=sequence")
+        data_hash = file_hash(kept_path)
+        teacher_identity = read_manifest(records).get("teacher") if (records / "manifest.json").exists() else None
+        parents["filtered"] = str(records)
+    if not rows:
+        raise PotstillError(f"no training rows for the {mode} ({objective}); check the filter report")
+    if missing:
+        log(f"{mode}: {missing} of {len(kept)} records had no {'rationale' if objective == 'rationale' else 'usable top-k logprobs'}"
+            "; they train on the answer text alone")
+    general_train: list[str] = []
+    general_eval: list[str] = []
+    if t.general_data is not None:
+        general_train, general_eval = split_general(read_general(t.general_data))
+        if t.general_ratio > 0:
+            rows = mix_general(rows, general_train, t.general_ratio, t.seed)
+    val_rows = [LMRow(task_prompt(render(ex.text), objective), ex.gold)
+                for ex in inputs.validation if ex.gold is not None]
+    lora = s.lora
+    init = resolve_causal_path(s.model)
+    init_weights = (file_hash(*sorted(Path(init).glob("*.safetensors")))
+                    if Path(init).exists() and any(Path(init).glob("*.safetensors")) else init)
+    fp = fingerprint(mode, objective, data_hash, s.model_dump(mode="json"),
+                     t.model_dump(mode="json", exclude={"baseline"}), init_weights,
+                     file_hash(t.general_data) if t.general_data else None)
+    if up_to_date(out, fp, STUDENT_META, HISTORY):
+        log(f"{mode}: up to date in {out}")
+        return read_manifest(out)
+    model, tok = build_causal_lm(s.model, lora.method, lora.r, lora.alpha, lora.dropout, lora.target_modules,
+                                 lora.num_virtual_tokens, lora.quantize_4bit, seed=t.seed)
+    teacher = None
+    if objective == "logit_kd" and spec.teacher.kind != "openai":
+        if spec.teacher.kind != "hf":
+            raise PotstillError("train.objective logit_kd needs a causal-LM teacher: teacher.kind hf with "
+                             "teacher.model a causal LM sharing the student's tokenizer, or teacher.kind "
+                             "openai with cached top-k logprobs")
+        teacher = load_teacher_lm(spec.teacher.model, tok)
+    n_train, n_total = count_trainable(model)
+    log(f"{mode}: {objective} objective, {len(rows)} rows ({sum(r.kind == 'general' for r in rows)} general), "
+        f"{lora.method}, {n_train / 1e6:.2f}M of {n_total / 1e6:.1f}M params train")
+    cfg = LMTrainConfig(
+        objective="sequence" if objective == "gold" else objective, kd_loss=t.kd_loss,
+        temperature=t.temperature, jsd_beta=t.jsd_beta, kd_weight=t.kd_weight,
+        ce_weight=t.ce_weight if objective == "logit_kd" else 1.0, epochs=t.epochs,
+        batch_size=t.batch_size, lr=t.lr, weight_decay=t.weight_decay, warmup_ratio=t.warmup_ratio,
+        seed=t.seed, precision=t.precision, max_length=s.max_length, checkpoint_every=t.checkpoint_every)
+    # a killed run resumes from out/checkpoints (same fingerprint: same data, spec and base weights)
+    history = train_causal_lm(model, tok, rows, cfg, teacher, val_rows, general_eval, desc=mode,
+                              checkpoint_dir=out / CHECKPOINTS, fingerprint=fp)
+    save_causal_lm(model, tok, out, meta={"base_model": init, "method": lora.method,
+                                          "objective": objective, "kind": spec.kind})
+    import shutil
+
+    shutil.rmtree(out / CHECKPOINTS, ignore_errors=True)  # the model is saved: nothing to resume
+    (out / HISTORY).write_text(json.dumps(history, indent=2))
+    return write_manifest(out, mode, spec, fingerprint=fp, objective=objective, init_from=init,
+                          teacher=teacher_identity, dataset_hash=inputs.dataset_hash,
+                          train_data_hash=data_hash, parents=parents, params=n_total,
+                          trainable_params=n_train, method=lora.method, metrics=history)
+
+
+def _student_answers(path, prompts: list[str], spec: TaskSpec) -> tuple[list[Any], dict[str, Any]]:
+    meta = json.loads((path / STUDENT_META).read_text())
+    model, tok = load_causal_lm(path)
+    t0 = time.perf_counter()
+    gens = generate(model, tok, prompts, spec.student.max_new_tokens, spec.eval.batch_size,
+                    objective=meta.get("objective", "sequence"), max_length=spec.student.max_length)
+    elapsed = time.perf_counter() - t0
+    _, total = count_trainable(model)
+    return gens, {"params": total, "adapter_size_mb": dir_size_mb(path), "method": meta.get("method"),
+                  "answers_per_s": round(len(prompts) / max(elapsed, 1e-9), 2)}
+
+
+class CausalLMStudent:
+    """A causal LM (LoRA / prefix / prompt tuning or full; `student.kind: causal_lm`). It answers
+    by generating text, which the task reads (`Task.from_text`)."""
+
+    kind = "causal_lm"
+
+    def fit_teacher(self, spec: TaskSpec, run: RunPaths, inputs: Inputs) -> dict[str, Any]:
+        raise PotstillError("teacher.kind 'fit' fits an encoder teacher for the task; a causal-LM "
+                            "teacher is teacher.kind hf (a local causal LM) or openai")
+
+    def train(self, spec: TaskSpec, run: RunPaths, inputs: Inputs, mode: Literal["student", "baseline"] = "student",
+              *, records: Path | None = None, out: Path | None = None) -> dict[str, Any]:
+        return train_causal_student(spec, run, inputs, mode, records=records, out=out)
+
+    def trained(self, path: Path) -> bool:
+        return Path(path).exists() and any((Path(path) / f).exists()
+                                           for f in ("adapter_config.json", "config.json"))
+
+    def evaluate(self, spec: TaskSpec, task: Any, path: Path, texts: list[str], labels: list[str],
+                 name: str) -> tuple[list[Any], dict[str, Any], dict[str, Any]]:
+        prompts = [spec.render_prompt(t, labels) for t in texts]
+        gens, info = _student_answers(Path(path), prompts, spec)
+        metrics = read_manifest(path).get("metrics", {})
+        info.update({"general_ppl_base": metrics.get("general_ppl_base"),
+                     "general_ppl_student": metrics.get("general_ppl_student")})
+        preds = [task.from_text(g.text, spec, labels) for g in gens]
+        conf = [{"mean_logprob": round(g.mean_logprob, 5), "min_logprob": round(g.min_logprob, 5)} for g in gens]
+        return preds, info, {"confidence": conf, "texts": [g.text for g in gens]}
+
+
+STUDENT: Student = CausalLMStudent()

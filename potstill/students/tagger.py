@@ -8,18 +8,14 @@ when the teacher is a local tagger, from its per-token tag distribution (KL, lik
 The way back (prediction): tags per token -> spans (`decode_tags`) -> the value is the text
 between the first and last token's offsets, so a predicted value is always a piece of the input.
 
-Alignment rules (pure: `occurrences`, `align_value`, `align_fields`):
-- case-insensitive (Unicode case folding: "STRASSE" finds "Straße") and Unicode-normalised
-  (NFKD per character: a precomposed "é" matches "e" + combining accent; accents still count);
-- whitespace-insensitive: any run of whitespace matches any other;
-- a whole-word occurrence wins over one inside a word ("my" in "play my song", not in "Mylo");
-- a value that occurs several times takes its FIRST (whole-word) occurrence that does not
-  overlap a value aligned before it (fields in the object's order): in "Add My Belgian Rose to
-  my list" with entity_name "My Belgian Rose" then playlist_owner "my", the owner is the second
-  "my"; in "rate it 5 out of 5", rating_value and best_rating get one "5" each;
-- a value not in the text is dropped (reason `not_in_text`), an empty one too (`empty`), one
-  whose every occurrence overlaps values aligned before it as `overlap`; non-string values as
-  `not_a_string`. The filter report counts every reason.
+Alignment (values -> character spans) is `tasks/align.py`'s.
+
+The distillation signal: hard tags from the teacher's JSON (values aligned to the text) always;
+plus, when the teacher is a local tagger sharing the student's vocabulary (kind fit or hf; the
+student initialised from it by default), its per-token tag distribution: KL(teacher_T ||
+student_T) * T^2 on every tagged token, weighted by `train.kd_weight`, with the hard tags'
+cross-entropy weighted by `train.ce_weight`. Without soft tags (an API teacher) the hard tags'
+cross-entropy has weight 1, as in the gold-only baseline.
 
 Model building, layer cutting, precision and the training loop are the classifier's
 (`students/classifier.py`); this module supplies the collate, loss and metric hooks.
@@ -27,102 +23,36 @@ Model building, layer cutting, precision and the training loop are the classifie
 
 from __future__ import annotations
 
-import unicodedata
+import json
+import random
+import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any, Literal, Sequence
 
 import numpy as np
 import torch
 
-from .classifier import keep_layers, quiet_transformers, resolve_model_path, train_classifier, TrainConfig
-
-Span = tuple[str, int, int]  # (field, start, end) character offsets into the text, end exclusive
-
-
-# ---------------------------------------------------------------------------------------------
-# alignment (pure)
-
-def _folded(text: str) -> tuple[str, list[int]]:
-    """(normalised text, index in `text` of each normalised character).
-
-    Per character: NFKD, case fold; whitespace runs become one space. Mapping each output
-    character back to its source character keeps spans exact when folding changes lengths."""
-    out: list[str] = []
-    index: list[int] = []
-    prev_space = False
-    for i, ch in enumerate(text):
-        if ch.isspace():
-            if not prev_space:
-                out.append(" ")
-                index.append(i)
-            prev_space = True
-            continue
-        prev_space = False
-        for c in unicodedata.normalize("NFKD", ch).casefold():
-            out.append(c)
-            index.append(i)
-    return "".join(out), index
-
-
-def _fold_value(value: str) -> str:
-    return _folded(value.strip())[0]
-
-
-def _is_word(c: str) -> bool:
-    return c.isalnum() or unicodedata.category(c).startswith("M")
-
-
-def occurrences(text: str, value: str) -> list[tuple[int, int, bool]]:
-    """Every match of `value` in `text` under the module's rules, in order: (start, end, whole
-    word) with source character offsets."""
-    needle = _fold_value(value)
-    if not needle:
-        return []
-    hay, index = _folded(text)
-    out = []
-    pos = hay.find(needle)
-    while pos != -1:
-        end = pos + len(needle)
-        before_ok = pos == 0 or not (_is_word(hay[pos - 1]) and _is_word(needle[0]))
-        after_ok = end == len(hay) or not (_is_word(hay[end]) and _is_word(needle[-1]))
-        # back to source offsets: first source char of the match .. last source char + 1
-        out.append((index[pos], index[end - 1] + 1, before_ok and after_ok))
-        pos = hay.find(needle, pos + 1)
-    return out
-
-
-def _pick(found: list[tuple[int, int, bool]], taken: Sequence[tuple[int, int]] = ()) -> tuple[int, int] | None:
-    """The first whole-word occurrence clear of `taken` spans, else the first clear one."""
-    free = [(s, e, w) for s, e, w in found if not any(s < te and e > ts for ts, te in taken)]
-    best = next(((s, e) for s, e, w in free if w), None)
-    return best or next(((s, e) for s, e, _ in free), None)
-
-
-def align_value(text: str, value: str) -> tuple[int, int] | None:
-    """Character span (start, end) of `value` in `text` under the module's rules, or None."""
-    return _pick(occurrences(text, value))
-
-
-def align_fields(text: str, fields: dict[str, Any]) -> tuple[list[Span], list[tuple[str, str]]]:
-    """(spans sorted by start, [(field, reason)] dropped). See the module docstring for rules."""
-    spans: list[Span] = []
-    drops: list[tuple[str, str]] = []
-    for name, value in fields.items():
-        if not isinstance(value, str):
-            drops.append((name, "not_a_string"))
-            continue
-        if not value.strip():
-            drops.append((name, "empty"))
-            continue
-        found = occurrences(text, value)
-        span = _pick(found, [(a, b) for _, a, b in spans])
-        if span is None:
-            drops.append((name, "overlap" if found else "not_in_text"))
-            continue
-        spans.append((name, *span))
-    return sorted(spans, key=lambda x: x[1]), drops
-
+from ..answers import clean_fields, validate_fields
+from ..data.inputs import Example, Inputs, read_jsonl
+from ..errors import PotstillError
+from ..manifest import file_hash, fingerprint, read_manifest, up_to_date, write_manifest
+from ..paths import HISTORY, KEPT, RunPaths
+from ..progress import log
+from ..spec import TaskSpec
+from ..tasks.align import Span, align_fields
+from .base import Student
+from .classifier import TrainConfig, train_classifier
+from .hf import (
+    build_encoder,
+    count_params,
+    dir_size_mb,
+    encoder_init,
+    load_encoder,
+    local_teacher_or_none,
+    percentile,
+    resolve_model_path,
+)
 
 # ---------------------------------------------------------------------------------------------
 # BIO tags (pure)
@@ -203,37 +133,14 @@ def decode_tags(text: str, offsets: Sequence[tuple[int, int]], tag_ids: Sequence
 def build_tagger(base: str, fields: Sequence[str], layers: Sequence[int] | None = None, seed: int = 13):
     """(model, tokenizer) tagging `fields` in BIO, from `base` (path or hub id), optionally cut to
     `layers`. A base that is already a tagger with the same tags (a fitted teacher) keeps its head."""
-    from transformers import AutoConfig, AutoModelForTokenClassification, AutoTokenizer
-
-    quiet_transformers()
-    tags = tag_names(fields)
-    path = resolve_model_path(base)
-    config = AutoConfig.from_pretrained(path)
-    same_head = [config.id2label.get(i) for i in range(len(config.id2label or {}))] == tags
-    kwargs = {} if same_head else {
-        "num_labels": len(tags), "id2label": dict(enumerate(tags)),
-        "label2id": {t: i for i, t in enumerate(tags)}, "ignore_mismatched_sizes": True,
-    }
-    torch.manual_seed(seed)
-    model = AutoModelForTokenClassification.from_pretrained(path, **kwargs)
-    if layers is not None and list(layers) != list(range(model.config.num_hidden_layers)):
-        keep_layers(model, layers)
-    tokenizer = AutoTokenizer.from_pretrained(path)
+    model, tokenizer = build_encoder(base, tag_names(fields), "token", layers, seed)
     if not getattr(tokenizer, "is_fast", False):
-        raise ValueError(f"{base}: the tagger needs a fast tokenizer (offset mapping)")
+        raise PotstillError(f"{base}: the tagger needs a fast tokenizer (offset mapping)")
     return model, tokenizer
 
 
 def load_tagger(path: str | Path):
-    from transformers import AutoModelForTokenClassification, AutoTokenizer
-
-    quiet_transformers()
-    path = Path(resolve_model_path(str(path)))
-    if not (path / "config.json").exists():
-        raise FileNotFoundError(f"{path}: no trained model here (config.json missing)")
-    model = AutoModelForTokenClassification.from_pretrained(path)
-    model.eval()
-    return model, AutoTokenizer.from_pretrained(path)
+    return load_encoder(path, "token")
 
 
 def model_tags(model) -> list[str]:
@@ -374,3 +281,218 @@ def train_tagger(model, tokenizer, train_rows: list[TagRow], val_rows: list[TagR
                               metric_fn=token_f1_metric)
     result["val_metric"] = "token_tag_f1"
     return result
+
+
+# ---------------------------------------------------------------------------------------------
+# prediction as JSON objects, and timing
+
+Obj = dict[str, Any]
+
+
+def tagger_objects(model, tok, texts: Sequence[str], schema: Obj, batch_size: int, max_length: int
+                   ) -> list[Obj | None]:
+    out: list[Obj | None] = []
+    for p in predict_tags(model, tok, texts, batch_size, max_length):
+        obj = {k: v for k, v in p.fields.items() if k in schema["properties"]}
+        out.append(obj if validate_fields(obj, schema) is None else None)
+    return out
+
+
+def time_tagger(model, tok, texts: Sequence[str], n_single: int, batch_size: int, max_length: int,
+                seed: int = 0) -> dict[str, float]:
+    """p50/p95 single-input latency (ms) of the whole path to JSON, and batch throughput."""
+    rng = random.Random(seed)
+    sample = [texts[rng.randrange(len(texts))] for _ in range(n_single)]
+    for t in sample[:10]:  # warm-up: allocator, kernels
+        predict_tags(model, tok, [t], 1, max_length)
+    times = []
+    for t in sample:
+        t0 = time.perf_counter()
+        predict_tags(model, tok, [t], 1, max_length)
+        times.append((time.perf_counter() - t0) * 1000)
+    t0 = time.perf_counter()
+    predict_tags(model, tok, texts, batch_size, max_length)
+    elapsed = time.perf_counter() - t0
+    return {"latency_ms_p50": round(percentile(times, 50), 3),
+            "latency_ms_p95": round(percentile(times, 95), 3),
+            "throughput_per_s": round(len(texts) / elapsed, 1)}
+
+
+# ---------------------------------------------------------------------------------------------
+# the Student: stage hooks (teacher fit, train, evaluate)
+
+
+def gold_spans(examples: list[Example]) -> tuple[list[str], list[list[Span]], int]:
+    """(texts, spans, values dropped) of the examples with gold fields, aligned to their texts."""
+    texts, spans, dropped = [], [], 0
+    for ex in examples:
+        if ex.gold is None:
+            continue
+        sp, drops = align_fields(ex.text, clean_fields(json.loads(ex.gold)))
+        texts.append(ex.text)
+        spans.append(sp)
+        dropped += len(drops)
+    return texts, spans, dropped
+
+
+def fit_tagger_teacher(spec: TaskSpec, run: RunPaths, inputs: Inputs) -> dict[str, Any]:
+    """Fine-tune `teacher.fit.model` (all layers) as a BIO tagger on the gold fields."""
+    f = spec.teacher.fit
+    fields = inputs.labels
+    texts, spans, dropped = gold_spans(inputs.train)
+    if not texts:
+        raise PotstillError(f"{spec.data.train}: no gold fields to fit a teacher on")
+    fp = fingerprint("teacher", "tagger", inputs.dataset_hash, fields, f.model_dump(), spec.train.seed,
+                     spec.train.precision)
+    if up_to_date(run.teacher, fp, "config.json"):
+        log(f"teacher fit: up to date in {run.teacher}")
+        return read_manifest(run.teacher)
+    model, tok = build_tagger(f.model, fields, seed=spec.train.seed)
+    tags = tag_names(fields)
+    rows = tag_rows(tok, texts, spans, tags, f.max_length)
+    vt, vs, _ = gold_spans(inputs.validation)
+    log(f"teacher fit: tagger over {len(fields)} fields, {len(rows)} gold rows "
+        f"({dropped} gold values not found in their text, left out)")
+    cfg = TrainConfig(epochs=f.epochs, batch_size=f.batch_size, lr=f.lr, max_length=f.max_length,
+                      kd_weight=0.0, ce_weight=1.0, seed=spec.train.seed,
+                      precision=spec.train.precision, checkpoint_every=spec.train.checkpoint_every)
+    result = train_tagger(model, tok, rows, tag_rows(tok, vt, vs, tags, f.max_length), run.teacher,
+                          cfg, fp, desc="teacher fit")
+    return write_manifest(run.teacher, "teacher_fit", spec, fingerprint=fp, base_model=f.model,
+                          dataset_hash=inputs.dataset_hash, parents={"inputs": str(run.inputs)},
+                          params=count_params(model), gold_values_dropped=dropped, metrics=result)
+
+
+@torch.inference_mode()
+def teacher_soft_tags(teacher_dir: Path, student_tok, texts: list[str], tags: list[str],
+                      max_length: int, batch_size: int = 64) -> list[np.ndarray] | None:
+    """Per text, (T_i, K) teacher tag log-probabilities over the student's tags, on the student's
+    tokenisation (T_i tokens, special ones included); None when the teacher's vocabulary or tag
+    set does not match the student's (then the student learns from hard tags only)."""
+    model, ttok = load_tagger(teacher_dir)
+    if ttok.get_vocab() != student_tok.get_vocab():
+        log("train: the teacher's vocabulary differs from the student's: hard tags only")
+        return None
+    own = model_tags(model)
+    if not set(tags) <= set(own):
+        log("train: the teacher's tags do not cover the student's: hard tags only")
+        return None
+    cols = torch.tensor([own.index(t) for t in tags])
+    out: list[np.ndarray | None] = [None] * len(texts)
+    order = sorted(range(len(texts)), key=lambda i: len(texts[i]))
+    for s in range(0, len(order), batch_size):
+        idx = order[s : s + batch_size]
+        enc = student_tok([texts[i] for i in idx], padding=True, truncation=True, max_length=max_length,
+                          return_tensors="pt")
+        logits = model(**enc).logits.float()[..., cols]  # (B, T, K) over the student's tags
+        logp = torch.log_softmax(logits, -1).numpy()
+        n = enc["attention_mask"].sum(-1).tolist()
+        for j, i in enumerate(idx):
+            out[i] = logp[j, : n[j]].astype(np.float32)
+    return out  # type: ignore[return-value]
+
+
+def train_tagger_student(spec: TaskSpec, run: RunPaths, inputs: Inputs, mode: Literal["student", "baseline"] = "student",
+                         *, records: Path | None = None, out: Path | None = None) -> dict[str, Any]:
+    """Train the tagger student (objective `train.objective`: distill, gold or both) or the
+    gold-only baseline; see the module doc for the signal."""
+    t, s = spec.train, spec.student
+    objective = "gold" if mode == "baseline" else t.objective
+    out = out or run.model_dir(mode)
+    records = records or run.filtered
+    fields = inputs.labels
+    tags = tag_names(fields)
+    vt, vs, _ = gold_spans(inputs.validation)
+    if not vt:
+        raise PotstillError("the validation split has no gold fields")
+    parents: dict[str, str] = {"inputs": str(run.inputs)}
+    teacher_identity = None
+    if objective == "gold":
+        texts, spans, _ = gold_spans(inputs.train)
+        data_hash = inputs.dataset_hash
+    else:
+        kept_path = records / KEPT
+        if not kept_path.exists():
+            raise PotstillError(f"{kept_path}: no filtered records; run `potstill filter` first")
+        kept = read_jsonl(kept_path)
+        texts = [r["text"] for r in kept]
+        spans = [[tuple(x) for x in r["spans"]] for r in kept]
+        if objective == "both":  # gold fields, where the record has them, over the teacher's
+            by_text = dict(zip(*gold_spans(inputs.train)[:2]))
+            spans = [by_text.get(tx, sp) for tx, sp in zip(texts, spans)]
+            have = set(texts)
+            for tx, sp in by_text.items():
+                if tx not in have:
+                    texts.append(tx)
+                    spans.append(sp)
+        data_hash = file_hash(kept_path)
+        teacher_identity = read_manifest(records).get("teacher")
+        parents["filtered"] = str(records)
+    if not texts:
+        raise PotstillError(f"no training rows for the {mode} ({objective}); check the filter report")
+    # the gold-only baseline never sees the teacher, not even its weights
+    init = s.model if mode == "baseline" else encoder_init(spec, run)
+    init_path = Path(resolve_model_path(init))
+    init_weights = file_hash(*sorted(init_path.glob("*.safetensors"))) if init_path.exists() else init
+    teacher_dir = local_teacher_or_none(spec, run) if objective != "gold" and t.kd_weight > 0 else None
+    teacher_weights = (file_hash(*sorted(teacher_dir.glob("*.safetensors")))
+                       if teacher_dir is not None and any(teacher_dir.glob("*.safetensors")) else None)
+    fp = fingerprint(mode, "tagger", objective, data_hash, fields, s.model_dump(),
+                     t.model_dump(exclude={"baseline"}), init, init_weights, teacher_weights)
+    if up_to_date(out, fp, "config.json", HISTORY):
+        log(f"{mode}: up to date in {out}")
+        return read_manifest(out)
+    model, tok = build_tagger(init, fields, s.layers, seed=t.seed)
+    rows: list[TagRow] = tag_rows(tok, texts, spans, tags, s.max_length)
+    soft = teacher_soft_tags(teacher_dir, tok, texts, tags, s.max_length) if teacher_dir else None
+    if soft is not None:
+        for r, lp in zip(rows, soft):
+            r.soft = lp
+    signal = "hard tags" if objective == "gold" else (
+        "teacher tag distribution (KL) + hard tags" if soft is not None else "teacher's hard tags")
+    log(f"{mode}: {objective} objective ({signal}), {len(rows)} rows, init from {init}, layers "
+        f"{s.layers if s.layers is not None else 'all'}, {count_params(model) / 1e6:.1f}M params")
+    cfg = TrainConfig(epochs=t.epochs, batch_size=t.batch_size, lr=t.lr, weight_decay=t.weight_decay,
+                      warmup_ratio=t.warmup_ratio, temperature=t.temperature,
+                      kd_weight=t.kd_weight if soft is not None else 0.0,
+                      ce_weight=t.ce_weight if soft is not None else 1.0,
+                      seed=t.seed, precision=t.precision, max_length=s.max_length,
+                      checkpoint_every=t.checkpoint_every)
+    result = train_tagger(model, tok, rows, tag_rows(tok, vt, vs, tags, s.max_length), out, cfg, fp, desc=mode)
+    return write_manifest(out, mode, spec, fingerprint=fp, objective=objective, signal=signal,
+                          init_from=init, teacher=teacher_identity, dataset_hash=inputs.dataset_hash,
+                          train_data_hash=data_hash, parents=parents, params=count_params(model),
+                          layers=s.layers, metrics=result)
+
+
+class TaggerStudent:
+    """An encoder BIO tagger (`student.kind: tagger`, for `kind: extract`)."""
+
+    kind = "tagger"
+
+    def fit_teacher(self, spec: TaskSpec, run: RunPaths, inputs: Inputs) -> dict[str, Any]:
+        return fit_tagger_teacher(spec, run, inputs)
+
+    def train(self, spec: TaskSpec, run: RunPaths, inputs: Inputs, mode: Literal["student", "baseline"] = "student",
+              *, records: Path | None = None, out: Path | None = None) -> dict[str, Any]:
+        return train_tagger_student(spec, run, inputs, mode, records=records, out=out)
+
+    def trained(self, path: Path) -> bool:
+        return (Path(path) / "config.json").exists()
+
+    def evaluate(self, spec: TaskSpec, task: Any, path: Path, texts: list[str], labels: list[str],
+                 name: str) -> tuple[list[Any], dict[str, Any], dict[str, Any]]:
+        assert spec.json_schema is not None
+        model, tok = load_tagger(path)
+        ml = spec.student.max_length
+        preds = tagger_objects(model, tok, texts, spec.json_schema, spec.eval.batch_size, ml)
+        m = read_manifest(path)
+        info = {"params": count_params(model), "size_mb": dir_size_mb(path),
+                "layers": model.config.num_hidden_layers,
+                **time_tagger(model, tok, texts, spec.eval.latency_samples, spec.eval.batch_size, ml),
+                "signal": m.get("signal"),
+                "best_val_token_f1": m.get("metrics", {}).get("best_val_accuracy")}
+        return preds, info, {}
+
+
+STUDENT: Student = TaggerStudent()

@@ -1,49 +1,94 @@
-"""Teachers behind one interface (`base.Teacher`); `make_teacher` builds the one a spec names."""
+"""Teachers behind one interface (`base.Teacher`), built from one table keyed by
+(task kind, teacher kind): `make_teacher` builds the one a spec names. No teacher imports a stage.
+
+To give a new task kind its teachers, add its rows with `register_teacher`.
+"""
 
 from __future__ import annotations
 
 from contextlib import contextmanager
-from pathlib import Path
-from typing import Iterator
+from typing import Callable, Iterator
 
+from ..errors import PotstillError
 from ..paths import RunPaths
 from ..spec import TaskSpec
+from ..students.hf import local_teacher_dir
 from .base import Answer, BudgetExceeded, Teacher, answer_cached, cache_key
 
+Factory = Callable[[TaskSpec, RunPaths, list[str], float], Teacher]
+"""(spec, run, labels, dollars already spent) -> a Teacher."""
 
-def make_teacher(spec: TaskSpec, run: RunPaths, labels: list[str], spent_usd: float = 0.0) -> Teacher:
-    t = spec.teacher
-    if spec.kind == "extract":  # JSON answers: extract_teacher.py
-        from ..extract_teacher import make_extract_teacher
 
-        return make_extract_teacher(spec, run, spent_usd)
-    if spec.kind == "generate":  # free-text answers: generate_teacher.py
-        from ..generate_teacher import make_generate_teacher
+def _classify_openai(spec: TaskSpec, run: RunPaths, labels: list[str], spent: float) -> Teacher:
+    from .openai_compat import OpenAITeacher
 
-        return make_generate_teacher(spec, run, labels, spent_usd)
-    if t.kind == "openai":
-        from .openai_compat import OpenAITeacher
+    return OpenAITeacher(spec, labels, spent_usd=spent)
 
-        return OpenAITeacher(spec, labels, spent_usd=spent_usd)
+
+def _classify_local(spec: TaskSpec, run: RunPaths, labels: list[str], spent: float) -> Teacher:
     from .hf_local import HFTeacher
 
+    t = spec.teacher
     return HFTeacher(str(local_teacher_dir(spec, run)), labels, t.batch_size, t.max_length)
 
 
-def local_teacher_dir(spec: TaskSpec, run: RunPaths) -> Path:
-    """The model directory of a local teacher (kind fit: the run's teacher/; hf: teacher.model)."""
-    t = spec.teacher
-    if t.kind == "fit":
-        if not (run.teacher / "config.json").exists():
-            raise FileNotFoundError(
-                f"{run.teacher}: no fitted teacher; run `potstill teacher fit` first (teacher.kind is 'fit')"
-            )
-        return run.teacher
-    if t.kind == "hf":
-        from ..students.classifier import resolve_model_path
+def _extract_openai(spec: TaskSpec, run: RunPaths, labels: list[str], spent: float) -> Teacher:
+    from ..answers import schema_fields
+    from .openai_extract import OpenAIExtractTeacher
 
-        return Path(resolve_model_path(t.model))
-    raise ValueError(f"teacher.kind {t.kind!r} is not a local model")
+    assert spec.json_schema is not None
+    return OpenAIExtractTeacher(spec, schema_fields(spec.json_schema), spent_usd=spent)
+
+
+def _extract_local(spec: TaskSpec, run: RunPaths, labels: list[str], spent: float) -> Teacher:
+    from .hf_tagger import TaggerTeacher
+
+    t = spec.teacher
+    assert spec.json_schema is not None
+    return TaggerTeacher(str(local_teacher_dir(spec, run)), spec.json_schema, t.batch_size, t.max_length)
+
+
+def _generate_openai(spec: TaskSpec, run: RunPaths, labels: list[str], spent: float) -> Teacher:
+    from .openai_generate import OpenAIGenerateTeacher
+
+    return OpenAIGenerateTeacher(spec, labels, spent_usd=spent)
+
+
+def _generate_local(spec: TaskSpec, run: RunPaths, labels: list[str], spent: float) -> Teacher:
+    from .hf_causal import HFCausalTeacher
+
+    return HFCausalTeacher(spec, labels)
+
+
+TEACHERS: dict[tuple[str, str], Factory] = {
+    ("classify", "openai"): _classify_openai,
+    ("classify", "fit"): _classify_local,
+    ("classify", "hf"): _classify_local,
+    ("extract", "openai"): _extract_openai,
+    ("extract", "fit"): _extract_local,
+    ("extract", "hf"): _extract_local,
+    ("generate", "openai"): _generate_openai,
+    ("generate", "hf"): _generate_local,
+}
+"""(task kind, teacher kind) -> how to build that teacher. A missing pair is not supported."""
+
+OVER_HTTP: set[str] = {"classify"}
+"""Task kinds whose local teacher can label through a potstill server (`teacher.over_http`)."""
+
+
+def register_teacher(task_kind: str, teacher_kind: str, factory: Factory) -> None:
+    TEACHERS[(task_kind, teacher_kind)] = factory
+
+
+def make_teacher(spec: TaskSpec, run: RunPaths, labels: list[str], spent_usd: float = 0.0) -> Teacher:
+    """The teacher the spec names, built in-process; a clear error when the pair is not supported
+    or the teacher cannot be built (never a silent fallback)."""
+    factory = TEACHERS.get((spec.kind, spec.teacher.kind))
+    if factory is None:
+        have = sorted(tk for k, tk in TEACHERS if k == spec.kind)
+        raise PotstillError(f"teacher.kind {spec.teacher.kind!r} cannot teach kind {spec.kind!r}; "
+                            f"use one of: {', '.join(have) or 'none'}")
+    return factory(spec, run, labels, spent_usd)
 
 
 @contextmanager
@@ -53,6 +98,8 @@ def open_teacher(spec: TaskSpec, run: RunPaths, labels: list[str], spent_usd: fl
     if not spec.teacher.over_http:
         yield make_teacher(spec, run, labels, spent_usd)
         return
+    if spec.kind not in OVER_HTTP:
+        raise PotstillError(f"teacher.over_http is not implemented for kind {spec.kind!r} yet")
     from .hf_local import local_identity
     from .served import ServedTeacher
 
@@ -62,5 +109,6 @@ def open_teacher(spec: TaskSpec, run: RunPaths, labels: list[str], spent_usd: fl
     finally:
         served.close()
 
-__all__ = ["Answer", "BudgetExceeded", "Teacher", "answer_cached", "cache_key", "make_teacher",
-           "open_teacher"]
+
+__all__ = ["Answer", "BudgetExceeded", "Teacher", "TEACHERS", "answer_cached", "cache_key", "make_teacher",
+           "open_teacher", "register_teacher"]

@@ -10,44 +10,14 @@ from __future__ import annotations
 
 import hashlib
 import json
-from dataclasses import asdict, dataclass, field
 from typing import Any, Callable, Iterator, Protocol, Sequence, runtime_checkable
 
+from ..answers import Answer
+from ..errors import PotstillError
 from ..store import Store
 
 
-@dataclass
-class Answer:
-    """One teacher answer for one input text.
-
-    `probs` is a distribution over the task labels (same order as the task's label list) when the
-    teacher gives one: full softmax for local models, logprob-derived or vote-derived for APIs.
-    `label` is None when the answer named no known label: that is still an answer (cached,
-    dropped by the filter as `no_label`; `extra["parse_error"]` says why). `error` is set only
-    when no answer came (HTTP errors, timeouts after retries): those are not cached, so a rerun
-    asks again.
-    """
-
-    label: str | None
-    probs: list[float] | None = None
-    votes: dict[str, int] | None = None
-    raw: str | None = None
-    error: str | None = None
-    input_tokens: int = 0
-    output_tokens: int = 0
-    cost_usd: float = 0.0
-    latency_ms: float | None = None
-    extra: dict[str, Any] = field(default_factory=dict)
-
-    def to_json(self) -> dict[str, Any]:
-        return asdict(self)
-
-    @classmethod
-    def from_json(cls, d: dict[str, Any]) -> "Answer":
-        return cls(**{k: d[k] for k in cls.__dataclass_fields__ if k in d})
-
-
-class BudgetExceeded(RuntimeError):
+class BudgetExceeded(PotstillError, RuntimeError):
     """The spending cap was reached; what was labelled before it is kept in the cache."""
 
 

@@ -1,10 +1,10 @@
 """`hf` teacher for `kind: generate`: a local causal LM (`AutoModelForCausalLM`, or a potstill
 causal student's adapter directory) answering greedily, batched.
 
-Its answers are records like an API teacher's (generate_data.py): `output`, and under the
+Its answers are records like an API teacher's (answers.py): `output`, and under the
 rationale objective `rationale`; `confidence` is exp(mean logprob) of the generated tokens (EOS
 included). No top-k logprobs are kept: `train.objective: logit_kd` runs this teacher's forward
-pass on every batch and distils its full logits (train_causal.py), which needs the student to
+pass on every batch and distils its full logits (students/causal_lm.py), which needs the student to
 share its tokenizer (`causal_lm.check_shared_vocab`). Answers at most `teacher.max_tokens` tokens
 when the spec sets it, else `student.max_new_tokens`; prompts are cut from the left to
 `teacher.max_length` tokens minus that. `teacher.samples` > 1 is refused: generation is greedy.
@@ -17,8 +17,10 @@ import time
 from pathlib import Path
 from typing import Any, Iterator, Sequence
 
-from ..generate_data import generate_answer, generate_prompt
+from ..answers import generate_answer
+from ..errors import PotstillError
 from ..spec import TaskSpec
+from ..tasks.generate import generate_prompt
 from .base import Answer
 from .hf_local import local_identity
 
@@ -34,7 +36,7 @@ class HFCausalTeacher:
 
         t = spec.teacher
         if t.samples > 1:
-            raise ValueError("teacher.samples > 1 needs sampling; a local causal-LM teacher (teacher.kind "
+            raise PotstillError("teacher.samples > 1 needs sampling; a local causal-LM teacher (teacher.kind "
                              "hf) generates greedily: set teacher.samples=1")
         path = resolve_causal_path(t.model or "")
         if Path(path).exists() and not (Path(path) / "adapter_config.json").exists():
@@ -42,7 +44,7 @@ class HFCausalTeacher:
 
             arch = (AutoConfig.from_pretrained(path).architectures or [""])[0]
             if arch and not arch.endswith("ForCausalLM"):
-                raise ValueError(f"teacher.model {t.model}: a {arch}, not a causal LM; kind 'generate' "
+                raise PotstillError(f"teacher.model {t.model}: a {arch}, not a causal LM; kind 'generate' "
                                  "needs a teacher that writes text")
         self.spec, self.labels = spec, list(labels)
         self.model, self.tokenizer = load_causal_lm(path)
@@ -71,3 +73,7 @@ class HFCausalTeacher:
                 a = generate_answer([g.text], None, self.rationale, confidences=[conf])
                 a.latency_ms = ms
                 yield s + j, a
+
+    def describe(self, texts: Sequence[str], ev: Any) -> dict[str, Any]:
+        """Size (the evaluation's teacher row; its answers are timed as they are generated)."""
+        return {"params": self.params}

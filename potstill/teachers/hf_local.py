@@ -8,8 +8,10 @@ from typing import Any, Iterator, Sequence
 
 import numpy as np
 
+from ..errors import PotstillError
 from ..manifest import file_hash
-from ..students.classifier import load_classifier, model_labels, predict_logits, resolve_model_path
+from ..students.classifier import load_classifier, model_labels, predict_logits
+from ..students.hf import resolve_model_path
 from .base import Answer
 
 
@@ -26,7 +28,7 @@ class HFTeacher:
         own = model_labels(self.model)
         missing = [l for l in labels if l not in own]
         if missing:
-            raise ValueError(
+            raise PotstillError(
                 f"teacher model {model}: its labels lack {missing[:10]}"
                 f"{' ...' if len(missing) > 10 else ''} (it has {len(own)} labels)"
             )
@@ -51,6 +53,16 @@ class HFTeacher:
                 top = int(p.argmax())
                 yield s + j, Answer(label=self.labels[top],
                                     probs=[float(f"{x:.6g}") for x in p], latency_ms=ms)
+
+
+    def describe(self, texts: Sequence[str], ev: Any) -> dict[str, Any]:
+        """Size and timing on this machine (the evaluation's teacher row)."""
+        from ..students.classifier import time_model
+        from ..students.hf import count_params
+
+        return {"params": count_params(self.model), "layers": self.model.config.num_hidden_layers,
+                **time_model(self.model, self.tokenizer, list(texts), ev.latency_samples, ev.batch_size,
+                             self.max_length)}
 
 
 def local_identity(path: str | Path) -> str:

@@ -18,7 +18,7 @@ and all of it). A 200 whose body is not a usable completion (bad JSON, no choice
 retried the same way. Other 4xx are not retried. An input that still fails yields
 `Answer(label=None, error=...)`; it never raises for one bad input.
 
-Labels are parsed with `spec.parse_label`. `Answer.raw` is the content text, `Answer.probs` a
+Labels are parsed with `answers.parse_label`. `Answer.raw` is the content text, `Answer.probs` a
 distribution aligned with `labels`:
 
 How labels of several tokens are handled (logprobs -> probs). The tokens of the answer are
@@ -77,7 +77,9 @@ from typing import Any, Iterator, Sequence
 
 import openai
 
-from ..spec import TaskSpec, parse_label
+from ..answers import TokenLP, parse_label
+from ..errors import PotstillError
+from ..spec import TaskSpec
 from .base import Answer, BudgetExceeded
 
 DEFAULT_BASE_URL = "https://api.openai.com/v1"
@@ -85,13 +87,13 @@ PLACEHOLDER_KEY = "not-needed"
 RETRY_STATUSES = frozenset({408, 409, 429})  # and every 5xx
 _COMPLETIONS_PATH = "/chat/completions"
 
-# (token text, logprob, [(alternative token text, logprob), ...])
-TokenLP = tuple[str, float, list[tuple[str, float]]]
 
 
 class OpenAITeacher:
     """Teacher protocol over an OpenAI-compatible chat-completions endpoint (see module doc)."""
 
+    min_labels: int = 2
+    """A label answer needs a choice; the extract and generate subclasses set 0."""
     backoff_base_s: float = 0.5
     backoff_max_s: float = 20.0
     max_retry_after_s: float = 120.0
@@ -109,9 +111,9 @@ class OpenAITeacher:
     ):
         t = spec.teacher
         if not t.model:
-            raise ValueError("teacher.model is required for an OpenAI-compatible teacher")
-        if len(labels) < 2 and spec.kind == "classify":  # extract: the schema's fields; generate: none
-            raise ValueError("at least two labels are needed")
+            raise PotstillError("teacher.model is required for an OpenAI-compatible teacher")
+        if len(labels) < self.min_labels:
+            raise PotstillError("at least two labels are needed")
         self.spec = spec
         self.labels = list(labels)
         self.spent_usd = float(spent_usd)

@@ -13,18 +13,20 @@ from typing import Any
 
 import numpy as np
 
+from ..data.augment import augment
+from ..data.inputs import write_jsonl
 from ..manifest import write_manifest
 from ..paths import RECORDS, SOFT, RunPaths
 from ..progress import log, progress
 from ..spec import TaskSpec
 from ..store import Store
+from ..tasks import get_task
 from ..teachers import BudgetExceeded, Teacher, answer_cached, open_teacher
-from .augment import augment
-from .inputs import write_jsonl
 from .prepare import Inputs, prepare_inputs
 
 
 def label(spec: TaskSpec, run: RunPaths, teacher: Teacher | None = None) -> dict[str, Any]:
+    task = get_task(spec.kind)
     inputs: Inputs = prepare_inputs(spec, run)
     with Store(run.db) as store, ExitStack() as stack:
         if teacher is None:
@@ -56,11 +58,8 @@ def label(spec: TaskSpec, run: RunPaths, teacher: Teacher | None = None) -> dict
             "source": "augmented" if i >= len(inputs.train) else "input",
             "confidence": float(max(a.probs)) if a.probs else None,
             "votes": a.votes, "raw": a.raw, "error": a.error,
+            **task.record_fields(a),
         })
-        if spec.kind == "generate":  # output, rationale, token_logprobs...: generate_data.py
-            from ..generate_data import record_fields
-
-            rows[-1].update(record_fields(a))
     run.labels.mkdir(parents=True, exist_ok=True)
     write_jsonl(run.labels / RECORDS, rows)
     np.save(run.labels / SOFT, soft)

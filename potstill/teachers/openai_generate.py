@@ -1,11 +1,11 @@
-"""Teachers for `kind: generate`: an OpenAI-compatible endpoint answering free text, or a local
-causal LM (`teachers/hf_causal.py`).
+"""`openai` teacher for `kind: generate`: an OpenAI-compatible endpoint answering free text (the
+local one is `teachers/hf_causal.py`).
 
 `OpenAIGenerateTeacher` is `OpenAITeacher` (transport, retries, concurrency, the spending cap,
 usage and cost, samples) with free-text answers: the reply is the record's output, the cached
 Answer keeps the per-token logprobs with their top alternatives (`logprobs: true, top_logprobs:
 k`) cut to the output's tokens, and under `train.objective: rationale` the prompt asks for
-"Rationale: ... Answer: ..." (see generate_data.py for the format, parsing and votes).
+"Rationale: ... Answer: ..." (see answers.py for the format, parsing and votes).
 `teacher.max_tokens` defaults to 256 here (its spec default, 32, is a classify label's).
 """
 
@@ -13,17 +13,19 @@ from __future__ import annotations
 
 from typing import Any
 
-from .generate_data import generate_answer, generate_prompt
-from .paths import RunPaths
-from .spec import TaskSpec
-from .teachers.base import Answer, Teacher
-from .teachers.openai_compat import OpenAITeacher
+from ..answers import generate_answer
+from ..spec import TaskSpec
+from ..tasks.generate import generate_prompt
+from .base import Answer
+from .openai_compat import OpenAITeacher
 
 DEFAULT_MAX_TOKENS = 256
 
 
 class OpenAIGenerateTeacher(OpenAITeacher):
     """`OpenAITeacher` whose answers are free text (see the module doc)."""
+
+    min_labels = 0
 
     def __init__(self, spec: TaskSpec, labels: list[str], spent_usd: float = 0.0, **kw: Any):
         super().__init__(spec, labels, spent_usd, **kw)
@@ -43,18 +45,3 @@ class OpenAIGenerateTeacher(OpenAITeacher):
     def _to_answer(self, contents: list[str], logprobs: list[Any]) -> Answer:
         lps = logprobs if self.spec.teacher.logprobs else None
         return generate_answer(contents, lps, self.rationale)
-
-
-def make_generate_teacher(spec: TaskSpec, run: RunPaths, labels: list[str], spent_usd: float = 0.0) -> Teacher:
-    t = spec.teacher
-    if t.over_http:
-        raise ValueError("teacher.over_http is not implemented for kind 'generate': use teacher.kind "
-                         "openai with the server's base_url, or teacher.kind hf in-process")
-    if t.kind == "openai":
-        return OpenAIGenerateTeacher(spec, labels, spent_usd=spent_usd)
-    if t.kind == "hf":
-        from .teachers.hf_causal import HFCausalTeacher
-
-        return HFCausalTeacher(spec, labels)
-    raise ValueError(f"kind 'generate' needs a teacher that writes text: teacher.kind openai, or hf "
-                     f"with teacher.model a causal LM; got teacher.kind {t.kind!r}")

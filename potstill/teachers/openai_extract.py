@@ -1,7 +1,7 @@
 """Teachers for `kind: extract`: an OpenAI-compatible endpoint asked for JSON, or a local tagger.
 
 Both fit the `Teacher` protocol (teachers/base.py). An answer's `label` is the canonical JSON of
-the extracted object (extract_schema.py), or None when the answer is not a schema-valid object:
+the extracted object (answers.canonical_json), or None when the answer is not a schema-valid object:
 such answers are cached like any other and the filter drops them as `invalid_json` or
 `schema_invalid`; `extra["parse_error"]` says why. `probs` is None (no label distribution).
 
@@ -23,16 +23,13 @@ earliest sample). The filter's `min_votes` then keeps only answers with enough v
 
 from __future__ import annotations
 
-import time
 from collections import Counter
-from pathlib import Path
-from typing import Any, Iterator, Sequence
+from typing import Any
 
-from .extract_schema import canonical_json, parse_answer, schema_fields, validate_fields
-from .paths import RunPaths
-from .spec import TaskSpec
-from .teachers.base import Answer, Teacher
-from .teachers.openai_compat import OpenAITeacher, _short
+from ..answers import canonical_json, parse_answer
+from ..spec import TaskSpec
+from .base import Answer
+from .openai_compat import OpenAITeacher
 
 DEFAULT_MAX_TOKENS = 256
 """teacher.max_tokens when the spec leaves it unset (its default, 32, is a classify label's)."""
@@ -44,6 +41,8 @@ def _rejects_structured(status: int | None) -> bool:
 
 class OpenAIExtractTeacher(OpenAITeacher):
     """`OpenAITeacher` asking for JSON objects instead of labels (see the module doc)."""
+
+    min_labels = 0
 
     json_retries: int = 2
 
@@ -135,61 +134,3 @@ class OpenAIExtractTeacher(OpenAITeacher):
         label = max(votes, key=lambda k: (votes[k], -keys.index(k)))
         return Answer(label=label, votes=dict(votes), raw=contents[keys.index(label)],
                       extra={"samples_raw": contents})
-
-
-class TaggerTeacher:
-    """A local BIO tagger (`AutoModelForTokenClassification`, tags `B-<field>`/`I-<field>`) as a
-    teacher: a fitted one (teacher.kind fit) or any local one (hf). Batched; fields the model
-    tags but the schema lacks are ignored."""
-
-    def __init__(self, model: str, schema: dict[str, Any], batch_size: int = 64, max_length: int = 128):
-        from .manifest import file_hash
-        from .students.classifier import resolve_model_path
-        from .students.tagger import load_tagger, model_tags, tags_fields
-
-        path = resolve_model_path(model)
-        self.model, self.tokenizer = load_tagger(path)
-        self.schema = schema
-        self.labels = schema_fields(schema)
-        own = tags_fields(model_tags(self.model))
-        missing = [f for f in self.labels if f not in own]
-        if missing:
-            raise ValueError(f"teacher model {model}: its tags lack the fields {missing[:10]}"
-                             f"{' ...' if len(missing) > 10 else ''} (it tags {len(own)} fields)")
-        self.batch_size, self.max_length = batch_size, max_length
-        weights = sorted(Path(path).glob("*.safetensors")) or sorted(Path(path).glob("*.bin"))
-        digest = file_hash(*weights) if weights else "hub"
-        self.identity = f"tagger:{Path(path).name}@{digest}"
-
-    def request(self, text: str) -> dict[str, Any]:
-        return {"text": text, "max_length": self.max_length}
-
-    def answer(self, texts: Sequence[str]) -> Iterator[tuple[int, Answer]]:
-        from .students.tagger import predict_tags
-
-        chunk = self.batch_size * 8
-        for s in range(0, len(texts), chunk):
-            t0 = time.perf_counter()
-            preds = predict_tags(self.model, self.tokenizer, texts[s : s + chunk], self.batch_size,
-                                 self.max_length)
-            ms = (time.perf_counter() - t0) * 1000 / max(len(preds), 1)
-            for j, p in enumerate(preds):
-                obj = {k: v for k, v in p.fields.items() if k in self.labels}
-                raw = canonical_json(obj)
-                err = validate_fields(obj, self.schema)
-                if err is not None:
-                    yield s + j, Answer(label=None, raw=raw, latency_ms=ms,
-                                        extra={"parse_error": f"schema_invalid: {_short(err)}"})
-                else:
-                    yield s + j, Answer(label=raw, raw=raw, latency_ms=ms,
-                                        extra={"confidence": p.confidence})
-
-
-def make_extract_teacher(spec: TaskSpec, run: RunPaths, spent_usd: float = 0.0) -> Teacher:
-    t = spec.teacher
-    assert spec.json_schema is not None
-    if t.kind == "openai":
-        return OpenAIExtractTeacher(spec, schema_fields(spec.json_schema), spent_usd=spent_usd)
-    from .teachers import local_teacher_dir
-
-    return TaggerTeacher(str(local_teacher_dir(spec, run)), spec.json_schema, t.batch_size, t.max_length)

@@ -4,31 +4,17 @@ can also run alone (see cli.py), and a finished stage whose inputs did not chang
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import Any
 
-from .data.filters import filter_stage
-from .data.label import label
-from .data.prepare import prepare_inputs
-from .evaluate import evaluate
-from .paths import RunPaths
+from .config import run_paths
 from .progress import log
 from .spec import TaskSpec
-from .train import fit_teacher, train_student
-
-
-def default_workdir(spec: TaskSpec) -> Path:
-    """Beside the spec: `<spec folder>/runs/<name>`."""
-    base = spec.source.parent if spec.source else Path.cwd()
-    return base / "runs" / spec.name
-
-
-def run_paths(spec: TaskSpec, workdir: str | Path | None = None) -> RunPaths:
-    run = RunPaths(Path(workdir) if workdir else default_workdir(spec))
-    run.root.mkdir(parents=True, exist_ok=True)
-    run.spec.write_text(json.dumps(spec.resolved(), indent=2))
-    return run
+from .stages.evaluate import evaluate
+from .stages.filter import filter_stage
+from .stages.label import label
+from .stages.prepare import prepare_inputs
+from .stages.train import fit_teacher, train_student
 
 
 def run_all(spec: TaskSpec, workdir: str | Path | None = None) -> dict[str, Any]:

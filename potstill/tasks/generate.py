@@ -1,0 +1,193 @@
+"""`kind: generate`: a free-text answer per input (also a JSON object written as text).
+
+A generate answer is text, not a label: what a teacher's reply becomes (`output`, `rationale`,
+`token_logprobs`, `confidence`, votes) is `answers.read_reply` / `answers.generate_answer`. The
+filter's reasons: `teacher_error`, `empty_output`, `unparseable` (no answer line), `too_short`,
+`too_long`, `duplicate`, `low_votes`, `low_confidence`, `gold_disagreement` (normalised exact
+match: set `filters.drop_gold_disagreement: false` for long free text). Predictions are texts,
+scored by exact match and token F1 after `answers.normalize_answer`, and agreement with the teacher.
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+from typing import Any, Sequence
+
+from ..answers import RATIONALE_INSTRUCTION, Answer, normalize_answer
+from ..data.inputs import Splits, normalise
+from ..spec import FilterSpec, TaskSpec
+from .base import input_checks
+
+REASONS = ("teacher_error", "empty_output", "unparseable", "too_short", "too_long", "duplicate",
+           "low_votes", "low_confidence", "gold_disagreement")
+RECORD_FIELDS = ("output", "rationale", "token_logprobs", "parse_reason", "parse_error")
+"""What a generate record carries beside the classify record's fields (labels/records.jsonl)."""
+
+
+def generate_prompt(spec: TaskSpec, text: str, labels: list[str]) -> str:
+    """The prompt a generate teacher gets: the spec's, plus the rationale request under the
+    rationale objective (so the cache keys of the two differ)."""
+    prompt = spec.render_prompt(text, labels)
+    return prompt + RATIONALE_INSTRUCTION if spec.train.objective == "rationale" else prompt
+
+
+def record_fields(a: Answer) -> dict[str, Any]:
+    """What label.py adds to a generate record from its Answer (confidence replaces the classify
+    one, which comes from a label distribution)."""
+    fields = {k: a.extra.get(k) for k in RECORD_FIELDS}
+    fields["confidence"] = a.extra.get("confidence")
+    return fields
+
+
+def check_generate_record(rec: dict[str, Any], f: FilterSpec, seen: set[str]) -> str | None:
+    """The reason a generate record is dropped under `f`, or None to keep it (adds to `seen`)."""
+    if rec.get("error"):
+        return "teacher_error"
+    if rec.get("output") is None:
+        return rec.get("parse_reason") or "empty_output"
+    if not rec["output"].strip():
+        return "empty_output"
+    why = input_checks(rec, normalize_answer(rec["output"]), f, seen)
+    if why:
+        return why
+    key = normalise(rec["text"])
+    conf = rec.get("confidence")
+    if f.min_confidence > 0 and conf is not None and conf < f.min_confidence:
+        return "low_confidence"
+    if f.drop_gold_disagreement and rec.get("gold") is not None and \
+            normalize_answer(rec["gold"]) != normalize_answer(rec["output"]):
+        return "gold_disagreement"
+    seen.add(key)
+    return None
+
+
+def exact_match(gold: Sequence[str | None], pred: Sequence[str | None]) -> float:
+    """Share of answers equal to gold after `normalize_answer`."""
+    return sum(normalize_answer(g) == normalize_answer(p) for g, p in zip(gold, pred)) / max(len(gold), 1)
+
+
+def token_f1(gold: str | None, pred: str | None) -> float:
+    """Bag-of-tokens F1 between two answers after `normalize_answer` (1.0 when both are empty)."""
+    g, p = normalize_answer(gold).split(), normalize_answer(pred).split()
+    if not g or not p:
+        return float(g == p)
+    common = sum((Counter(g) & Counter(p)).values())
+    if common == 0:
+        return 0.0
+    precision, recall = common / len(p), common / len(g)
+    return 2 * precision * recall / (precision + recall)
+
+
+def mean_token_f1(gold: Sequence[str | None], pred: Sequence[str | None]) -> float:
+    return sum(token_f1(g, p) for g, p in zip(gold, pred)) / max(len(gold), 1)
+
+
+def text_metrics(gold: Sequence[str | None], pred: Sequence[str | None],
+                 teacher: Sequence[str | None] | None = None) -> dict[str, float]:
+    m = {"exact_match": round(exact_match(gold, pred), 4), "token_f1": round(mean_token_f1(gold, pred), 4)}
+    if teacher is not None:
+        m["agreement_with_teacher"] = round(exact_match(teacher, pred), 4)
+        m["token_f1_with_teacher"] = round(mean_token_f1(teacher, pred), 4)
+    return m
+
+
+def render_generate_markdown(report: dict[str, Any]) -> str:
+    rows = ["| model | exact match | token F1 | agreement | general ppl (base → student) | params |",
+            "|---|---:|---:|---:|---:|---:|"]
+    for name, m in report["models"].items():
+        ppl = (f"{m['general_ppl_base']:.2f} → {m['general_ppl_student']:.2f}"
+               if m.get("general_ppl_base") and m.get("general_ppl_student") else "—")
+        params = f"{m['params'] / 1e6:.1f}M" if m.get("params") else "—"
+        rows.append(f"| {name} | {m['exact_match']:.4f} | {m['token_f1']:.4f} | "
+                    f"{m.get('agreement_with_teacher', '—')} | {ppl} | {params} |")
+    return "\n".join([f"# potstill report: {report['task']} ({report['kind']})", "",
+                      f"Held-out test: {report['test_rows']} rows.", "", *rows, ""])
+
+
+class Generate:
+    kind: str = "generate"
+    metric: str = "exact_match"
+    quality: tuple[tuple[str, str], ...] = (("exact_match", "exact match"), ("token_f1", "token F1"))
+    """(report.json key, column title) of the quality metrics, headline first."""
+    reasons: tuple[str, ...] = REASONS
+    local_student: str | None = None  # a text-writing teacher cannot be fitted here: openai, or hf (a causal LM)
+
+    def label_set(self, spec: TaskSpec, splits: Splits) -> list[str]:
+        # free text has no label set: the gold answers (test ones included) must never reach a
+        # prompt through {labels}; only labels listed in the spec do
+        return list(spec.labels or [])
+
+    def input_fingerprint(self, spec: TaskSpec) -> list[Any]:
+        return []
+
+    record_fields = staticmethod(record_fields)
+
+    def prepare_record(self, rec: dict[str, Any], spec: TaskSpec) -> dict[str, Any]:
+        return rec
+
+    check_record = staticmethod(check_generate_record)
+
+    def labelled(self, rec: dict[str, Any]) -> bool:
+        return rec.get("output") is not None
+
+    def filter_summary(self, records: list[dict[str, Any]], kept: list[int]) -> dict[str, Any]:
+        return {"kept_with_token_logprobs": sum(bool(records[i].get("token_logprobs")) for i in kept),
+                "kept_with_rationale": sum(bool(records[i].get("rationale")) for i in kept),
+                "distinct_outputs_kept": len({normalize_answer(records[i]["output"]) for i in kept})}
+
+    def gold_answer(self, gold: str | None) -> Any:
+        return gold
+
+    def teacher_prediction(self, answer: Answer) -> Any:
+        return answer.label  # the parsed output (the answer part of a rationale reply)
+
+    def from_text(self, text: str, spec: TaskSpec, labels: Sequence[str]) -> Any:
+        return text
+
+    def to_json(self, pred: Any) -> Any:
+        return pred
+
+    def score(self, gold: Sequence[Any], pred: Sequence[Any], labels: Sequence[str],
+              teacher: Sequence[Any] | None) -> dict[str, Any]:
+        return text_metrics(gold, pred, teacher)
+
+    # -- serving ---------------------------------------------------------------------------------
+    has_label_set: bool = False
+    answer_is_text: bool = True
+    """The serving teacher's whole reply is the answer (serve/causal.py `TextTeacher`)."""
+
+    def serve_answer(self, text: str, labels: Sequence[str], schema: dict[str, Any] | None
+                     ) -> tuple[str | None, str | None, dict[str, Any]]:
+        s = text.strip()
+        return (s, None, {}) if s else (None, "empty answer", {})
+
+    def same_answer(self, answer: str | None, reference: str | None) -> bool:
+        """Equal after case folding and collapsing whitespace."""
+        if answer is None or reference is None:
+            return False
+        return " ".join(answer.split()).casefold() == " ".join(reference.split()).casefold()
+
+    def feedback_answer(self, answer: str, labels: Sequence[str], schema: dict[str, Any] | None) -> str:
+        return answer
+
+    def report_header(self, labels: Sequence[str]) -> dict[str, Any]:
+        return {}
+
+    def table(self, report: dict[str, Any]) -> tuple[list[str], list[list[str]]]:
+        head = ["model", "exact match", "token F1", "agree w/ teacher", "general ppl (base → student)",
+                "params", "answers/s"]
+        rows = []
+        for name, m in report["models"].items():
+            ppl = (f"{m['general_ppl_base']:.2f} → {m['general_ppl_student']:.2f}"
+                   if m.get("general_ppl_base") and m.get("general_ppl_student") else "—")
+            rows.append([name, f"{m['exact_match']:.4f}", f"{m['token_f1']:.4f}",
+                         str(m.get("agreement_with_teacher", "—")), ppl,
+                         f"{m['params'] / 1e6:.1f}M" if m.get("params") else "—",
+                         str(m.get("answers_per_s") or "—")])
+        return head, rows
+
+    def render_markdown(self, report: dict[str, Any]) -> str:
+        return render_generate_markdown(report)
+
+
+TASK = Generate()
