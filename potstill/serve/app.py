@@ -40,8 +40,6 @@ import json
 import logging
 import math
 import os
-import re
-import string
 import time
 import uuid
 from contextlib import asynccontextmanager
@@ -53,6 +51,7 @@ import typer
 
 from ..paths import RunPaths
 from ..spec import DEFAULT_TEMPLATE, TaskSpec
+from .template_match import TemplateMatcher
 
 log = logging.getLogger("potstill.serve")
 
@@ -106,29 +105,43 @@ def error_body(message: str, type_: str = "invalid_request_error", param: str | 
 
 
 # -- inputs --------------------------------------------------------------------------------------
-def template_pattern(template: str) -> re.Pattern[str]:
-    """A regex matching prompts rendered from `template`, capturing the {text} field."""
-    rx = ""
-    seen_text = False
-    for literal, name, _spec, _conv in string.Formatter().parse(template):
-        rx += re.escape(literal)
-        if name is None:
-            continue
-        if name == "text":
-            rx += "(?P=text)" if seen_text else "(?P<text>.*)"
-            seen_text = True
-        else:
-            rx += ".*?"
-    return re.compile(rx, re.S)
+def template_pattern(template: str) -> TemplateMatcher:
+    """A matcher of prompts rendered from `template`, capturing the {text} field in linear time
+    (serve/template_match.py; a regex here backtracked on crafted input, issue 11)."""
+    return TemplateMatcher(template)
 
 
-def extract_input(message: str, patterns: Sequence[re.Pattern[str]]) -> str:
+def extract_input(message: str, patterns: Sequence[TemplateMatcher]) -> str:
     """The text to classify: the {text} of a potstill teacher prompt, else the whole message."""
     for p in patterns:
         m = p.fullmatch(message)
         if m is not None:
             return m.group("text")
     return message
+
+
+def _no_constant(name: str) -> Any:
+    raise ValueError(f"{name} is not a JSON number")
+
+
+def parse_json_body(text: str) -> Any:
+    """A request body as JSON, or ApiError 400. Every way `json.loads` can refuse a body is a
+    client error: bad syntax, nesting too deep (RecursionError), an integer over Python's
+    int-size guard (a ValueError: a 5,000-digit number gave a 500 before, issue 11), and
+    NaN/Infinity, which are not JSON."""
+    try:
+        return json.loads(text, parse_constant=_no_constant)
+    except json.JSONDecodeError as e:
+        raise ApiError(400, f"invalid JSON: {e}", "invalid_json") from None
+    except RecursionError:
+        raise ApiError(400, "invalid JSON: nested too deeply", "invalid_json") from None
+    except ValueError as e:
+        raise ApiError(400, f"invalid JSON: {_clip(str(e), 200)}", "invalid_json") from None
+
+
+def _clip(s: str, n: int) -> str:
+    """At most `n` characters of `s` (for echoing client input back in an error)."""
+    return s if len(s) <= n else s[: n - 1] + "…"
 
 
 def _validate_text(text: Any, max_chars: int, param: str) -> str:
@@ -257,6 +270,24 @@ class Metrics:
         if error is not None:
             self.teacher_errors.labels(error).inc()
 
+    def teacher_skipped(self, reason: str) -> None:
+        self.teacher_errors.labels(reason).inc()
+
+    def watch_breaker(self, breaker) -> None:
+        """Export the teacher circuit breaker's state (serve/breaker.py)."""
+        from prometheus_client import Gauge
+
+        from .breaker import STATES
+
+        g = Gauge("potstill_teacher_state", "Teacher circuit breaker: 1 for the current state",
+                  ["state"], registry=self.registry)
+        for st in STATES:
+            g.labels(st).set_function(lambda st=st: 1.0 if breaker.state == st else 0.0)
+        Gauge("potstill_teacher_consecutive_failures", "Teacher failures in a row",
+              registry=self.registry).set_function(lambda: breaker.consecutive)
+        Gauge("potstill_teacher_breaker_opens", "Times the teacher circuit breaker opened",
+              registry=self.registry).set_function(lambda: breaker.opens)
+
     def shadow(self, outcome: str) -> None:
         self.shadow_checks.labels(outcome).inc()
 
@@ -302,7 +333,7 @@ class Service:
     store: Any
     metrics: Metrics
     api_keys: list[str]
-    patterns: list[re.Pattern[str]]
+    patterns: list[TemplateMatcher]
     calibration: dict[str, Any] | None
     policy: Any
     teacher_identity: str | None
@@ -413,8 +444,16 @@ def create_app(config: ServeConfig):
             log.warning("no teacher (%s): escalated inputs will be answered by the student, "
                         "marked degraded, and queued", e)
             teacher = None
+    breaker = None
+    if teacher is not None:
+        from .breaker import CircuitBreaker
+
+        breaker = CircuitBreaker(sv.teacher_breaker_failures, sv.teacher_breaker_cooldown_s,
+                                 on_change=lambda old, new: _breaker_moved(old, new, breaker))
+        metrics.watch_breaker(breaker)
     tclient = (TeacherClient(teacher, store, spec.spec_hash(), workers=sv.teacher_workers,
-                             max_batch=max(1, spec.teacher.concurrency))
+                             max_batch=max(1, spec.teacher.concurrency), breaker=breaker,
+                             deadline_s=0.9 * sv.teacher_timeout_s)
                if teacher is not None else None)
 
     def new_router(st, pol, cls=Router):
@@ -522,10 +561,7 @@ def create_app(config: ServeConfig):
             text = body.decode("utf-8")
         except UnicodeDecodeError as e:
             raise ApiError(400, f"request body is not valid UTF-8 (byte {e.start})", "invalid_encoding") from None
-        try:
-            return json.loads(text)
-        except (json.JSONDecodeError, RecursionError) as e:
-            raise ApiError(400, f"invalid JSON: {e}", "invalid_json") from None
+        return parse_json_body(text)
 
     def check_model(name: str | None, required: bool):
         """The router of the model (the adapter, for a causal-LM student) a request names."""
@@ -687,10 +723,16 @@ def create_app(config: ServeConfig):
     @app.get("/health")
     async def health():
         point = svc.calibration.get("operating_point") if svc.calibration else None
+        tstate = None
+        if breaker is not None:  # the state, not the error text: that may name the endpoint
+            tstate = {"state": breaker.state, "consecutive_failures": breaker.consecutive,
+                      "retry_in_s": breaker.retry_in_s()}
         return {
-            "status": "ok", "model": svc.model_name, "student": student.identity,
+            "status": "ok" if breaker is None or breaker.state == "closed" else "degraded",
+            "model": svc.model_name, "student": student.identity,
             # the backend and model only: the endpoint's address is not for anonymous callers
             "teacher": svc.teacher_identity.split("@")[0] if svc.teacher_identity else None,
+            "teacher_state": tstate,
             "labels": len(student.labels),
             "queue_depth": queue.depth,
             "routing": {
@@ -711,6 +753,15 @@ def create_app(config: ServeConfig):
 
     app.add_middleware(_HttpMetrics, metrics=metrics)
     return app
+
+
+def _breaker_moved(old: str, new: str, breaker) -> None:
+    if new == "open":
+        log.warning("teacher circuit open after %d failure(s) in a row (last: %s): escalations are "
+                    "answered degraded for %gs", breaker.consecutive, breaker.last_error,
+                    breaker.cooldown_s)
+    else:
+        log.info("teacher circuit %s -> %s", old, new)
 
 
 def _json(doc: dict[str, Any]):

@@ -96,6 +96,10 @@ class OpenAITeacher:
     backoff_max_s: float = 20.0
     max_retry_after_s: float = 120.0
     """A Retry-After longer than this is cut to it (the input fails later rather than never)."""
+    deadline_s: float | None = None
+    """When set (the server sets it from serve.teacher_timeout_s), one call's attempts, waits
+    included, end within this many seconds: no retry starts that its wait would push past it,
+    and each attempt's timeout is cut to what is left."""
 
     def __init__(
         self,
@@ -301,13 +305,16 @@ class OpenAITeacher:
         t = self.spec.teacher
         kwargs = self._call_kwargs(text, n)
         error = "no attempt made"
+        errors: list[str] = []
+        end = None if self.deadline_s is None else time.monotonic() + self.deadline_s
         for attempt in range(t.max_retries + 1):
             if self.over_budget:
                 return None
             wait: float | None = None
             t0 = time.perf_counter()
+            limit = t.timeout_s if end is None else max(0.001, min(t.timeout_s, end - time.monotonic()))
             try:
-                async with _deadline(t.timeout_s):
+                async with _deadline(limit):
                     # the SDK's documented raw POST: same auth, base URL, timeouts and error
                     # types as `chat.completions.create`, without its per-call params
                     # transform and response-model construction, which cost more CPU than
@@ -320,10 +327,10 @@ class OpenAITeacher:
                 status = e.status_code
                 error = f"HTTP {status}: {_short(e.message)}"
                 if status not in RETRY_STATUSES and status < 500:
-                    return _Call.failed(error, attempt + 1, status)
+                    return _Call.failed(_attempt_errors(errors + [error]), attempt + 1, status)
                 wait = _retry_after(e.response.headers)
             except (openai.APITimeoutError, asyncio.TimeoutError, TimeoutError):
-                error = f"timed out after {t.timeout_s:g}s"
+                error = f"timed out after {limit:g}s"
             except openai.APIConnectionError as e:
                 error = f"connection error: {_short(str(e.__cause__ or e))}"
             except (ValueError, TypeError, AttributeError, KeyError,
@@ -331,10 +338,16 @@ class OpenAITeacher:
                 # JSONDecodeError is a ValueError; _read raises _Malformed (a ValueError) and
                 # KeyError/TypeError/AttributeError for bodies of the wrong shape
                 error = f"malformed response: {_short(str(e))}"
+            errors.append(error)
             if attempt < t.max_retries:
-                await asyncio.sleep(self._backoff(attempt, wait))
-        return _Call.failed(f"{error} (gave up after {t.max_retries + 1} attempts)",
-                            t.max_retries + 1)
+                pause = self._backoff(attempt, wait)
+                if end is not None and time.monotonic() + pause >= end:
+                    return _Call.failed(f"{_attempt_errors(errors)} (gave up after {attempt + 1} "
+                                        f"attempt(s): the {self.deadline_s:g}s deadline would pass)",
+                                        attempt + 1, kind=_kind(error))
+                await asyncio.sleep(pause)
+        return _Call.failed(f"{_attempt_errors(errors)} (gave up after {t.max_retries + 1} attempts)",
+                            t.max_retries + 1, kind=_kind(error))
 
     def _read(self, data: Any, attempts: int) -> _Call:
         """Contents, logprobs and usage of a completion body; _Malformed if it is not usable."""
@@ -504,9 +517,38 @@ class _Call:
     status: int | None = None
     """HTTP status of a failed call that was not retried (a 4xx), else None."""
 
+    kind: str | None = None
+    """For a failed call: "auth" (401/403), "connection", "timeout", "http", "malformed"."""
+
     @classmethod
-    def failed(cls, error: str, attempts: int, status: int | None = None) -> "_Call":
-        return cls(contents=[], logprobs=[], attempts=attempts, error=error, status=status)
+    def failed(cls, error: str, attempts: int, status: int | None = None,
+               kind: str | None = None) -> "_Call":
+        if kind is None:
+            kind = "auth" if status in (401, 403) else "http"
+        return cls(contents=[], logprobs=[], attempts=attempts, error=error, status=status, kind=kind)
+
+
+def _kind(error: str) -> str:
+    for prefix, kind in (("connection error", "connection"), ("timed out", "timeout"),
+                         ("HTTP ", "http"), ("malformed", "malformed")):
+        if error.startswith(prefix):
+            return kind
+    return "http"
+
+
+def _attempt_errors(errors: list[str], each: int = 80) -> str:
+    """Every attempt's error, short, oldest first, repeats counted: "HTTP 500: internal error
+    (x2); then timed out after 30s" (a row that failed keeps why each attempt failed)."""
+    if len(errors) == 1:
+        return errors[0]
+    parts: list[list[Any]] = []  # [error, times]
+    for e in errors:
+        e = _short(e, each)
+        if parts and parts[-1][0] == e:
+            parts[-1][1] += 1
+        else:
+            parts.append([e, 1])
+    return "; then ".join(e if n == 1 else f"{e} (x{n})" for e, n in parts)
 
 
 class _Malformed(ValueError):
