@@ -78,6 +78,12 @@ class ServeConfig:
     """The store for the queue and request log; default: the run's potstill.db."""
     api_keys: list[str] | None = None
     """Accepted bearer keys; default: read from the env var `serve.api_keys_env`."""
+    admin_keys: list[str] | None = None
+    """Keys that may also administer the server (adapters, feedback); default: read from the
+    env var `serve.admin_keys_env`."""
+    allow_local_admin: bool = False
+    """With no admin key: let callers on the loopback interface use the admin endpoints (the
+    `--allow-local-admin` flag; `serve_command` refuses it unless the server binds to loopback)."""
     teacher_share: float | None = None
     """Use the calibration table's row nearest this share instead of the calibrated point."""
     model: str = "student"
@@ -475,6 +481,10 @@ def create_app(config: ServeConfig):
             if name not in routers:
                 routers[name] = new_router(host.view(name), policy, AdapterRouter)
     keys = config.api_keys if config.api_keys is not None else _read_keys(sv.api_keys_env)
+    admin_keys = (config.admin_keys if config.admin_keys is not None
+                  else _read_keys(sv.admin_keys_env))
+    started_adapters = len(routers)
+    feedback_lock = asyncio.Lock()  # the duplicate check and the insert of one feedback item
     templates = [spec.prompt_template] + ([DEFAULT_TEMPLATE] if spec.prompt_template != DEFAULT_TEMPLATE else [])
     svc = Service(spec=spec, run=run, model_name=sv.model_name or spec.name, student=student,
                   router=router, queue=queue, store=store, metrics=metrics, api_keys=keys,
@@ -489,8 +499,11 @@ def create_app(config: ServeConfig):
         for r in routers.values():
             if r is not router:
                 await r.start()
-        log.info("serving %s: student %s, teacher %s, auth %s", svc.model_name, student.identity,
-                 svc.teacher_identity or "none", f"{len(keys)} key(s)" if keys else "off")
+        log.info("serving %s: student %s, teacher %s, auth %s, admin %s", svc.model_name,
+                 student.identity, svc.teacher_identity or "none",
+                 f"{len(keys)} key(s)" if keys else "off",
+                 f"{len(admin_keys)} key(s)" if admin_keys
+                 else ("loopback callers (--allow-local-admin)" if config.allow_local_admin else "off"))
         try:
             yield
         finally:
@@ -528,19 +541,42 @@ def create_app(config: ServeConfig):
         log.exception("internal error on %s", request.url.path)
         return JSONResponse(error_body("internal server error", "server_error", None, "internal_error"), 500)
 
+    def bearer(request: Request) -> str | None:
+        scheme, _, token = request.headers.get("authorization", "").partition(" ")
+        token = token.strip()
+        return token if scheme.lower() == "bearer" and token else None
+
     def auth(request: Request) -> None:
+        """Model endpoints: any model key or admin key (no check when no model key is set)."""
         if not keys:
             return
-        h = request.headers.get("authorization", "")
-        scheme, _, token = h.partition(" ")
-        token = token.strip()
-        if scheme.lower() != "bearer" or not token:
+        token = bearer(request)
+        if token is None:
             raise ApiError(401, "missing API key: send 'Authorization: Bearer <key>'", "invalid_api_key")
-        ok = False
-        for k in keys:  # compare with every key, in constant time each
-            ok |= hmac.compare_digest(token.encode("utf-8", "surrogateescape"), k.encode())
-        if not ok:
+        if not (_key_in(token, keys) | _key_in(token, admin_keys)):
             raise ApiError(401, "invalid API key", "invalid_api_key")
+
+    def admin(request: Request) -> None:
+        """Admin endpoints (adapters, feedback that trains the next round): an admin key; with
+        none configured, only loopback callers of a server started with --allow-local-admin."""
+        auth(request)
+        if admin_keys:
+            token = bearer(request)
+            if token is None:
+                raise ApiError(401, "missing admin key: send 'Authorization: Bearer <admin key>'",
+                               "invalid_api_key")
+            if not _key_in(token, admin_keys):
+                if _key_in(token, keys):
+                    raise ApiError(403, "this key may call the model but not administer the server "
+                                   f"(admin keys: {sv.admin_keys_env})", "admin_required")
+                raise ApiError(401, "invalid admin key", "invalid_api_key")
+            return
+        client = request.client.host if request.client else None
+        if config.allow_local_admin and _loopback(client):
+            return
+        raise ApiError(403, "admin endpoints are off: set admin keys in "
+                       f"{sv.admin_keys_env}, or serve on 127.0.0.1 with --allow-local-admin",
+                       "admin_disabled")
 
     async def read_json(request: Request) -> Any:
         cl = request.headers.get("content-length")
@@ -621,7 +657,7 @@ def create_app(config: ServeConfig):
     @app.post("/v1/adapters")
     async def add_adapter(request: Request):
         """Load a LoRA adapter on the served base model: {"name", "path"[, "confidence_threshold"]}."""
-        auth(request)
+        admin(request)
         body = await read_json(request)
         if host is None:
             raise ApiError(400, "this server's student is not a causal LM with adapters",
@@ -637,11 +673,15 @@ def create_app(config: ServeConfig):
             raise ApiError(400, "confidence_threshold must be a number", "invalid_value",
                            "confidence_threshold")
         if name in routers:
-            raise ApiError(409, f"a model named {name!r} is already served", "model_exists", "name")
+            raise ApiError(409, f"a model named {_clip(repr(name), 100)} is already served",
+                           "model_exists", "name")
+        if len(routers) - started_adapters >= sv.max_adapters:
+            raise ApiError(409, f"{sv.max_adapters} adapters were loaded at runtime, the limit "
+                           "(serve.max_adapters); unload one first", "adapter_limit")
         try:
             view = await asyncio.to_thread(host.load_adapter, name, body["path"])
-        except (ValueError, FileNotFoundError) as e:
-            raise ApiError(400, str(e), "invalid_adapter", "path") from None
+        except (ValueError, OSError) as e:  # FileNotFoundError, a name too long, ...
+            raise ApiError(400, _clip(str(e), 500), "invalid_adapter", "path") from None
         r = new_router(view, dataclasses.replace(policy, confidence_threshold=thr), AdapterRouter)
         await r.start()
         routers[name] = r
@@ -651,7 +691,7 @@ def create_app(config: ServeConfig):
 
     @app.delete("/v1/adapters/{name}")
     async def delete_adapter(name: str, request: Request):
-        auth(request)
+        admin(request)
         if host is None:
             raise ApiError(400, "this server's student is not a causal LM with adapters",
                            "adapters_unsupported")
@@ -691,22 +731,36 @@ def create_app(config: ServeConfig):
 
     @app.post("/v1/feedback")
     async def feedback(request: Request):
-        auth(request)
+        admin(request)
         req = _strict(Feedback, await read_json(request))
         if spec.kind == "extract" and req.answer != "wrong":  # the right object, as JSON
             from ..extract_schema import canonical_json, parse_answer
 
             obj, why, detail = parse_answer(req.answer, spec.json_schema)
-            if obj is None:
+            if obj is None:  # the client's answer is never echoed back whole (it may be ~1 MB)
                 raise ApiError(400, f"answer must be a JSON object fitting the task's json_schema or "
-                               f"\"wrong\" ({why}: {detail})", "invalid_value", "answer")
+                               f"\"wrong\" ({why}: {_clip(str(detail), 200)})", "invalid_value", "answer")
             req.answer = canonical_json(obj)
         elif req.answer != "wrong" and student.labels and req.answer not in student.labels:
-            raise ApiError(400, f"answer must be one of the task's labels or \"wrong\", not {req.answer!r}",
-                           "invalid_value", "answer")
+            raise ApiError(400, "answer must be one of the task's labels or \"wrong\", not "
+                           f"{_clip(repr(req.answer), 100)}", "invalid_value", "answer")
         found = await queue.find_request(req.request_id)
         if found is None:
-            raise ApiError(404, f"no request with id {req.request_id!r}", "request_not_found", "request_id")
+            raise ApiError(404, f"no request with id {_clip(repr(req.request_id), 100)}",
+                           "request_not_found", "request_id")
+        async with feedback_lock:
+            given = await asyncio.to_thread(store.feedback_for, req.request_id)
+            same = [qid for qid, ans in given if ans == req.answer]
+            if same:  # a repeat (a client retrying, say) is the same item, not a new one
+                return {"object": "feedback", "request_id": req.request_id, "queue_id": same[0],
+                        "status": "duplicate"}
+            if len(given) >= sv.max_feedback_per_request:
+                raise ApiError(409, f"request {req.request_id!r} already has {len(given)} feedback "
+                               f"items, the limit (serve.max_feedback_per_request)",
+                               "feedback_limit", "request_id")
+            return await add_feedback(req, found)
+
+    async def add_feedback(req, found):
         served = found.get("served_label")
         reason = "wrong" if req.answer == "wrong" else ("confirmed" if req.answer == served else "corrected")
         qid = await queue.add(kind="feedback", reason=reason, request_id=req.request_id,
@@ -719,6 +773,14 @@ def create_app(config: ServeConfig):
         metrics.queued("feedback")
         return {"object": "feedback", "request_id": req.request_id, "queue_id": qid,
                 "reason": reason, "status": "queued"}
+
+    @app.get("/v1/models/{model_id:path}")
+    async def model_info(model_id: str, request: Request):
+        auth(request)
+        if model_id not in routers:
+            raise ApiError(404, f"the model {_clip(repr(model_id), 100)} does not exist",
+                           "model_not_found", "model")
+        return {"id": model_id, "object": "model", "created": 0, "owned_by": "potstill"}
 
     @app.get("/health")
     async def health():
@@ -753,6 +815,24 @@ def create_app(config: ServeConfig):
 
     app.add_middleware(_HttpMetrics, metrics=metrics)
     return app
+
+
+def _key_in(token: str, keys: Sequence[str]) -> bool:
+    ok = False
+    for k in keys:  # compare with every key, in constant time each
+        ok |= hmac.compare_digest(token.encode("utf-8", "surrogateescape"), k.encode())
+    return ok
+
+
+def _loopback(host: str | None) -> bool:
+    import ipaddress
+
+    if host is None:
+        return False
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return host == "localhost"
 
 
 def _breaker_moved(old: str, new: str, breaker) -> None:
@@ -859,13 +939,17 @@ def serve_command(
         "--adapter", help="Causal-LM student: serve another LoRA adapter on the same base, as "
         "NAME=DIR (clients send model NAME). Repeatable.")] = None,
     log_level: Annotated[str, typer.Option(help="uvicorn log level.")] = "info",
+    allow_local_admin: Annotated[bool, typer.Option(
+        "--allow-local-admin", help="With no admin key set: let callers on this machine (loopback) "
+        "load/unload adapters and post feedback. Refused unless the server binds to loopback.")] = False,
 ):
     """Serve the student behind an OpenAI-compatible API, with the teacher as safety net.
 
     Inputs the student is unsure of, that look unlike its training data, or that it labels
     high-stakes go to the teacher; if the teacher fails, the student's answer goes out marked
     degraded. Every escalation is queued (`potstill queue list RUN_DIR`). API keys: the env var
-    named by serve.api_keys_env (POTSTILL_API_KEYS), comma-separated.
+    named by serve.api_keys_env (POTSTILL_API_KEYS), comma-separated; admin keys (adapters,
+    feedback): serve.admin_keys_env (POTSTILL_ADMIN_KEYS). See the README's "Security model".
     """
     import uvicorn
 
@@ -873,12 +957,18 @@ def serve_command(
     cfg = ServeConfig(Path(run_dir), overrides=list(set or []),
                       teacher=None if (no_teacher or no_routing) else "auto",
                       teacher_share=teacher_share, model=model, routing=not no_routing,
-                      adapters=parse_adapters(adapter or []))
+                      adapters=parse_adapters(adapter or []), allow_local_admin=allow_local_admin)
+    if allow_local_admin and host is not None and not _loopback(host):
+        raise typer.BadParameter(f"--allow-local-admin needs a loopback bind address, not {host!r}; "
+                                 "set admin keys instead")
     app = create_app(cfg)
     freeze_gc()
     svc: Service = app.state.potstill
     host = host or svc.spec.serve.host
     port = svc.spec.serve.port if port is None else port
+    if allow_local_admin and not _loopback(host):  # serve.host from the spec
+        raise typer.BadParameter(f"--allow-local-admin needs a loopback bind address, not {host!r}; "
+                                 "set admin keys instead")
     if host not in ("127.0.0.1", "localhost", "::1") and not svc.api_keys:
         log.warning("binding %s without API keys: anyone who reaches this port can use the "
                     "server (set %s)", host, svc.spec.serve.api_keys_env)

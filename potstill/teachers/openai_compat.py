@@ -97,9 +97,10 @@ class OpenAITeacher:
     max_retry_after_s: float = 120.0
     """A Retry-After longer than this is cut to it (the input fails later rather than never)."""
     deadline_s: float | None = None
-    """When set (the server sets it from serve.teacher_timeout_s), one call's attempts, waits
-    included, end within this many seconds: no retry starts that its wait would push past it,
-    and each attempt's timeout is cut to what is left."""
+    """When set (the server sets it from serve.teacher_timeout_s), no retry starts whose wait
+    would push it past this many seconds from the call's start: the call gives up with the real
+    error while the request still waits for it (an attempt in flight is not cut short, so a slow
+    answer can still land in the queue late)."""
 
     def __init__(
         self,
@@ -312,7 +313,7 @@ class OpenAITeacher:
                 return None
             wait: float | None = None
             t0 = time.perf_counter()
-            limit = t.timeout_s if end is None else max(0.001, min(t.timeout_s, end - time.monotonic()))
+            limit = t.timeout_s  # an attempt in flight may finish late: its answer is still kept
             try:
                 async with _deadline(limit):
                     # the SDK's documented raw POST: same auth, base URL, timeouts and error
