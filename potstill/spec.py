@@ -68,7 +68,9 @@ class TeacherSpec(_Strict):
     fit: FitSpec = FitSpec()
     # openai-compatible endpoints
     base_url: str | None = None
-    api_key_env: str = "OPENAI_API_KEY"
+    api_key_env: str | None = "OPENAI_API_KEY"
+    """Environment variable holding the endpoint's API key. Unset: an error naming it, except for
+    an endpoint on this machine (127.0.0.1, localhost); null: the endpoint needs no key."""
     price_in: float = Field(0.0, ge=0)
     """Dollars per million input tokens."""
     price_out: float = Field(0.0, ge=0)

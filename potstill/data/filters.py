@@ -16,7 +16,8 @@ from ..manifest import read_manifest, write_manifest
 from ..paths import DROPPED, FILTER_REPORT, KEPT, RECORDS, SOFT, RunPaths
 from ..progress import log
 from ..spec import FilterSpec, TaskSpec
-from .inputs import normalise, read_jsonl, write_jsonl
+from ..errors import PotstillError
+from .inputs import InputError, normalise, read_jsonl, write_jsonl
 
 REASONS = ("teacher_error", "no_label", "too_short", "too_long", "duplicate", "low_votes",
            "low_confidence", "gold_disagreement")
@@ -86,6 +87,9 @@ def filter_stage(spec: TaskSpec, run: RunPaths) -> dict[str, Any]:
     label_manifest = read_manifest(run.labels)
     records = read_jsonl(src)
     soft = np.load(run.labels / SOFT)
+    if len(soft) != len(records):  # files from two label runs, or one cut short
+        raise InputError(f"{run.labels / SOFT}: {len(soft)} rows, but {src} holds {len(records)} "
+                         "records; both come from one `potstill label` run: rerun it")
     kept, dropped = apply_filters(records, spec.filters)
     write_jsonl(run.filtered / KEPT, [{**records[i], "row": i} for i in kept])
     write_jsonl(run.filtered / DROPPED, [{**records[i], "row": i, "reason": r} for i, r in dropped])
@@ -112,4 +116,7 @@ def save_filter_report(spec: TaskSpec, run: RunPaths, report: dict[str, Any],
                    parents={"labels": str(run.labels)}, report=report)
     why = ", ".join(f"{k} {v}" for k, v in report["dropped_by_reason"].items() if v) or "none"
     log(f"filter: kept {report['kept']}/{report['inputs']}; dropped: {why}{note}")
+    if report["inputs"] and not report["kept"]:  # nothing to train on: stop here, say why
+        raise PotstillError(f"filter: kept none of the {report['inputs']} records (dropped: {why}); "
+                            f"see {run.filtered / DROPPED}")
     return report
