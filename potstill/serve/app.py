@@ -604,7 +604,7 @@ def create_app(config: ServeConfig):
         if name is None and not required:
             return router
         if name not in routers:
-            raise ApiError(404, f"the model {name!r} does not exist; this server serves "
+            raise ApiError(404, f"the model {_clip(repr(name), 100)} does not exist; this server serves "
                            f"{', '.join(repr(n) for n in routers)}", "model_not_found", "model")
         return routers[name]
 
@@ -696,7 +696,7 @@ def create_app(config: ServeConfig):
             raise ApiError(400, "this server's student is not a causal LM with adapters",
                            "adapters_unsupported")
         if name not in routers:
-            raise ApiError(404, f"the model {name!r} does not exist", "model_not_found", "name")
+            raise ApiError(404, f"the model {_clip(repr(name), 100)} does not exist", "model_not_found", "name")
         if routers[name] is router:
             raise ApiError(400, f"{name!r} is the run's own student; it cannot be unloaded",
                            "invalid_value", "name")
