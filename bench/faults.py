@@ -40,6 +40,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import json
 import os
 import platform
@@ -291,7 +292,12 @@ def stop_server(p) -> None:
 
 
 # -- 3. serving with the teacher failing, then down --------------------------------------------------------
-def serve_teacher_down(run: Path, work: Path, clients: int, phase1_s: float, phase2_s: float) -> dict[str, Any]:
+def serve_teacher_down(run: Path, work: Path, clients: int, phase1_s: float, phase2_s: float,
+                       light_s: float) -> dict[str, Any]:
+    """64 clients; inputs the student labels `weather` are high-stakes (always escalated), the
+    others are answered by the student: the two routes are measured side by side, in the same
+    load. Phases: teacher failing half the time, teacher down (64 clients), teacher down (one
+    client, sequential: the latency a request pays when the machine is not saturated)."""
     import httpx
     from fake_openai import FakeOpenAI
 
@@ -307,43 +313,49 @@ def serve_teacher_down(run: Path, work: Path, clients: int, phase1_s: float, pha
     url = fake.__enter__()
     db = work / "serve-down.db"
     ov = [f"teacher.base_url={url}", "teacher.max_retries=2", "teacher.timeout_s=2",
-          "serve.ood_threshold=-1", "serve.confidence_threshold=0", "serve.teacher_timeout_s=2",
-          "serve.teacher_breaker_failures=5", "serve.teacher_breaker_cooldown_s=2",
-          "serve.shadow_share=0"]
+          "serve.high_stakes=[weather]", "serve.ood_threshold=1e9", "serve.confidence_threshold=0",
+          "serve.teacher_timeout_s=2", "serve.teacher_breaker_failures=5",
+          "serve.teacher_breaker_cooldown_s=2", "serve.shadow_share=0"]
     p, base = start_server(run, ov, db, False, work / "serve-down.log")
     texts = [json.loads(l)["text"] for l in (run / "inputs/test.jsonl").read_text().splitlines()]
     results: list[dict[str, Any]] = []
     states: list[tuple[float, str]] = []
-    phase = ["failing"]
-    t_down = [None]
+    phase = ["warmup"]
+    t_down: list[float | None] = [None]
+    counter = [0]
 
-    async def drive() -> None:
+    async def one(c, ph: str) -> None:
+        i = counter[0]
+        counter[0] += 1
+        text = f"{texts[i % len(texts)]} {i}"  # distinct: the teacher cache never answers
+        t0 = time.monotonic()
+        try:
+            r = await c.post("/v1/chat/completions", json={
+                "model": "tiny", "messages": [{"role": "user", "content": text}]})
+            d = r.json() if r.headers.get("content-type", "").startswith("application/json") else {}
+            results.append({"t0": t0, "ms": (time.monotonic() - t0) * 1000, "phase": ph,
+                            "status": r.status_code, "id": d.get("id"), "route": d.get("route"),
+                            "escalated": bool(d.get("reasons")), "degraded": d.get("degraded")})
+        except httpx.HTTPError as e:
+            results.append({"t0": t0, "ms": (time.monotonic() - t0) * 1000, "phase": ph,
+                            "status": type(e).__name__, "id": None, "route": None,
+                            "escalated": None, "degraded": None})
+
+    async def drive() -> str:
         limits = httpx.Limits(max_connections=clients + 4, max_keepalive_connections=clients + 4)
         async with httpx.AsyncClient(base_url=base, timeout=60, limits=limits) as c:
-            stop = time.monotonic() + phase1_s + phase2_s
-            counter = [0]
+            for _ in range(24):  # warm-up, sequential, teacher up (failing half the time)
+                await one(c, "warmup")
+            t_start = time.monotonic()
+            stop = t_start + phase1_s + phase2_s
+            phase[0] = "failing"
 
             async def worker() -> None:
                 while time.monotonic() < stop:
-                    i = counter[0]
-                    counter[0] += 1
-                    text = f"{texts[i % len(texts)]} {i}"  # distinct: the teacher cache never answers
-                    t0 = time.monotonic()
-                    ph = phase[0]
-                    try:
-                        r = await c.post("/v1/chat/completions", json={
-                            "model": "tiny", "messages": [{"role": "user", "content": text}]})
-                        d = r.json() if r.headers.get("content-type", "").startswith("application/json") else {}
-                        results.append({"t0": t0, "ms": (time.monotonic() - t0) * 1000, "phase": ph,
-                                        "status": r.status_code, "id": d.get("id"),
-                                        "route": d.get("route"), "degraded": d.get("degraded")})
-                    except httpx.HTTPError as e:
-                        results.append({"t0": t0, "ms": (time.monotonic() - t0) * 1000, "phase": ph,
-                                        "status": f"{type(e).__name__}", "id": None, "route": None,
-                                        "degraded": None})
+                    await one(c, phase[0])
 
             async def watch() -> None:
-                while time.monotonic() < stop:
+                while time.monotonic() < stop + light_s + 1:
                     try:
                         h = (await c.get("/health")).json()
                         st = (h.get("teacher_state") or {}).get("state")
@@ -356,18 +368,24 @@ def serve_teacher_down(run: Path, work: Path, clients: int, phase1_s: float, pha
             async def take_down() -> None:
                 await asyncio.sleep(phase1_s)
                 await asyncio.to_thread(fake.stop)  # connection refused from here on
-                phase[0] = "down"
                 t_down[0] = time.monotonic()
+                phase[0] = "down"
 
-            await asyncio.gather(*[worker() for _ in range(clients)], watch(), take_down())
-            results.append({"metrics": (await c.get("/metrics")).text})
+            async def light() -> None:
+                await asyncio.sleep(phase1_s + phase2_s + 0.5)
+                phase[0] = "down_light"
+                end = time.monotonic() + light_s
+                while time.monotonic() < end:
+                    await one(c, "down_light")
+
+            await asyncio.gather(*[worker() for _ in range(clients)], watch(), take_down(), light())
+            return (await c.get("/metrics")).text
 
     try:
-        asyncio.run(drive())
+        metrics = asyncio.run(drive())
     finally:
         stop_server(p)
         fake.stop()
-    metrics = results.pop()["metrics"]
     with sqlite3.connect(db) as cdb:
         q = cdb.execute("SELECT request_id, kind, reason FROM queue").fetchall()
     queued: dict[str, list[tuple[str, str]]] = {}
@@ -376,32 +394,44 @@ def serve_teacher_down(run: Path, work: Path, clients: int, phase1_s: float, pha
     degraded = [r for r in results if r["degraded"]]
     teacher = [r for r in results if r["route"] == "teacher"]
     t_open = next((t for t, s in states if s == "open" and t_down[0] and t >= t_down[0]), None)
-    esc_open = [r["ms"] for r in results if t_open and r["t0"] >= t_open]
-    esc_fail = [r["ms"] for r in results if r["phase"] == "failing"]
+
+    def lat(ph: str, escalated: bool, after: float | None = None) -> list[float]:
+        return [r["ms"] for r in results if r["phase"] == ph and r["escalated"] is escalated
+                and (after is None or r["t0"] >= after)]
+
     reasons: dict[str, int] = {}
     for _, kind, reason in q:
         if kind == "degraded":
             reasons[reason] = reasons.get(reason, 0) + 1
     opens = re.search(r"^potstill_teacher_breaker_opens (\S+)", metrics, re.M)
-    return {
-        "clients": clients, "phase1_s": phase1_s, "phase2_s": phase2_s, "requests": len(results),
-        "requests_failing_phase": len(esc_fail), "requests_down_phase": len(results) - len(esc_fail),
+    out: dict[str, Any] = {
+        "clients": clients, "phase1_s": phase1_s, "phase2_s": phase2_s, "light_s": light_s,
+        "requests": len(results),
         "status_5xx": sum(1 for r in results if isinstance(r["status"], int) and r["status"] >= 500),
         "status_other": sum(1 for r in results if r["status"] != 200),
+        "other_statuses": sorted({str(r["status"]) for r in results if r["status"] != 200}),
+        "escalated": sum(1 for r in results if r["escalated"]),
         "answered_by_teacher": len(teacher), "degraded": len(degraded),
         "degraded_queued_once": sum(1 for r in degraded if len(queued.get(r["id"], [])) == 1
                                     and queued[r["id"]][0][0] == "degraded"),
         "degraded_not_queued": sum(1 for r in degraded if r["id"] not in queued),
         "degraded_queued_twice": sum(1 for r in degraded if len(queued.get(r["id"], [])) > 1),
         "teacher_answers_queued_once": sum(1 for r in teacher if len(queued.get(r["id"], [])) == 1),
+        "student_answers_queued": sum(1 for r in results if r["route"] == "student" and r["id"] in queued),
         "queue_items": len(q), "degraded_reasons": reasons,
         "breaker_states": [(round(t - (t_down[0] or t), 2), s) for t, s in states],
         "breaker_opened_s_after_down": round(t_open - t_down[0], 2) if t_open and t_down[0] else None,
         "breaker_opens": float(opens.group(1)) if opens else None,
-        "failing_p50_ms": pct(esc_fail, 50), "failing_p99_ms": pct(esc_fail, 99),
-        "open_requests": len(esc_open), "open_p50_ms": pct(esc_open, 50),
-        "open_p99_ms": pct(esc_open, 99), "open_max_ms": max(esc_open) if esc_open else None,
     }
+    for name, ph, after in (("failing", "failing", None), ("open", "down", t_open),
+                            ("light", "down_light", None)):
+        for route, esc in (("escalated", True), ("student", False)):
+            xs = lat(ph, esc, after)
+            out[f"{name}_{route}_n"] = len(xs)
+            out[f"{name}_{route}_p50_ms"] = pct(xs, 50)
+            out[f"{name}_{route}_p99_ms"] = pct(xs, 99)
+            out[f"{name}_{route}_max_ms"] = max(xs) if xs else None
+    return out
 
 
 # -- 4. the hostile corpus ----------------------------------------------------------------------------------
@@ -694,22 +724,26 @@ def main() -> None:
     ap.add_argument("--label-inputs", type=int, default=900)
     ap.add_argument("--fault-share", type=float, default=0.2)
     ap.add_argument("--clients", type=int, default=64)
-    ap.add_argument("--failing-s", type=float, default=8.0)
-    ap.add_argument("--down-s", type=float, default=10.0)
+    ap.add_argument("--failing-s", type=float, default=20.0)
+    ap.add_argument("--down-s", type=float, default=20.0)
+    ap.add_argument("--light-s", type=float, default=8.0)
     ap.add_argument("--quick", action="store_true", help="smaller counts, for development")
     ap.add_argument("--out", type=Path, default=ROOT / "docs" / "RELIABILITY.md")
     ap.add_argument("--only", default="label,fail,serve,hostile")
+    ap.add_argument("--keep", action="store_true", help="keep the work folder (logs, stores)")
     args = ap.parse_args()
     if args.quick:
-        args.label_inputs, args.failing_s, args.down_s = 300, 4.0, 5.0
+        args.label_inputs, args.failing_s, args.down_s, args.light_s = 300, 8.0, 8.0, 4.0
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
     t0 = time.monotonic()
     res: dict[str, Any] = {"when": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
                            "machine": f"{platform.machine()}, {os.cpu_count()} CPUs, Python {platform.python_version()}"}
     only = set(args.only.split(","))
-    with tempfile.TemporaryDirectory(prefix="potstill-faults-") as tmp:
+    with (contextlib.nullcontext(tempfile.mkdtemp(prefix="potstill-faults-")) if args.keep
+          else tempfile.TemporaryDirectory(prefix="potstill-faults-")) as tmp:
         work = Path(tmp)
+        print(f"work folder: {work}", flush=True)
         if "label" in only:
             print("1. labelling under faults, kill -9, resume ...", flush=True)
             res["label_kill_resume"] = label_kill_resume(work, args.label_inputs, args.fault_share)
@@ -727,7 +761,7 @@ def main() -> None:
             if "serve" in only:
                 print(f"3. serving, {args.clients} clients, teacher failing then down ...", flush=True)
                 res["serve_teacher_down"] = serve_teacher_down(run, work, args.clients, args.failing_s,
-                                                               args.down_s)
+                                                               args.down_s, args.light_s)
                 print(json.dumps({k: v for k, v in res["serve_teacher_down"].items()}), flush=True)
             if "hostile" in only:
                 print("4. hostile corpus ...", flush=True)

@@ -74,3 +74,66 @@ def test_snapshot_and_bad_settings():
         CircuitBreaker(failures=0)
     with pytest.raises(ValueError):
         CircuitBreaker(cooldown_s=0)
+
+
+# -- the breaker in the router: degraded at once while open, a background trial after the cool-down --
+def test_router_answers_at_once_while_open_and_a_background_trial_closes_the_breaker(tmp_path):
+    import asyncio
+
+    from potstill.serve.queue import ReviewQueue
+    from potstill.serve.router import Policy, Router, StudentOutput, TeacherClient
+    from potstill.store import Store
+    from potstill.teachers.base import Answer
+
+    class Student:
+        identity, labels = "s1", ["balance", "weather"]
+
+        def predict(self, texts):
+            return [StudentOutput(label="balance", confidence=0.1) for _ in texts]
+
+    class Teacher:
+        identity, labels, up, calls = "stub", ["balance", "weather"], False, 0
+
+        def request(self, text):
+            return {"text": text}
+
+        def answer(self, texts):
+            self.calls += len(texts)
+            for i, _ in enumerate(texts):
+                yield i, (Answer(label="weather") if self.up
+                          else Answer(label=None, error="connection error: refused"))
+
+    clock = Clock()
+    breaker = CircuitBreaker(failures=2, cooldown_s=5, clock=clock)
+    teacher = Teacher()
+
+    async def go():
+        store = Store(tmp_path / "q.db")
+        queue = ReviewQueue(store, log_requests=False)
+        tc = TeacherClient(teacher, store, "h", breaker=breaker)
+        router = Router(Student(), Policy(confidence_threshold=0.5), queue, tc, batching=False)
+        await queue.start()
+        await router.start()
+        try:
+            got = [(await router.route([f"t{i}"], [f"r{i}"]))[0] for i in range(3)]
+            assert teacher.calls == 2 and breaker.state == "open"  # the third never asked
+            teacher.up = True
+            clock.t += 5
+            (trial,) = await router.route(["t3"], ["r3"])
+            assert trial.route == "degraded"  # answered at once, the trial runs behind it
+            await asyncio.wait(set(router._background), timeout=5)
+            assert breaker.state == "closed" and teacher.calls == 3
+            (after,) = await router.route(["t4"], ["r4"])
+            return got, trial, after, store.queue_items()
+        finally:
+            await router.stop()
+            await queue.stop()
+            store.close()
+
+    got, trial, after, rows = asyncio.run(go())
+    assert [r.route for r in got] == ["degraded"] * 3
+    assert [r["reason"] for r in rows] == ["teacher_error", "teacher_error", "breaker_open",
+                                           "breaker_open", "low_confidence"]
+    assert "connection error: refused" in rows[2]["detail"]["error"]
+    assert rows[3]["teacher_label"] == "weather"  # the trial's answer, kept with its item
+    assert (after.route, after.label) == ("teacher", "weather")

@@ -8,9 +8,11 @@ Without one, a teacher that is down or hung costs every escalated request the fu
   within the deadline) adds one. `failures` in a row open the breaker.
 - **open**: escalations are answered degraded at once, without asking the teacher, for
   `cooldown_s` seconds.
-- **half-open**: after the cool-down, one escalation (the trial) is let through; the others stay
+- **half-open**: after the cool-down, one call (the trial) is let through; the others stay
   degraded while it is in flight. The trial's success closes the breaker; its failure opens it
-  again for another cool-down.
+  again for another cool-down. (The router answers the escalation that carries the trial
+  degraded at once too, and makes the trial call in the background: nobody waits on a teacher
+  that was down a moment ago; its answer, if it comes, lands in that queue item.)
 
 The breaker holds no I/O and no threads: `allow()`, `success()` and `failure(error)` are called
 by the router (one event loop), and the clock is injectable, so its behaviour is tested with

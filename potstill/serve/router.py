@@ -396,15 +396,20 @@ class Router:
                                                     detail={"escalated_for": reasons}))
             return r
         breaker = self.teacher.breaker
-        if breaker is not None and not breaker.allow():
-            # the teacher failed `failures` times in a row: answer at once, degraded, until the
-            # cool-down lets a trial call through (serve/breaker.py)
+        if breaker is not None and breaker.state != "closed":
+            # the teacher failed `failures` times in a row: answer at once, degraded. Once per
+            # cool-down (half-open) this input is also sent to the teacher in the background as
+            # the trial; its outcome closes or reopens the breaker (serve/breaker.py). No request
+            # waits for a teacher that is known to be down.
+            trial = breaker.allow()
             error = f"teacher unavailable (circuit open after: {breaker.last_error})"
             r = Routed(rid, text, out.label, "degraded", reasons, out, teacher_error=error)
             r.queue_id = await self._add(self._item(
                 r, "degraded", "breaker_open", detail={"escalated_for": reasons, "error": error,
                                                        "teacher_identity": self.teacher.identity}))
             self.events.teacher_skipped("breaker_open")
+            if trial:
+                self._spawn(self._trial(self.teacher.ask(text), r.queue_id, reasons, error))
             return r
         fut = self.teacher.ask(text)
         t0 = time.perf_counter()
@@ -442,6 +447,33 @@ class Router:
             qid = r.queue_id
             fut.add_done_callback(lambda f: self._spawn(self._late_answer(qid, f, reasons, error)))
         return r
+
+    async def _trial(self, fut: asyncio.Future, qid: int, reasons: list[str], error: str) -> None:
+        """The half-open breaker's trial call: its outcome closes or reopens the breaker; a label
+        is kept with the (already answered, degraded) queue item, as a late answer is."""
+        assert self.teacher is not None and self.teacher.breaker is not None
+        breaker = self.teacher.breaker
+        t0 = time.perf_counter()
+        try:
+            ans = await asyncio.wait_for(asyncio.shield(fut), self.teacher_timeout_s)
+        except asyncio.TimeoutError:
+            breaker.failure(f"no answer within {self.teacher_timeout_s:g}s")
+            self.events.teacher_answer(time.perf_counter() - t0, "teacher_timeout")
+            return
+        except Exception as e:  # noqa: BLE001
+            breaker.failure(_short(f"{type(e).__name__}: {e}"))
+            self.events.teacher_answer(time.perf_counter() - t0, "teacher_error")
+            return
+        if ans.error is not None:
+            breaker.failure(_short(ans.error))
+            self.events.teacher_answer(time.perf_counter() - t0, "teacher_error")
+            return
+        breaker.success()
+        self.events.teacher_answer(time.perf_counter() - t0, None)
+        if ans.label is not None:
+            await self.queue.update(qid, teacher_label=ans.label, detail={
+                "escalated_for": reasons, "error": error, "late_teacher": _answer_brief(ans),
+                "teacher_identity": self.teacher.identity})
 
     async def _late_answer(self, qid: int, fut: asyncio.Future, reasons: list[str], error: str) -> None:
         if fut.cancelled() or fut.exception() is not None:
