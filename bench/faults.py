@@ -465,7 +465,10 @@ def corpus() -> list[tuple[str, str, str, Any, dict[str, str]]]:
     add("not UTF-8", "POST", cc, b'{"model": "tiny", "messages": [{"role": "user", "content": "caf\xe9"}]}')
     add("UTF-16 body", "POST", cc, json.dumps(chat()).encode("utf-16"))
     add("lone surrogate", "POST", cc, b'{"model": "tiny", "messages": [{"role": "user", "content": "x\\udc00"}]}')
-    add("NUL-only content", "POST", cc, json.dumps(chat(messages=[{"role": "user", "content": "\u0000"}])).encode())
+    add("1 MB of numbers", "POST", "/v1/classify", b'{"inputs": ["x"], "n": [' + b"0," * 499_990 + b"0]}")
+    add("1 MB of empty lists", "POST", "/v1/classify", b'{"inputs": ["x"], "n": [' + b"[]," * 333_000 + b"[]]}")
+    add("1 MB of empty strings", "POST", "/v1/classify", b'{"inputs": ["x"], "n": [' + b'"",' * 333_000 + b'""]}')
+    add("1,025 messages", "POST", cc, chat(messages=[{"role": "user", "content": "a"}] * 1025))
     add("oversized body", "POST", cc, json.dumps(chat(messages=[{"role": "user", "content": "a" * 1_100_000}])).encode())
     add("oversized input", "POST", cc, json.dumps(chat(messages=[{"role": "user", "content": "a" * 4001}])).encode())
     add("oversized input in parts", "POST", cc, json.dumps(chat(messages=[{"role": "user", "content": [
@@ -505,9 +508,9 @@ def corpus() -> list[tuple[str, str, str, Any, dict[str, str]]]:
     add("no key", "POST", cc, chat(), {})
     add("wrong key", "POST", cc, chat(), {"authorization": "Bearer sk-wrong"})
     add("Basic scheme", "POST", cc, chat(), {"authorization": f"Basic {MK}"})
-    add("empty bearer", "POST", cc, chat(), {"authorization": "Bearer "})
+    add("empty bearer", "POST", cc, chat(), {"authorization": "Bearer"})
     add("8 KB key", "POST", cc, chat(), {"authorization": "Bearer " + "k" * 8000})
-    add("non-ASCII key", "POST", cc, chat(), {"authorization": "Bearer sk-\u00e9\u00e8"})
+    add("non-ASCII key", "POST", cc, chat(), {"authorization": "Bearer sk-\u00e9\u00e8".encode("latin-1")})
     add("metrics without key", "GET", "/metrics", None, {})
     add("models without key", "GET", "/v1/models", None, {})
     # admin endpoints
@@ -545,14 +548,16 @@ def crafted_valid() -> list[tuple[str, str, Any]]:
     full = DEFAULT_TEMPLATE.format(instruction="Classify.", labels="a, b", text="y\n\nText: " * 380)[:3990]
     return [
         ("30 crafted template prompts in one classify", "/v1/classify", {"inputs": [evil] * 30}),
-        ("256 crafted prompts in one classify", "/v1/classify", {"inputs": [lab] * 256}),
+        ("200 crafted prompts in one classify", "/v1/classify", {"inputs": [lab] * 200}),
         ("crafted chat prompt", "/v1/chat/completions",
          {"model": "tiny", "messages": [{"role": "user", "content": evil}]}),
         ("template prompt with nested Text: markers", "/v1/chat/completions",
          {"model": "tiny", "messages": [{"role": "user", "content": full}]}),
-        ("256 inputs of 4,000 chars", "/v1/classify", {"inputs": ["balance " * 499] * 256}),
-        ("30,000 tiny messages", "/v1/chat/completions",
-         {"model": "tiny", "messages": [{"role": "user", "content": "a"}] * 30000}),
+        ("240 inputs of 4,000 chars", "/v1/classify", {"inputs": ["balance " * 499] * 240}),
+        ("1,024 messages", "/v1/chat/completions",
+         {"model": "tiny", "messages": [{"role": "user", "content": "a"}] * 1024}),
+        ("NUL-only content", "/v1/chat/completions",
+         {"model": "tiny", "messages": [{"role": "user", "content": "\u0000"}]}),
     ]
 
 
@@ -576,7 +581,7 @@ def hostile(run: Path, work: Path) -> dict[str, Any]:
                     r = c.request(method, path, content=content,
                                   headers={"content-type": "application/json", **headers})
                     status, text = r.status_code, r.text
-                except httpx.HTTPError as e:
+                except Exception as e:  # noqa: BLE001 - recorded as not a 4xx
                     status, text = type(e).__name__, ""
                 ms = (time.perf_counter() - t0) * 1000
                 try:
@@ -587,13 +592,15 @@ def hostile(run: Path, work: Path) -> dict[str, Any]:
                 except (ValueError, KeyError, TypeError):
                     shaped, code = False, None
                 rows.append({"name": name, "status": status, "code": code, "shaped": shaped,
-                             "bytes": len(text), "ms": round(ms, 1)})
+                             "bytes": len(text), "ms": round(ms, 1), "t0": time.time() - ms / 1000,
+                             "t1": time.time()})
             valid = []
             for name, path, body in crafted_valid():
                 t0 = time.perf_counter()
                 r = c.post(path, json=body, headers={"authorization": f"Bearer {MK}"})
-                valid.append({"name": name, "status": r.status_code,
-                              "ms": round((time.perf_counter() - t0) * 1000, 1)})
+                ms = (time.perf_counter() - t0) * 1000
+                valid.append({"name": name, "status": r.status_code, "ms": round(ms, 1),
+                              "t0": time.time() - ms / 1000, "t1": time.time()})
         t_end = time.time()
         time.sleep(0.3)
     finally:
@@ -604,6 +611,11 @@ def hostile(run: Path, work: Path) -> dict[str, Any]:
     idle = [d * 1000 for t, d, s in probes if t < t_start]
     during = [d * 1000 for t, d, s in probes if t_start <= t <= t_end]
     bad_status = [r for r in rows if not (isinstance(r["status"], int) and 400 <= r["status"] < 500)]
+    # the slowest /health probes, and the requests in flight while they waited
+    worst = sorted(((d, t) for t, d, s in probes if t_start <= t <= t_end), reverse=True)[:3]
+    blame = [{"health_ms": round(d * 1000, 1),
+              "in_flight": [r["name"] for r in rows + valid if r["t0"] <= t + d and r["t1"] >= t]}
+             for d, t in worst]
     return {
         "requests": len(rows), "answered_4xx": len(rows) - len(bad_status),
         "openai_shaped": sum(r["shaped"] for r in rows), "largest_error_body": max(r["bytes"] for r in rows),
@@ -613,7 +625,7 @@ def hostile(run: Path, work: Path) -> dict[str, Any]:
         "health_probes_during": len(during), "health_during_p50_ms": pct(during, 50),
         "health_during_p99_ms": pct(during, 99), "health_during_max_ms": max(during) if during else None,
         "health_idle_p50_ms": pct(idle, 50), "health_idle_max_ms": max(idle) if idle else None,
-        "corpus_s": round(t_end - t_start, 1),
+        "corpus_s": round(t_end - t_start, 1), "slowest_health": blame,
     }
 
 

@@ -228,6 +228,8 @@ class ServeSpec(_Strict):
     max_input_chars: int = Field(4000, ge=1)
     max_batch_inputs: int = Field(256, ge=1)
     """Most inputs in one POST /v1/classify."""
+    max_messages: int = Field(1024, ge=1)
+    """Most messages in one chat completion (only the last user message is classified)."""
 
     # -- routing ---------------------------------------------------------------------------------
     teacher_share: float = Field(0.10, ge=0.0, le=1.0)

@@ -219,3 +219,29 @@ def test_teacher_down_opens_the_breaker_and_escalations_answer_at_once(tiny_run,
     assert health["teacher_state"]["consecutive_failures"] == 2
     assert 'potstill_teacher_state{state="open"} 1.0' in metrics
     assert 'potstill_teacher_errors_total{kind="breaker_open"} 2.0' in metrics
+
+
+def test_bodies_that_would_hold_the_parser_for_long_are_refused_cheaply():
+    from potstill.serve.app import ApiError, parse_json_body
+
+    for body, code in ((b"[" + b"0," * 400_000 + b"0]", "invalid_json"),     # 400k numbers
+                       (b"[" + b"[]," * 300_000 + b"[]]", "too_complex"),    # 300k lists
+                       (b"[" * 100_000 + b"]" * 100_000, "too_complex")):
+        t0 = time.perf_counter()
+        with pytest.raises(ApiError) as e:
+            parse_json_body(body.decode())
+        assert e.value.status == 400 and e.value.code == code
+        assert time.perf_counter() - t0 < 0.2  # was 150-300 ms of held GIL per MB
+    # an ordinary full-size batch still parses
+    big = json.dumps({"inputs": ["balance, transfer [or] {weather}? " * 100] * 240})
+    assert len(parse_json_body(big)["inputs"]) == 240
+
+
+def test_too_many_messages_are_refused_before_validation(tiny_run, tmp_path):
+    app = make_app(tiny_run, tmp_path / "q.db", "serve.max_messages=8", teacher=None)
+    with live_server(app) as base:
+        many = {"model": "tiny", "messages": [{"role": "user", "content": "hi"}] * 9}
+        r = httpx.post(f"{base}/v1/chat/completions", json=many)
+        ok = httpx.post(f"{base}/v1/chat/completions", json={**many, "messages": many["messages"][:8]})
+    assert r.status_code == 400 and r.json()["error"]["code"] == "too_many_messages"
+    assert ok.status_code == 200

@@ -55,6 +55,9 @@ from .template_match import TemplateMatcher
 
 log = logging.getLogger("potstill.serve")
 
+OFF_LOOP_CHARS = 32_768
+"""Bodies larger than this are parsed and validated in a worker thread, off the event loop."""
+
 ENDPOINTS = ("/v1/chat/completions", "/v1/classify", "/v1/feedback", "/v1/models", "/health",
              "/metrics", "/v1/adapters")
 
@@ -130,13 +133,49 @@ def _no_constant(name: str) -> Any:
     raise ValueError(f"{name} is not a JSON number")
 
 
+MAX_JSON_CONTAINERS = 10_000
+MAX_JSON_NUMBERS = 10_000
+
+
+class _Counted:
+    """parse_int/parse_float hooks that stop a body holding more than MAX_JSON_NUMBERS numbers."""
+
+    def __init__(self) -> None:
+        self.n = 0
+
+    def _tick(self) -> None:
+        self.n += 1
+        if self.n > MAX_JSON_NUMBERS:
+            raise ValueError(f"more than {MAX_JSON_NUMBERS} numbers in one body")
+
+    def int(self, s: str) -> int:
+        self._tick()
+        return int(s)
+
+    def float(self, s: str) -> float:
+        self._tick()
+        return float(s)
+
+
 def parse_json_body(text: str) -> Any:
     """A request body as JSON, or ApiError 400. Every way `json.loads` can refuse a body is a
     client error: bad syntax, nesting too deep (RecursionError), an integer over Python's
     int-size guard (a ValueError: a 5,000-digit number gave a 500 before, issue 11), and
-    NaN/Infinity, which are not JSON."""
+    NaN/Infinity, which are not JSON.
+
+    The parser holds the GIL from start to end (in a worker thread too), and 1 MB of `[0,0,...]`
+    or `[[],[],...]` took 150-300 ms of it on a busy 2-core machine: a request that stalls every
+    other one. So a body may hold at most MAX_JSON_CONTAINERS `[`/`{` characters (counted on the
+    raw text, brackets inside strings included: a cheap, conservative bound no real request
+    nears) and MAX_JSON_NUMBERS numbers (counted while parsing; the parse stops there)."""
+    containers = text.count("[") + text.count("{")
+    if containers > MAX_JSON_CONTAINERS:
+        raise ApiError(400, f"the body holds {containers} '[' / '{{' characters; the limit is "
+                       f"{MAX_JSON_CONTAINERS}", "too_complex")
+    counted = _Counted()
     try:
-        return json.loads(text, parse_constant=_no_constant)
+        return json.loads(text, parse_constant=_no_constant, parse_int=counted.int,
+                          parse_float=counted.float)
     except json.JSONDecodeError as e:
         raise ApiError(400, f"invalid JSON: {e}", "invalid_json") from None
     except RecursionError:
@@ -578,7 +617,8 @@ def create_app(config: ServeConfig):
                        f"{sv.admin_keys_env}, or serve on 127.0.0.1 with --allow-local-admin",
                        "admin_disabled")
 
-    async def read_json(request: Request) -> Any:
+    async def read_body(request: Request) -> str:
+        """The body as text: size-checked (413) while it streams in, UTF-8-checked (400)."""
         cl = request.headers.get("content-length")
         if cl is not None:
             try:
@@ -594,10 +634,33 @@ def create_app(config: ServeConfig):
         if not body:
             raise ApiError(400, "empty request body; send a JSON object", "invalid_json")
         try:
-            text = body.decode("utf-8")
+            return body.decode("utf-8")
         except UnicodeDecodeError as e:
             raise ApiError(400, f"request body is not valid UTF-8 (byte {e.start})", "invalid_encoding") from None
+
+    async def read_json(request: Request) -> Any:
+        text = await read_body(request)
+        if len(text) > OFF_LOOP_CHARS:
+            return await asyncio.to_thread(parse_json_body, text)
         return parse_json_body(text)
+
+    async def read_request(model_cls, request: Request):
+        """The body parsed and validated against `model_cls`; a large body in a worker thread,
+        so parsing ~1 MB of JSON (or validating 30,000 messages) never stalls the event loop
+        and the requests it serves (/health included)."""
+        text = await read_body(request)
+
+        def parse():
+            obj = parse_json_body(text)
+            msgs = obj.get("messages") if isinstance(obj, dict) else None
+            if isinstance(msgs, list) and len(msgs) > sv.max_messages:  # before validating them all
+                raise ApiError(400, f"{len(msgs)} messages; the limit is {sv.max_messages}",
+                               "too_many_messages", "messages")
+            return _strict(model_cls, obj)
+
+        if len(text) > OFF_LOOP_CHARS:
+            return await asyncio.to_thread(parse)
+        return parse()
 
     def check_model(name: str | None, required: bool):
         """The router of the model (the adapter, for a causal-LM student) a request names."""
@@ -611,7 +674,7 @@ def create_app(config: ServeConfig):
     @app.post("/v1/chat/completions")
     async def chat(request: Request):
         auth(request)
-        req = _strict(Chat, await read_json(request))
+        req = await read_request(Chat, request)
         rt = check_model(req.model, True)
         content = None
         for i in range(len(req.messages) - 1, -1, -1):
@@ -709,7 +772,7 @@ def create_app(config: ServeConfig):
     @app.post("/v1/classify")
     async def classify(request: Request):
         auth(request)
-        req = _strict(Classify, await read_json(request))
+        req = await read_request(Classify, request)
         rt = check_model(req.model, False)
         if len(req.inputs) > sv.max_batch_inputs:
             raise ApiError(400, f"{len(req.inputs)} inputs; the limit is {sv.max_batch_inputs}",
@@ -732,7 +795,7 @@ def create_app(config: ServeConfig):
     @app.post("/v1/feedback")
     async def feedback(request: Request):
         admin(request)
-        req = _strict(Feedback, await read_json(request))
+        req = await read_request(Feedback, request)
         if spec.kind == "extract" and req.answer != "wrong":  # the right object, as JSON
             from ..extract_schema import canonical_json, parse_answer
 
