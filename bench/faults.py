@@ -467,6 +467,8 @@ def corpus() -> list[tuple[str, str, str, Any, dict[str, str]]]:
     add("lone surrogate", "POST", cc, b'{"model": "tiny", "messages": [{"role": "user", "content": "x\\udc00"}]}')
     add("1 MB of numbers", "POST", "/v1/classify", b'{"inputs": ["x"], "n": [' + b"0," * 499_990 + b"0]}")
     add("1 MB of empty lists", "POST", "/v1/classify", b'{"inputs": ["x"], "n": [' + b"[]," * 333_000 + b"[]]}")
+    add("99,000 empty lists (just under the bracket bound)", "POST", "/v1/classify",
+        b'{"inputs": ["x"], "n": [' + b"[]," * 98_990 + b"[]]}")
     add("1 MB of empty strings", "POST", "/v1/classify", b'{"inputs": ["x"], "n": [' + b'"",' * 333_000 + b'""]}')
     add("1,025 messages", "POST", cc, chat(messages=[{"role": "user", "content": "a"}] * 1025))
     add("oversized body", "POST", cc, json.dumps(chat(messages=[{"role": "user", "content": "a" * 1_100_000}])).encode())
