@@ -76,7 +76,9 @@ class TeacherSpec(_Strict):
     fit: FitSpec = FitSpec()
     # openai-compatible endpoints
     base_url: str | None = None
-    api_key_env: str = "OPENAI_API_KEY"
+    api_key_env: str | None = "OPENAI_API_KEY"
+    """Environment variable holding the endpoint's API key. Unset: an error naming it, except for
+    an endpoint on this machine (127.0.0.1, localhost); null: the endpoint needs no key."""
     price_in: float = Field(0.0, ge=0)
     """Dollars per million input tokens."""
     price_out: float = Field(0.0, ge=0)
@@ -217,9 +219,25 @@ class ServeSpec(_Strict):
     """Environment variable holding the accepted bearer keys, comma-separated. Unset or empty: no
     auth (fine on 127.0.0.1). The keys are read at start-up and never logged."""
     max_body_bytes: int = Field(1_000_000, ge=1024)
+    admin_keys_env: str = "POTSTILL_ADMIN_KEYS"
+    """Environment variable holding the admin bearer keys, comma-separated: only these may load or
+    unload adapters and post feedback (which trains the next round). With none set, admin
+    endpoints refuse, unless the server binds to loopback and was started with
+    `--allow-local-admin` (README: Security model). Admin keys may also call the model."""
+    max_adapters: int = Field(8, ge=0)
+    """Most LoRA adapters loaded at runtime (POST /v1/adapters) on top of those given at start."""
+    max_feedback_per_request: int = Field(3, ge=1)
+    """Most feedback items one request id may collect (a repeated answer is not a new item)."""
+    teacher_breaker_failures: int = Field(5, ge=1)
+    """Consecutive teacher failures that open the circuit breaker (serve/breaker.py): while it is
+    open, escalations are answered degraded at once."""
+    teacher_breaker_cooldown_s: float = Field(10.0, gt=0)
+    """How long the breaker stays open before one trial call is let through (half-open)."""
     max_input_chars: int = Field(4000, ge=1)
     max_batch_inputs: int = Field(256, ge=1)
     """Most inputs in one POST /v1/classify."""
+    max_messages: int = Field(1024, ge=1)
+    """Most messages in one chat completion (only the last user message is classified)."""
 
     # -- routing ---------------------------------------------------------------------------------
     teacher_share: float = Field(0.10, ge=0.0, le=1.0)

@@ -245,6 +245,14 @@ class Store:
             d["reasons"] = json.loads(d["reasons"])
         return d
 
+    def feedback_for(self, request_id: str) -> list[tuple[int, str]]:
+        """(queue id, answer) of every feedback item naming `request_id`, oldest first."""
+        with self._lock:
+            rows = self._db.execute(
+                "SELECT id, feedback FROM queue WHERE request_id = ? AND kind = 'feedback' "
+                "ORDER BY id", (request_id,)).fetchall()
+        return [(int(i), f) for i, f in rows]
+
     def queue_request(self, request_id: str) -> dict[str, Any] | None:
         """The newest non-feedback queue item of a request (its input and answers), or None."""
         items = [c for c in QUEUE_COLUMNS]

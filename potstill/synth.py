@@ -179,7 +179,7 @@ async def _ask_all(spec: TaskSpec, reqs: list[dict[str, Any]], on_done) -> None:
     import openai
 
     t = spec.teacher
-    client = openai.AsyncOpenAI(api_key=os.environ.get(t.api_key_env) or "not-needed",
+    client = openai.AsyncOpenAI(api_key=os.environ.get(t.api_key_env or "") or "not-needed",
                                 base_url=t.base_url, max_retries=t.max_retries, timeout=t.timeout_s)
     sem = asyncio.Semaphore(t.concurrency)
 

@@ -95,3 +95,20 @@ train: {{epochs: 3, lr: 0.002, batch_size: 8, precision: fp32, checkpoint_every:
 eval: {{latency_samples: 5}}
 """)
     return tmp_path
+
+
+# -- markers: `pytest -m "not e2e"` (make test-fast) is the unit set ---------------------------------
+E2E_FIXTURES = {"task_dir", "tiny_run", "report_task", "causal_run", "extract_run", "extract_task", "lms",
+                "page", "tiny_lm", "tiny_teacher", "base"}
+"""Fixtures that train models, run the pipeline or start servers and browsers."""
+E2E_MODULES = {"test_cli", "test_compare", "test_rounds", "test_generate_run", "test_generate_resume",
+               "test_report_browser", "test_serve_workers", "test_serve_pg", "test_faults_serve",
+               "test_faults_label", "test_onnx", "test_openai_batch", "test_container"}
+"""Modules whose tests are end to end throughout (subprocesses, servers, training)."""
+
+
+def pytest_collection_modifyitems(config, items):
+    for item in items:
+        module = item.module.__name__.rsplit(".", 1)[-1] if item.module else ""
+        if module in E2E_MODULES or E2E_FIXTURES & set(getattr(item, "fixturenames", ())):
+            item.add_marker(pytest.mark.e2e)

@@ -39,7 +39,7 @@ Behaviour knobs (all keyword arguments):
 - Faults: `faults_by_request={arrival_no: fault}` (1-based), `faults_by_text={text: [fault or
   None, ...]}` (the k-th request for that text plays the k-th entry), or `fault_fn(arrival_no,
   text, attempt_for_text) -> fault | None`. A fault is a `Fault` or one of the kind strings:
-  "429" (with Retry-After), "500", "400", "hang" (sleep `hang_s`, longer than a client timeout, then
+  "429" (with Retry-After), "500", "400", "401" / "403" (the key refused), "hang" (sleep `hang_s`, longer than a client timeout, then
   answer), "malformed" (200 with a truncated JSON body), "no_choices" (200, valid JSON, no
   choices) or "drop" (close the connection without answering).
 """
@@ -56,7 +56,7 @@ import uuid
 from dataclasses import dataclass
 from typing import Any, Callable, Sequence
 
-FAULT_KINDS = ("429", "500", "400", "hang", "malformed", "no_choices", "drop")
+FAULT_KINDS = ("429", "500", "400", "401", "403", "hang", "malformed", "no_choices", "drop")
 
 
 @dataclass(frozen=True)
@@ -368,6 +368,10 @@ class FakeOpenAI:
                 rec.status = 400
                 await self._write(writer, 400, _error("bad request", "invalid_request_error"))
                 return True
+            if fault.kind in ("401", "403"):
+                rec.status = int(fault.kind)
+                await self._write(writer, rec.status, _error("Incorrect API key provided", "invalid_api_key"))
+                return True
             if fault.kind == "malformed":
                 rec.status = 200
                 await self._write_raw(writer, 200, b'{"id": "chatcmpl-broken", "choices": [{"mess')
@@ -393,7 +397,8 @@ class FakeOpenAI:
         self, writer: asyncio.StreamWriter, status: int, data: bytes,
         headers: dict[str, str] | None = None,
     ) -> None:
-        reason = {200: "OK", 400: "Bad Request", 404: "Not Found", 429: "Too Many Requests",
+        reason = {200: "OK", 400: "Bad Request", 401: "Unauthorized", 403: "Forbidden",
+                  404: "Not Found", 429: "Too Many Requests",
                   500: "Internal Server Error"}.get(status, "Status")
         head = [f"HTTP/1.1 {status} {reason}", "Content-Type: application/json",
                 f"Content-Length: {len(data)}", "Connection: keep-alive"]

@@ -167,7 +167,7 @@ def test_shadow_checks_queue_disagreements(tiny_run, tmp_path):
 
 def test_classify_batch_feedback_and_health(tiny_run, tmp_path):
     app = make_app(tiny_run, None, tmp_path / "q.db", "serve.ood_threshold=1e9",
-                   "serve.confidence_threshold=0", teacher=None)
+                   "serve.confidence_threshold=0", teacher=None, allow_local_admin=True)
     with live_server(app) as base:
         h = httpx.get(f"{base}/health").json()
         r = httpx.post(f"{base}/v1/classify", json={
@@ -337,7 +337,7 @@ BAD = [
 
 
 def test_bad_requests_get_openai_shaped_4xx(tiny_run, tmp_path):
-    app = make_app(tiny_run, None, tmp_path / "q.db", teacher=None)
+    app = make_app(tiny_run, None, tmp_path / "q.db", teacher=None, allow_local_admin=True)
     results = []
     with live_server(app) as base:
         with httpx.Client(base_url=base, timeout=30) as c:

@@ -184,7 +184,7 @@ def test_adapter_picked_by_model_name_with_the_openai_client(causal_run, tmp_pat
 def test_adapters_load_and_unload_at_runtime_behind_the_keys(causal_run, tmp_path):
     run, extra = causal_run
     key = "sk-admin"
-    app = make_app(run, tmp_path / "q.db", api_keys=[key])
+    app = make_app(run, tmp_path / "q.db", api_keys=[key], admin_keys=[key])
     host = app.state.potstill.student.host
     auth = {"authorization": f"Bearer {key}"}
     body = {"name": "bee", "path": str(extra["bee"])}
@@ -317,7 +317,8 @@ def test_generate_task_escalates_to_the_teachers_text(causal_run, tmp_path):
     fake = FakeOpenAI(lambda t: "weather", labels=LABELS)
     with fake as url:
         app = make_app(run.root, tmp_path / "q.db", f"teacher.base_url={url}",
-                       "serve.confidence_threshold=1.01", teacher="auto")  # every answer escalates
+                       "serve.confidence_threshold=1.01", teacher="auto",  # every answer escalates
+                       allow_local_admin=True)
         host = app.state.potstill.student.host
         (alone,) = host.predict_with("tinyg", [PROBES[0]])
         with live_server(app) as base:

@@ -239,7 +239,7 @@ def test_feedback_takes_a_schema_valid_object(extract_run, tmp_path):
     run = copy_run(extract_run, tmp_path / "run")
     text = next(t for t in probes(run) if "send money to" in t)
     app = create_app(ServeConfig(run, ["serve.confidence_threshold=0"], db_path=tmp_path / "q.db",
-                                 teacher=None))
+                                 teacher=None, allow_local_admin=True))
     with live_server(app) as base:
         r = post_chat(base, text)
         fb = lambda answer: httpx.post(f"{base}/v1/feedback", timeout=30,  # noqa: E731

@@ -41,28 +41,39 @@ def _detect(path: Path, fmt: str) -> str:
     raise InputError(f"{path}: cannot tell the format from the suffix {suffix!r}; set data.format")
 
 
+def decoded_lines(path: Path) -> Iterator[str]:
+    """The lines of a UTF-8 text file (line ends kept); bytes that are not UTF-8 raise InputError
+    naming the file and line (a plain text-mode read names neither)."""
+    with open(path, "rb") as f:
+        for n, raw in enumerate(f, start=1):
+            try:
+                yield raw.decode("utf-8")
+            except UnicodeDecodeError as e:
+                raise InputError(f"{path}:{n}: not valid UTF-8 (byte 0x{raw[e.start]:02x} at column "
+                                 f"{e.start + 1}); save the file as UTF-8") from None
+
+
 def _rows(path: Path, fmt: str) -> Iterator[tuple[int, dict]]:
     """(line or row number, row as dict)."""
     if fmt == "jsonl":
-        with open(path, encoding="utf-8") as f:
-            for n, line in enumerate(f, start=1):
-                if not line.strip():
-                    continue
-                try:
-                    row = json.loads(line)
-                except json.JSONDecodeError as e:
-                    raise InputError(f"{path}:{n}: not valid JSON ({e.msg} at column {e.colno})") from None
-                if not isinstance(row, dict):
-                    raise InputError(f"{path}:{n}: expected a JSON object, got {type(row).__name__}")
-                yield n, row
+        for n, line in enumerate(decoded_lines(path), start=1):
+            if not line.strip():
+                continue
+            try:
+                row = json.loads(line)
+            except json.JSONDecodeError as e:
+                raise InputError(f"{path}:{n}: not valid JSON ({e.msg} at column {e.colno})") from None
+            if not isinstance(row, dict):
+                raise InputError(f"{path}:{n}: expected a JSON object, got {type(row).__name__}")
+            yield n, row
     elif fmt == "csv":
-        with open(path, encoding="utf-8", newline="") as f:
-            reader = csv.DictReader(f, delimiter="\t" if path.suffix.lower() == ".tsv" else ",")
-            for row in reader:
-                # line_num is the physical line where this row ended (1 = header)
-                if None in row:
-                    raise InputError(f"{path}:{reader.line_num}: more fields than the header has")
-                yield reader.line_num, row
+        reader = csv.DictReader(decoded_lines(path),
+                                delimiter="\t" if path.suffix.lower() == ".tsv" else ",")
+        for row in reader:
+            # line_num is the physical line where this row ended (1 = header)
+            if None in row:
+                raise InputError(f"{path}:{reader.line_num}: more fields than the header has")
+            yield reader.line_num, row
     elif fmt == "parquet":
         import pyarrow.parquet as pq
 
@@ -76,14 +87,18 @@ def _rows(path: Path, fmt: str) -> Iterator[tuple[int, dict]]:
         raise InputError(f"{path}: unknown format {fmt!r}")
 
 
-def load_examples(path: Path, data: DataSpec, require_label: bool = False) -> list[Example]:
-    """Read one file into Examples, mapping `data.text_field` / `data.label_field`."""
+def load_examples(path: Path, data: DataSpec, require_label: bool = False,
+                  label_expected: bool = True) -> list[Example]:
+    """Read one file into Examples, mapping `data.text_field` / `data.label_field`. A file where
+    no row has the label field gets a warning naming it (unless `label_expected` is False)."""
     path = Path(path)
     if not path.exists():
         raise InputError(f"{path}: no such file")
     fmt = _detect(path, data.format)
     out = []
+    label_seen = False
     for n, row in _rows(path, fmt):
+        label_seen = label_seen or data.label_field in row
         at = f"{path}: row {n}" if fmt == "parquet" else f"{path}:{n}"
         text = row.get(data.text_field)
         if not isinstance(text, str):
@@ -101,6 +116,11 @@ def load_examples(path: Path, data: DataSpec, require_label: bool = False) -> li
         out.append(Example(rid, text, gold))
     if not out:
         raise InputError(f"{path}: no rows")
+    if label_expected and not label_seen:  # a renamed or missing column: no gold anywhere, say so
+        from ..progress import log
+
+        log(f"warning: {path}: no row has the label field {data.label_field!r} (data.label_field); "
+            "its rows have no gold label")
     return out
 
 
@@ -144,7 +164,8 @@ def load_splits(data: DataSpec, seed: int = 13) -> Splits:
     """
     train = load_examples(data.train, data)
     for extra in data.unlabelled:  # their labels, if any, are not gold: the teacher labels them
-        train += [Example(ex.id, ex.text, None) for ex in load_examples(extra, data)]
+        train += [Example(ex.id, ex.text, None)
+                  for ex in load_examples(extra, data, label_expected=False)]
     removed = 0
     if data.dedup:
         train, dup = dedup(train)
@@ -186,8 +207,18 @@ def write_jsonl(path: Path, rows: list[dict]) -> None:
 
 
 def read_jsonl(path: Path) -> list[dict]:
-    with open(path, encoding="utf-8") as f:
-        return [json.loads(line) for line in f if line.strip()]
+    """The rows of a JSONL file; a line that is not JSON (a file cut short by a kill, say) or not
+    UTF-8 raises InputError naming the file and line."""
+    out = []
+    for n, line in enumerate(decoded_lines(Path(path)), start=1):
+        if not line.strip():
+            continue
+        try:
+            out.append(json.loads(line))
+        except json.JSONDecodeError as e:
+            cut = "" if line.endswith("\n") else "; the file looks cut short (rerun the stage that wrote it)"
+            raise InputError(f"{path}:{n}: not valid JSON ({e.msg} at column {e.colno}){cut}") from None
+    return out
 
 
 def examples_hash(examples: list[Example]) -> str:

@@ -40,8 +40,6 @@ import json
 import logging
 import math
 import os
-import re
-import string
 import time
 import uuid
 from contextlib import asynccontextmanager
@@ -57,8 +55,12 @@ from ..spec import DEFAULT_TEMPLATE, TaskSpec
 from ..stages.prepare import load_inputs
 from ..tasks import get_task
 from .backends import build_backend
+from .template_match import TemplateMatcher
 
 log = logging.getLogger("potstill.serve")
+
+OFF_LOOP_CHARS = 32_768
+"""Bodies larger than this are parsed and validated in a worker thread, off the event loop."""
 
 ENDPOINTS = ("/v1/chat/completions", "/v1/classify", "/v1/feedback", "/v1/models", "/health",
              "/metrics", "/v1/adapters")
@@ -83,6 +85,12 @@ class ServeConfig:
     """The store for the queue and request log; default: the run's potstill.db."""
     api_keys: list[str] | None = None
     """Accepted bearer keys; default: read from the env var `serve.api_keys_env`."""
+    admin_keys: list[str] | None = None
+    """Keys that may also administer the server (adapters, feedback); default: read from the
+    env var `serve.admin_keys_env`."""
+    allow_local_admin: bool = False
+    """With no admin key: let callers on the loopback interface use the admin endpoints (the
+    `--allow-local-admin` flag; `serve_command` refuses it unless the server binds to loopback)."""
     teacher_share: float | None = None
     """Use the calibration table's row nearest this share instead of the calibrated point."""
     model: str = "student"
@@ -110,29 +118,80 @@ def error_body(message: str, type_: str = "invalid_request_error", param: str | 
 
 
 # -- inputs --------------------------------------------------------------------------------------
-def template_pattern(template: str) -> re.Pattern[str]:
-    """A regex matching prompts rendered from `template`, capturing the {text} field."""
-    rx = ""
-    seen_text = False
-    for literal, name, _spec, _conv in string.Formatter().parse(template):
-        rx += re.escape(literal)
-        if name is None:
-            continue
-        if name == "text":
-            rx += "(?P=text)" if seen_text else "(?P<text>.*)"
-            seen_text = True
-        else:
-            rx += ".*?"
-    return re.compile(rx, re.S)
+def template_pattern(template: str) -> TemplateMatcher:
+    """A matcher of prompts rendered from `template`, capturing the {text} field in linear time
+    (serve/template_match.py; a regex here backtracked on crafted input, issue 11)."""
+    return TemplateMatcher(template)
 
 
-def extract_input(message: str, patterns: Sequence[re.Pattern[str]]) -> str:
+def extract_input(message: str, patterns: Sequence[TemplateMatcher]) -> str:
     """The text to classify: the {text} of a potstill teacher prompt, else the whole message."""
     for p in patterns:
         m = p.fullmatch(message)
         if m is not None:
             return m.group("text")
     return message
+
+
+def _no_constant(name: str) -> Any:
+    raise ValueError(f"{name} is not a JSON number")
+
+
+MAX_JSON_CONTAINERS = 100_000
+MAX_JSON_NUMBERS = 10_000
+
+
+class _Counted:
+    """parse_int/parse_float hooks that stop a body holding more than MAX_JSON_NUMBERS numbers."""
+
+    def __init__(self) -> None:
+        self.n = 0
+
+    def _tick(self) -> None:
+        self.n += 1
+        if self.n > MAX_JSON_NUMBERS:
+            raise ValueError(f"more than {MAX_JSON_NUMBERS} numbers in one body")
+
+    def int(self, s: str) -> int:
+        self._tick()
+        return int(s)
+
+    def float(self, s: str) -> float:
+        self._tick()
+        return float(s)
+
+
+def parse_json_body(text: str) -> Any:
+    """A request body as JSON, or ApiError 400. Every way `json.loads` can refuse a body is a
+    client error: bad syntax, nesting too deep (RecursionError), an integer over Python's
+    int-size guard (a ValueError: a 5,000-digit number gave a 500 before, issue 11), and
+    NaN/Infinity, which are not JSON.
+
+    The parser holds the GIL from start to end (in a worker thread too), and 1 MB of `[0,0,...]`
+    or `[[],[],...]` took 150-300 ms of it on a busy 2-core machine: a request that stalls every
+    other one. So a body may hold at most MAX_JSON_CONTAINERS `[`/`{` characters (counted on the
+    raw text in about a millisecond, brackets inside strings included: 240 inputs of 4,000
+    characters of JSON logs stay under it) and MAX_JSON_NUMBERS numbers (counted while parsing;
+    the parse stops there). A body just under the bracket bound still costs tens of ms."""
+    containers = text.count("[") + text.count("{")
+    if containers > MAX_JSON_CONTAINERS:
+        raise ApiError(400, f"the body holds {containers} '[' / '{{' characters; the limit is "
+                       f"{MAX_JSON_CONTAINERS}", "too_complex")
+    counted = _Counted()
+    try:
+        return json.loads(text, parse_constant=_no_constant, parse_int=counted.int,
+                          parse_float=counted.float)
+    except json.JSONDecodeError as e:
+        raise ApiError(400, f"invalid JSON: {e}", "invalid_json") from None
+    except RecursionError:
+        raise ApiError(400, "invalid JSON: nested too deeply", "invalid_json") from None
+    except ValueError as e:
+        raise ApiError(400, f"invalid JSON: {_clip(str(e), 200)}", "invalid_json") from None
+
+
+def _clip(s: str, n: int) -> str:
+    """At most `n` characters of `s` (for echoing client input back in an error)."""
+    return s if len(s) <= n else s[: n - 1] + "…"
 
 
 def _validate_text(text: Any, max_chars: int, param: str) -> str:
@@ -261,6 +320,24 @@ class Metrics:
         if error is not None:
             self.teacher_errors.labels(error).inc()
 
+    def teacher_skipped(self, reason: str) -> None:
+        self.teacher_errors.labels(reason).inc()
+
+    def watch_breaker(self, breaker) -> None:
+        """Export the teacher circuit breaker's state (serve/breaker.py)."""
+        from prometheus_client import Gauge
+
+        from .breaker import STATES
+
+        g = Gauge("potstill_teacher_state", "Teacher circuit breaker: 1 for the current state",
+                  ["state"], registry=self.registry)
+        for st in STATES:
+            g.labels(st).set_function(lambda st=st: 1.0 if breaker.state == st else 0.0)
+        Gauge("potstill_teacher_consecutive_failures", "Teacher failures in a row",
+              registry=self.registry).set_function(lambda: breaker.consecutive)
+        Gauge("potstill_teacher_breaker_opens", "Times the teacher circuit breaker opened",
+              registry=self.registry).set_function(lambda: breaker.opens)
+
     def shadow(self, outcome: str) -> None:
         self.shadow_checks.labels(outcome).inc()
 
@@ -306,7 +383,7 @@ class Service:
     store: Any
     metrics: Metrics
     api_keys: list[str]
-    patterns: list[re.Pattern[str]]
+    patterns: list[TemplateMatcher]
     calibration: dict[str, Any] | None
     policy: Any
     teacher_identity: str | None
@@ -366,8 +443,16 @@ def create_app(config: ServeConfig):
             from .causal import TextTeacher
 
             teacher = TextTeacher(teacher)
+    breaker = None
+    if teacher is not None:
+        from .breaker import CircuitBreaker
+
+        breaker = CircuitBreaker(sv.teacher_breaker_failures, sv.teacher_breaker_cooldown_s,
+                                 on_change=lambda old, new: _breaker_moved(old, new, breaker))
+        metrics.watch_breaker(breaker)
     tclient = (TeacherClient(teacher, store, spec.spec_hash(), workers=sv.teacher_workers,
-                             max_batch=max(1, spec.teacher.concurrency))
+                             max_batch=max(1, spec.teacher.concurrency), breaker=breaker,
+                             deadline_s=0.9 * sv.teacher_timeout_s)
                if teacher is not None else None)
 
     def new_router(st, pol, cls=Router):
@@ -389,6 +474,10 @@ def create_app(config: ServeConfig):
             if name not in routers:
                 routers[name] = new_router(host.view(name), policy, AdapterRouter)
     keys = config.api_keys if config.api_keys is not None else _read_keys(sv.api_keys_env)
+    admin_keys = (config.admin_keys if config.admin_keys is not None
+                  else _read_keys(sv.admin_keys_env))
+    started_adapters = len(routers)
+    feedback_lock = asyncio.Lock()  # the duplicate check and the insert of one feedback item
     templates = [spec.prompt_template] + ([DEFAULT_TEMPLATE] if spec.prompt_template != DEFAULT_TEMPLATE else [])
     svc = Service(spec=spec, run=run, model_name=sv.model_name or spec.name, student=student,
                   router=router, queue=queue, store=store, metrics=metrics, api_keys=keys,
@@ -403,8 +492,11 @@ def create_app(config: ServeConfig):
         for r in routers.values():
             if r is not router:
                 await r.start()
-        log.info("serving %s: student %s, teacher %s, auth %s", svc.model_name, student.identity,
-                 svc.teacher_identity or "none", f"{len(keys)} key(s)" if keys else "off")
+        log.info("serving %s: student %s, teacher %s, auth %s, admin %s", svc.model_name,
+                 student.identity, svc.teacher_identity or "none",
+                 f"{len(keys)} key(s)" if keys else "off",
+                 f"{len(admin_keys)} key(s)" if admin_keys
+                 else ("loopback callers (--allow-local-admin)" if config.allow_local_admin else "off"))
         try:
             yield
         finally:
@@ -442,21 +534,45 @@ def create_app(config: ServeConfig):
         log.exception("internal error on %s", request.url.path)
         return JSONResponse(error_body("internal server error", "server_error", None, "internal_error"), 500)
 
+    def bearer(request: Request) -> str | None:
+        scheme, _, token = request.headers.get("authorization", "").partition(" ")
+        token = token.strip()
+        return token if scheme.lower() == "bearer" and token else None
+
     def auth(request: Request) -> None:
+        """Model endpoints: any model key or admin key (no check when no model key is set)."""
         if not keys:
             return
-        h = request.headers.get("authorization", "")
-        scheme, _, token = h.partition(" ")
-        token = token.strip()
-        if scheme.lower() != "bearer" or not token:
+        token = bearer(request)
+        if token is None:
             raise ApiError(401, "missing API key: send 'Authorization: Bearer <key>'", "invalid_api_key")
-        ok = False
-        for k in keys:  # compare with every key, in constant time each
-            ok |= hmac.compare_digest(token.encode("utf-8", "surrogateescape"), k.encode())
-        if not ok:
+        if not (_key_in(token, keys) | _key_in(token, admin_keys)):
             raise ApiError(401, "invalid API key", "invalid_api_key")
 
-    async def read_json(request: Request) -> Any:
+    def admin(request: Request) -> None:
+        """Admin endpoints (adapters, feedback that trains the next round): an admin key; with
+        none configured, only loopback callers of a server started with --allow-local-admin."""
+        auth(request)
+        if admin_keys:
+            token = bearer(request)
+            if token is None:
+                raise ApiError(401, "missing admin key: send 'Authorization: Bearer <admin key>'",
+                               "invalid_api_key")
+            if not _key_in(token, admin_keys):
+                if _key_in(token, keys):
+                    raise ApiError(403, "this key may call the model but not administer the server "
+                                   f"(admin keys: {sv.admin_keys_env})", "admin_required")
+                raise ApiError(401, "invalid admin key", "invalid_api_key")
+            return
+        client = request.client.host if request.client else None
+        if config.allow_local_admin and _loopback(client):
+            return
+        raise ApiError(403, "admin endpoints are off: set admin keys in "
+                       f"{sv.admin_keys_env}, or serve on 127.0.0.1 with --allow-local-admin",
+                       "admin_disabled")
+
+    async def read_body(request: Request) -> str:
+        """The body as text: size-checked (413) while it streams in, UTF-8-checked (400)."""
         cl = request.headers.get("content-length")
         if cl is not None:
             try:
@@ -472,27 +588,47 @@ def create_app(config: ServeConfig):
         if not body:
             raise ApiError(400, "empty request body; send a JSON object", "invalid_json")
         try:
-            text = body.decode("utf-8")
+            return body.decode("utf-8")
         except UnicodeDecodeError as e:
             raise ApiError(400, f"request body is not valid UTF-8 (byte {e.start})", "invalid_encoding") from None
-        try:
-            return json.loads(text)
-        except (json.JSONDecodeError, RecursionError) as e:
-            raise ApiError(400, f"invalid JSON: {e}", "invalid_json") from None
+
+    async def read_json(request: Request) -> Any:
+        text = await read_body(request)
+        if len(text) > OFF_LOOP_CHARS:
+            return await asyncio.to_thread(parse_json_body, text)
+        return parse_json_body(text)
+
+    async def read_request(model_cls, request: Request):
+        """The body parsed and validated against `model_cls`; a large body in a worker thread,
+        so parsing ~1 MB of JSON (or validating 30,000 messages) never stalls the event loop
+        and the requests it serves (/health included)."""
+        text = await read_body(request)
+
+        def parse():
+            obj = parse_json_body(text)
+            msgs = obj.get("messages") if isinstance(obj, dict) else None
+            if isinstance(msgs, list) and len(msgs) > sv.max_messages:  # before validating them all
+                raise ApiError(400, f"{len(msgs)} messages; the limit is {sv.max_messages}",
+                               "too_many_messages", "messages")
+            return _strict(model_cls, obj)
+
+        if len(text) > OFF_LOOP_CHARS:
+            return await asyncio.to_thread(parse)
+        return parse()
 
     def check_model(name: str | None, required: bool):
         """The router of the model (the adapter, for a causal-LM student) a request names."""
         if name is None and not required:
             return router
         if name not in routers:
-            raise ApiError(404, f"the model {name!r} does not exist; this server serves "
+            raise ApiError(404, f"the model {_clip(repr(name), 100)} does not exist; this server serves "
                            f"{', '.join(repr(n) for n in routers)}", "model_not_found", "model")
         return routers[name]
 
     @app.post("/v1/chat/completions")
     async def chat(request: Request):
         auth(request)
-        req = _strict(Chat, await read_json(request))
+        req = await read_request(Chat, request)
         rt = check_model(req.model, True)
         content = None
         for i in range(len(req.messages) - 1, -1, -1):
@@ -538,7 +674,7 @@ def create_app(config: ServeConfig):
     @app.post("/v1/adapters")
     async def add_adapter(request: Request):
         """Load a LoRA adapter on the served base model: {"name", "path"[, "confidence_threshold"]}."""
-        auth(request)
+        admin(request)
         body = await read_json(request)
         if host is None:
             raise ApiError(400, "this server's student is not a causal LM with adapters",
@@ -554,11 +690,15 @@ def create_app(config: ServeConfig):
             raise ApiError(400, "confidence_threshold must be a number", "invalid_value",
                            "confidence_threshold")
         if name in routers:
-            raise ApiError(409, f"a model named {name!r} is already served", "model_exists", "name")
+            raise ApiError(409, f"a model named {_clip(repr(name), 100)} is already served",
+                           "model_exists", "name")
+        if len(routers) - started_adapters >= sv.max_adapters:
+            raise ApiError(409, f"{sv.max_adapters} adapters were loaded at runtime, the limit "
+                           "(serve.max_adapters); unload one first", "adapter_limit")
         try:
             view = await asyncio.to_thread(host.load_adapter, name, body["path"])
-        except (ValueError, FileNotFoundError) as e:
-            raise ApiError(400, str(e), "invalid_adapter", "path") from None
+        except (ValueError, OSError) as e:  # FileNotFoundError, a name too long, ...
+            raise ApiError(400, _clip(str(e), 500), "invalid_adapter", "path") from None
         r = new_router(view, dataclasses.replace(policy, confidence_threshold=thr), AdapterRouter)
         await r.start()
         routers[name] = r
@@ -568,12 +708,12 @@ def create_app(config: ServeConfig):
 
     @app.delete("/v1/adapters/{name}")
     async def delete_adapter(name: str, request: Request):
-        auth(request)
+        admin(request)
         if host is None:
             raise ApiError(400, "this server's student is not a causal LM with adapters",
                            "adapters_unsupported")
         if name not in routers:
-            raise ApiError(404, f"the model {name!r} does not exist", "model_not_found", "name")
+            raise ApiError(404, f"the model {_clip(repr(name), 100)} does not exist", "model_not_found", "name")
         if routers[name] is router:
             raise ApiError(400, f"{name!r} is the run's own student; it cannot be unloaded",
                            "invalid_value", "name")
@@ -586,7 +726,7 @@ def create_app(config: ServeConfig):
     @app.post("/v1/classify")
     async def classify(request: Request):
         auth(request)
-        req = _strict(Classify, await read_json(request))
+        req = await read_request(Classify, request)
         rt = check_model(req.model, False)
         if len(req.inputs) > sv.max_batch_inputs:
             raise ApiError(400, f"{len(req.inputs)} inputs; the limit is {sv.max_batch_inputs}",
@@ -608,16 +748,30 @@ def create_app(config: ServeConfig):
 
     @app.post("/v1/feedback")
     async def feedback(request: Request):
-        auth(request)
-        req = _strict(Feedback, await read_json(request))
+        admin(request)
+        req = await read_request(Feedback, request)
         if req.answer != "wrong":  # the right answer, in the task's form
             try:
                 req.answer = task.feedback_answer(req.answer, student.labels, spec.json_schema)
-            except ValueError as e:
-                raise ApiError(400, str(e), "invalid_value", "answer") from None
+            except ValueError as e:  # the client's answer is never echoed back whole (it may be ~1 MB)
+                raise ApiError(400, _clip(str(e), 300), "invalid_value", "answer") from None
         found = await queue.find_request(req.request_id)
         if found is None:
-            raise ApiError(404, f"no request with id {req.request_id!r}", "request_not_found", "request_id")
+            raise ApiError(404, f"no request with id {_clip(repr(req.request_id), 100)}",
+                           "request_not_found", "request_id")
+        async with feedback_lock:
+            given = await asyncio.to_thread(store.feedback_for, req.request_id)
+            same = [qid for qid, ans in given if ans == req.answer]
+            if same:  # a repeat (a client retrying, say) is the same item, not a new one
+                return {"object": "feedback", "request_id": req.request_id, "queue_id": same[0],
+                        "status": "duplicate"}
+            if len(given) >= sv.max_feedback_per_request:
+                raise ApiError(409, f"request {req.request_id!r} already has {len(given)} feedback "
+                               f"items, the limit (serve.max_feedback_per_request)",
+                               "feedback_limit", "request_id")
+            return await add_feedback(req, found)
+
+    async def add_feedback(req, found):
         served = found.get("served_label")
         reason = "wrong" if req.answer == "wrong" else ("confirmed" if req.answer == served else "corrected")
         qid = await queue.add(kind="feedback", reason=reason, request_id=req.request_id,
@@ -631,13 +785,27 @@ def create_app(config: ServeConfig):
         return {"object": "feedback", "request_id": req.request_id, "queue_id": qid,
                 "reason": reason, "status": "queued"}
 
+    @app.get("/v1/models/{model_id:path}")
+    async def model_info(model_id: str, request: Request):
+        auth(request)
+        if model_id not in routers:
+            raise ApiError(404, f"the model {_clip(repr(model_id), 100)} does not exist",
+                           "model_not_found", "model")
+        return {"id": model_id, "object": "model", "created": 0, "owned_by": "potstill"}
+
     @app.get("/health")
     async def health():
         point = svc.calibration.get("operating_point") if svc.calibration else None
+        tstate = None
+        if breaker is not None:  # the state, not the error text: that may name the endpoint
+            tstate = {"state": breaker.state, "consecutive_failures": breaker.consecutive,
+                      "retry_in_s": breaker.retry_in_s()}
         return {
-            "status": "ok", "model": svc.model_name, "student": student.identity,
+            "status": "ok" if breaker is None or breaker.state == "closed" else "degraded",
+            "model": svc.model_name, "student": student.identity,
             # the backend and model only: the endpoint's address is not for anonymous callers
             "teacher": svc.teacher_identity.split("@")[0] if svc.teacher_identity else None,
+            "teacher_state": tstate,
             "labels": len(student.labels),
             "queue_depth": queue.depth,
             "routing": {
@@ -658,6 +826,33 @@ def create_app(config: ServeConfig):
 
     app.add_middleware(_HttpMetrics, metrics=metrics)
     return app
+
+
+def _key_in(token: str, keys: Sequence[str]) -> bool:
+    ok = False
+    for k in keys:  # compare with every key, in constant time each
+        ok |= hmac.compare_digest(token.encode("utf-8", "surrogateescape"), k.encode())
+    return ok
+
+
+def _loopback(host: str | None) -> bool:
+    import ipaddress
+
+    if host is None:
+        return False
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return host == "localhost"
+
+
+def _breaker_moved(old: str, new: str, breaker) -> None:
+    if new == "open":
+        log.warning("teacher circuit open after %d failure(s) in a row (last: %s): escalations are "
+                    "answered degraded for %gs", breaker.consecutive, breaker.last_error,
+                    breaker.cooldown_s)
+    else:
+        log.info("teacher circuit %s -> %s", old, new)
 
 
 def _json(doc: dict[str, Any]):
@@ -755,13 +950,17 @@ def serve_command(
         "--adapter", help="Causal-LM student: serve another LoRA adapter on the same base, as "
         "NAME=DIR (clients send model NAME). Repeatable.")] = None,
     log_level: Annotated[str, typer.Option(help="uvicorn log level.")] = "info",
+    allow_local_admin: Annotated[bool, typer.Option(
+        "--allow-local-admin", help="With no admin key set: let callers on this machine (loopback) "
+        "load/unload adapters and post feedback. Refused unless the server binds to loopback.")] = False,
 ):
     """Serve the student behind an OpenAI-compatible API, with the teacher as safety net.
 
     Inputs the student is unsure of, that look unlike its training data, or that it labels
     high-stakes go to the teacher; if the teacher fails, the student's answer goes out marked
     degraded. Every escalation is queued (`potstill queue list RUN_DIR`). API keys: the env var
-    named by serve.api_keys_env (POTSTILL_API_KEYS), comma-separated.
+    named by serve.api_keys_env (POTSTILL_API_KEYS), comma-separated; admin keys (adapters,
+    feedback): serve.admin_keys_env (POTSTILL_ADMIN_KEYS). See the README's "Security model".
     """
     import uvicorn
 
@@ -769,12 +968,18 @@ def serve_command(
     cfg = ServeConfig(Path(run_dir), overrides=list(set or []),
                       teacher=None if (no_teacher or no_routing) else "auto",
                       teacher_share=teacher_share, model=model, routing=not no_routing,
-                      adapters=parse_adapters(adapter or []))
+                      adapters=parse_adapters(adapter or []), allow_local_admin=allow_local_admin)
+    if allow_local_admin and host is not None and not _loopback(host):
+        raise typer.BadParameter(f"--allow-local-admin needs a loopback bind address, not {host!r}; "
+                                 "set admin keys instead")
     app = create_app(cfg)
     freeze_gc()
     svc: Service = app.state.potstill
     host = host or svc.spec.serve.host
     port = svc.spec.serve.port if port is None else port
+    if allow_local_admin and not _loopback(host):  # serve.host from the spec
+        raise typer.BadParameter(f"--allow-local-admin needs a loopback bind address, not {host!r}; "
+                                 "set admin keys instead")
     if host not in ("127.0.0.1", "localhost", "::1") and not svc.api_keys:
         log.warning("binding %s without API keys: anyone who reaches this port can use the "
                     "server (set %s)", host, svc.spec.serve.api_keys_env)

@@ -178,7 +178,13 @@ class CausalLMStudent:
         cfg_path = path / "adapter_config.json"
         if not cfg_path.exists():
             raise MissingOutput(f"{path}: not a peft adapter (no adapter_config.json)")
-        base = json.loads(cfg_path.read_text()).get("base_model_name_or_path")
+        try:
+            cfg = json.loads(cfg_path.read_text(encoding="utf-8"))
+        except ValueError as e:  # bad JSON or bad UTF-8
+            raise ValueError(f"{cfg_path}: not valid JSON ({_clip(str(e))})") from None
+        if not isinstance(cfg, dict):
+            raise ValueError(f"{cfg_path}: expected a JSON object, got {type(cfg).__name__}")
+        base = cfg.get("base_model_name_or_path")
         mine = self.model.peft_config["default"].base_model_name_or_path
         if base != mine:
             log.warning("adapter %s was trained on %s; the served base is %s", name, base, mine)
@@ -350,3 +356,7 @@ def _input_labels(run, missing_ok: bool = False) -> list[str]:
             return []
         raise MissingOutput(f"{p}: no labels; run an earlier stage first or list labels in the spec")
     return list(json.loads(p.read_text()))
+
+
+def _clip(s: str, n: int = 200) -> str:
+    return s if len(s) <= n else s[: n - 1] + "…"

@@ -5,7 +5,7 @@ Queue items are the cases a human or the next training round should look at, one
 | kind           | when                                                            | reason examples                 |
 |----------------|-----------------------------------------------------------------|---------------------------------|
 | `escalation`   | the router sent the input to the teacher and the teacher answered | `low_confidence`, `ood`, `high_stakes`, `invalid_output` (joined by `+`) |
-| `degraded`     | the teacher was needed but failed or timed out; the student's answer went out, marked degraded | `teacher_timeout`, `teacher_error`, `no_teacher` |
+| `degraded`     | the teacher was needed but failed or timed out; the student's answer went out, marked degraded | `teacher_timeout`, `teacher_error`, `no_teacher`, `breaker_open` (the teacher circuit breaker is open: not asked) |
 | `disagreement` | a shadow check: the teacher, asked in the background, disagreed with the student's served answer | `shadow` |
 | `feedback`     | `POST /v1/feedback`                                              | `wrong`, `corrected`            |
 

@@ -197,9 +197,16 @@ class TeacherClient:
     in `workers` threads; `ask(text)` is a future resolved as that input's answer arrives."""
 
     def __init__(self, teacher: Teacher, store: Store, spec_hash: str, *, workers: int = 4,
-                 max_batch: int = 16, window_ms: float = 2.0):
+                 max_batch: int = 16, window_ms: float = 2.0, breaker: Any = None,
+                 deadline_s: float | None = None):
         self.teacher = teacher
         self.identity = teacher.identity
+        self.breaker = breaker
+        """A `CircuitBreaker` (serve/breaker.py) the router consults before each escalation."""
+        if deadline_s is not None and hasattr(teacher, "deadline_s"):
+            # the teacher's own retries must end before the router stops waiting, so the
+            # request gets the real error (a refused connection), not "no answer within Ns"
+            teacher.deadline_s = deadline_s
         self.store = store
         self.spec_hash = spec_hash
         self.batcher: MicroBatcher[str, Answer] = MicroBatcher(
@@ -276,6 +283,7 @@ class RouterEvents:
     def student_batch(self, size: int, seconds: float) -> None: ...
     def routed(self, r: Routed) -> None: ...
     def teacher_answer(self, seconds: float, error: str | None) -> None: ...
+    def teacher_skipped(self, reason: str) -> None: ...
     def shadow(self, outcome: str) -> None: ...
     def queued(self, kind: str) -> None: ...
 
@@ -387,9 +395,25 @@ class Router:
             r.queue_id = await self._add(self._item(r, "degraded", "no_teacher",
                                                     detail={"escalated_for": reasons}))
             return r
+        breaker = self.teacher.breaker
+        if breaker is not None and breaker.state != "closed":
+            # the teacher failed `failures` times in a row: answer at once, degraded. Once per
+            # cool-down (half-open) this input is also sent to the teacher in the background as
+            # the trial; its outcome closes or reopens the breaker (serve/breaker.py). No request
+            # waits for a teacher that is known to be down.
+            trial = breaker.allow()
+            error = f"teacher unavailable (circuit open after: {breaker.last_error})"
+            r = Routed(rid, text, out.label, "degraded", reasons, out, teacher_error=error)
+            r.queue_id = await self._add(self._item(
+                r, "degraded", "breaker_open", detail={"escalated_for": reasons, "error": error,
+                                                       "teacher_identity": self.teacher.identity}))
+            self.events.teacher_skipped("breaker_open")
+            if trial:
+                self._spawn(self._trial(self.teacher.ask(text), r.queue_id, reasons, error))
+            return r
         fut = self.teacher.ask(text)
         t0 = time.perf_counter()
-        error: str | None = None
+        error = None
         kind = "teacher_error"
         ans: Answer | None = None
         try:
@@ -398,8 +422,15 @@ class Router:
             error, kind = f"no answer within {self.teacher_timeout_s:g}s", "teacher_timeout"
         except Exception as e:  # noqa: BLE001 - any teacher failure degrades, never fails
             error = f"{type(e).__name__}: {_short(str(e))}"
-        if ans is not None and (ans.error is not None or ans.label is None):
-            error = ans.error or "the teacher named no known label"
+        if ans is not None and ans.error is not None:
+            error = ans.error
+        if breaker is not None:  # an answer naming no label is still an answer: the teacher is up
+            if error is None:
+                breaker.success()
+            else:
+                breaker.failure(_short(error))
+        if ans is not None and error is None and ans.label is None:
+            error = "the teacher named no known label"
         self.events.teacher_answer(time.perf_counter() - t0, None if error is None else kind)
 
         if error is None and ans is not None:
@@ -417,6 +448,33 @@ class Router:
             fut.add_done_callback(lambda f: self._spawn(self._late_answer(qid, f, reasons, error)))
         return r
 
+    async def _trial(self, fut: asyncio.Future, qid: int, reasons: list[str], error: str) -> None:
+        """The half-open breaker's trial call: its outcome closes or reopens the breaker; a label
+        is kept with the (already answered, degraded) queue item, as a late answer is."""
+        assert self.teacher is not None and self.teacher.breaker is not None
+        breaker = self.teacher.breaker
+        t0 = time.perf_counter()
+        try:
+            ans = await asyncio.wait_for(asyncio.shield(fut), self.teacher_timeout_s)
+        except asyncio.TimeoutError:
+            breaker.failure(f"no answer within {self.teacher_timeout_s:g}s")
+            self.events.teacher_answer(time.perf_counter() - t0, "teacher_timeout")
+            return
+        except Exception as e:  # noqa: BLE001
+            breaker.failure(_short(f"{type(e).__name__}: {e}"))
+            self.events.teacher_answer(time.perf_counter() - t0, "teacher_error")
+            return
+        if ans.error is not None:
+            breaker.failure(_short(ans.error))
+            self.events.teacher_answer(time.perf_counter() - t0, "teacher_error")
+            return
+        breaker.success()
+        self.events.teacher_answer(time.perf_counter() - t0, None)
+        if ans.label is not None:
+            await self.queue.update(qid, teacher_label=ans.label, detail={
+                "escalated_for": reasons, "error": error, "late_teacher": _answer_brief(ans),
+                "teacher_identity": self.teacher.identity})
+
     async def _late_answer(self, qid: int, fut: asyncio.Future, reasons: list[str], error: str) -> None:
         if fut.cancelled() or fut.exception() is not None:
             return
@@ -429,6 +487,10 @@ class Router:
 
     async def _shadow(self, r: Routed) -> None:
         assert self.teacher is not None
+        breaker = self.teacher.breaker
+        if breaker is not None and breaker.state != "closed":  # no background calls to a teacher that is down
+            self.events.shadow("skipped")
+            return
         try:
             ans = await self.teacher.ask(r.input)
         except Exception:  # noqa: BLE001

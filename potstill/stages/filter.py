@@ -13,7 +13,7 @@ from typing import Any, Callable
 
 import numpy as np
 
-from ..data.inputs import read_jsonl, write_jsonl
+from ..data.inputs import InputError, read_jsonl, write_jsonl
 from ..errors import PotstillError
 from ..manifest import read_manifest, write_manifest
 from ..paths import DROPPED, FILTER_REPORT, KEPT, RECORDS, SOFT, RunPaths
@@ -45,6 +45,9 @@ def filter_stage(spec: TaskSpec, run: RunPaths) -> dict[str, Any]:
     label_manifest = read_manifest(run.labels)
     records = [task.prepare_record(r, spec) for r in read_jsonl(src)]
     soft = np.load(run.labels / SOFT)  # (N, C); NaN rows where the teacher gave no distribution
+    if len(soft) != len(records):  # files from two label runs, or one cut short
+        raise InputError(f"{run.labels / SOFT}: {len(soft)} rows, but {src} holds {len(records)} "
+                         "records; both come from one `potstill label` run: rerun it")
     kept, dropped = apply_filters(records, spec.filters, task.check_record)
     write_jsonl(run.filtered / KEPT, [{**records[i], "row": i} for i in kept])
     write_jsonl(run.filtered / DROPPED, [{**records[i], "row": i, "reason": r} for i, r in dropped])
@@ -73,4 +76,7 @@ def save_filter_report(spec: TaskSpec, run: RunPaths, report: dict[str, Any],
                    parents={"labels": str(run.labels)}, report=report)
     why = ", ".join(f"{k} {v}" for k, v in report["dropped_by_reason"].items() if v) or "none"
     log(f"filter: kept {report['kept']}/{report['inputs']}; dropped: {why}{note}")
+    if report["inputs"] and not report["kept"]:  # nothing to train on: stop here, say why
+        raise PotstillError(f"filter: kept none of the {report['inputs']} records (dropped: {why}); "
+                            f"see {run.filtered / DROPPED}")
     return report

@@ -8,6 +8,7 @@ NaN rows where the teacher gave none).
 
 from __future__ import annotations
 
+from collections import Counter
 from contextlib import ExitStack
 from typing import Any
 
@@ -15,6 +16,7 @@ import numpy as np
 
 from ..data.augment import augment
 from ..data.inputs import write_jsonl
+from ..errors import PotstillError
 from ..manifest import write_manifest
 from ..paths import RECORDS, SOFT, RunPaths
 from ..progress import log, progress
@@ -22,6 +24,7 @@ from ..spec import TaskSpec
 from ..store import Store
 from ..tasks import get_task
 from ..teachers import BudgetExceeded, Teacher, answer_cached, open_teacher
+from ..teachers.base import TeacherUnavailable
 from .prepare import Inputs, prepare_inputs
 
 
@@ -36,9 +39,16 @@ def label(spec: TaskSpec, run: RunPaths, teacher: Teacher | None = None) -> dict
             teacher.spent_usd = max(teacher.spent_usd, before["cost_usd"])
         examples = inputs.train + augment(inputs.train, spec.data.augment, spec.train.seed)
         texts = [ex.text for ex in examples]
+        stats: dict[str, int] = {}
         try:
             with progress(len(texts), f"label ({teacher.identity.split('@')[0]})") as bar:
-                answers = answer_cached(teacher, texts, store, spec.spec_hash(), bar.advance)
+                answers = answer_cached(teacher, texts, store, spec.spec_hash(), bar.advance,
+                                        stats=stats)
+        except TeacherUnavailable as e:
+            raise TeacherUnavailable(
+                f"label: stopped: {e}. {stats.get('answered', 0)} new answers and "
+                f"{stats.get('cached', 0)} cached ones are kept in {run.db}; rerun once the teacher "
+                "answers to go on from there") from None
         except BudgetExceeded as e:
             spent = store.spend(teacher.identity)
             raise BudgetExceeded(
@@ -67,10 +77,22 @@ def label(spec: TaskSpec, run: RunPaths, teacher: Teacher | None = None) -> dict
     labelled = sum(r["label"] is not None for r in rows)
     summary = {"inputs": len(rows), "augmented": len(rows) - len(inputs.train), "labelled": labelled,
                "errors": sum(r["error"] is not None for r in rows),
-               "new_calls": spend["calls"], "cached": len(rows) - spend["calls"],
+               # real cache hits (a failed call is neither a new call nor a cache hit)
+               "new_calls": spend["calls"], "cached": stats["cached"],
                "spend_this_run": spend, "spend_total": after}
     write_manifest(run.labels, "label", spec, teacher=teacher.identity,
                    dataset_hash=inputs.dataset_hash, parents={"inputs": str(run.inputs)}, summary=summary)
     log(f"label: {labelled}/{len(rows)} labelled by {teacher.identity} "
-        f"({summary['cached']} from cache, {spend['calls']} new calls, ${spend['cost_usd']:.4f})")
+        f"({summary['cached']} from cache, {spend['calls']} new calls, "
+        f"{summary['errors']} failed, ${spend['cost_usd']:.4f})")
+    if rows and labelled == 0:
+        errs = Counter(r["error"] for r in rows if r["error"])
+        why = (f"{sum(errs.values())} teacher errors, e.g. {errs.most_common(1)[0][0]!r}" if errs
+               else "no answer named a known label, e.g. " + repr(_clip(str(rows[0]["raw"]), 160)))
+        raise PotstillError(f"label: none of the {len(rows)} inputs was labelled ({why}); "
+                            f"records are in {run.labels / RECORDS}")
     return summary
+
+
+def _clip(s: str, n: int) -> str:
+    return s if len(s) <= n else s[: n - 1] + "…"

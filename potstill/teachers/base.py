@@ -21,6 +21,13 @@ class BudgetExceeded(PotstillError, RuntimeError):
     """The spending cap was reached; what was labelled before it is kept in the cache."""
 
 
+class TeacherUnavailable(PotstillError):
+    """The teacher cannot answer at all: its endpoint refused the API key (401/403), could not
+    be reached for a run of attempts, or the key's environment variable is not set. Asking
+    again for every remaining input would only take longer, so the run stops; answers that
+    already finished are kept in the cache."""
+
+
 @runtime_checkable
 class Teacher(Protocol):
     identity: str
@@ -56,11 +63,16 @@ def answer_cached(
     spec_hash: str,
     on_progress: Callable[[int], None] | None = None,
     chunk: int = 1024,
+    stats: dict[str, int] | None = None,
 ) -> list[Answer]:
     """Answers for all `texts`, from the cache where present, else from the teacher.
 
     Each new answer is written to the store as soon as it arrives (errors are not cached, so a
     rerun retries them). `on_progress(n)` is called with the count of newly finished texts.
+    `stats`, when given, is filled with `cached` (texts answered from the cache), `asked`
+    (distinct texts sent to the teacher), `answered` and `failed` (of those asked). When the
+    spending cap stops the work, BudgetExceeded says how many texts of the whole call were not
+    labelled (not of one internal chunk).
     """
     keys = [cache_key(teacher, t, spec_hash) for t in texts]
     hits = store.get_calls(set(keys))
@@ -80,18 +92,29 @@ def answer_cached(
         if keys[i] not in first:
             first[keys[i]] = i
             unique.append(i)
-    for start in range(0, len(unique), chunk):
-        batch = unique[start : start + chunk]
-        for j, ans in teacher.answer([texts[i] for i in batch]):
-            i = batch[j]
-            out[i] = ans
-            if ans.error is None:
-                store.put_call(
-                    keys[i], teacher.identity, ans.to_json(), ans.input_tokens,
-                    ans.output_tokens, ans.cost_usd, ans.latency_ms,
-                )
-            if on_progress:
-                on_progress(1)
+    st = stats if stats is not None else {}
+    st.update(cached=len(texts) - len(todo), asked=len(unique), answered=0, failed=0)
+    try:
+        for start in range(0, len(unique), chunk):
+            batch = unique[start : start + chunk]
+            for j, ans in teacher.answer([texts[i] for i in batch]):
+                i = batch[j]
+                out[i] = ans
+                if ans.error is None:
+                    st["answered"] += 1
+                    store.put_call(
+                        keys[i], teacher.identity, ans.to_json(), ans.input_tokens,
+                        ans.output_tokens, ans.cost_usd, ans.latency_ms,
+                    )
+                else:
+                    st["failed"] += 1
+                if on_progress:
+                    on_progress(1)
+    except BudgetExceeded as e:
+        left = sum(out[i] is None for i in unique)
+        raise BudgetExceeded(
+            f"{e}; {left} of {len(unique)} texts to ask were not labelled ({st['answered']} answered "
+            f"now, {st['cached']} of {len(texts)} from the cache; finished answers are kept)") from None
     for i in todo:
         if out[i] is None:  # a duplicate of an asked text
             out[i] = out[first[keys[i]]]

@@ -54,9 +54,15 @@ Spending cap: `teacher.max_spend_usd`. `spent_usd` starts at the value given to 
 and grows with every call's cost. No new call (first attempt, retry or extra sample) starts once
 it reaches the cap; calls in flight finish and are yielded, then `BudgetExceeded` is raised.
 
-The API key is read from the environment variable `teacher.api_key_env` (a placeholder when
-unset, so local endpoints without auth work) each time a client is made; it is not kept on the
-teacher and never enters `identity`, `request()` or any answer.
+The API key is read from the environment variable `teacher.api_key_env` each time a client is
+made; it is not kept on the teacher and never enters `identity`, `request()` or any answer.
+Unset, it is an error naming the variable (`TeacherUnavailable`), except for an endpoint on this
+machine or `api_key_env: null`, which get a placeholder key.
+
+Fail fast: a 401/403, or a run of connection failures (`unreachable_after_attempts` in a row, or
+3+ in a row over `unreachable_after_s`), raises `TeacherUnavailable` from `answer()` after the
+answers already finished: every remaining input would fail the same way. An input that fails
+after every retry keeps each attempt's error, short (`HTTP 500: ... (x2); then timed out ...`).
 """
 
 from __future__ import annotations
@@ -80,7 +86,7 @@ import openai
 from ..answers import TokenLP, parse_label
 from ..errors import PotstillError
 from ..spec import TaskSpec
-from .base import Answer, BudgetExceeded
+from .base import Answer, BudgetExceeded, TeacherUnavailable
 
 DEFAULT_BASE_URL = "https://api.openai.com/v1"
 PLACEHOLDER_KEY = "not-needed"
@@ -98,6 +104,17 @@ class OpenAITeacher:
     backoff_max_s: float = 20.0
     max_retry_after_s: float = 120.0
     """A Retry-After longer than this is cut to it (the input fails later rather than never)."""
+    unreachable_after_attempts: int = 16
+    unreachable_after_s: float = 3.0
+    """The endpoint counts as unreachable (TeacherUnavailable, the run stops) after this many
+    connection failures in a row across all workers, or after at least 3 in a row spanning
+    `unreachable_after_s` seconds with no response of any kind in between: with the default
+    backoff that is within about 8 s at any concurrency, not after every input's retries."""
+    deadline_s: float | None = None
+    """When set (the server sets it from serve.teacher_timeout_s), no retry starts whose wait
+    would push it past this many seconds from the call's start: the call gives up with the real
+    error while the request still waits for it (an attempt in flight is not cut short, so a slow
+    answer can still land in the queue late)."""
 
     def __init__(
         self,
@@ -120,6 +137,7 @@ class OpenAITeacher:
         self.base_url = (t.base_url or DEFAULT_BASE_URL).rstrip("/")
         self.identity = f"openai:{t.model}@{self.base_url}"
         self._api_key = api_key  # given by the caller instead of teacher.api_key_env; never logged
+        self._streak = _Streak()
         if backoff_base_s is not None:
             self.backoff_base_s = backoff_base_s
         if backoff_max_s is not None:
@@ -170,6 +188,8 @@ class OpenAITeacher:
         texts = list(texts)
         if not texts:
             return
+        self.api_key()  # a missing key fails here, before any thread starts
+        self._streak = _Streak()
         results: queue.Queue[Any] = queue.Queue()
         loop = asyncio.new_event_loop()
         # the loop may run this many answers ahead of the consumer; consumed answers give
@@ -252,19 +272,37 @@ class OpenAITeacher:
                 await asyncio.gather(*workers, return_exceptions=True)
                 raise
         if stopped:
-            left = len(stopped) + sum(1 for _ in pending)
             cap = self.spec.teacher.max_spend_usd
+            # how many texts were left is said by the caller, who knows the whole run
+            # (answer_cached): this call may be one chunk of it
             raise BudgetExceeded(
                 f"spending cap reached: spent ${self.spent_usd:.4f} of max_spend_usd "
-                f"${cap:.4f} for {self.identity}; {left} of {len(texts)} texts in this batch "
-                "were not labelled (answers already finished are kept)"
+                f"${cap:.4f} for {self.identity}"
             )
+
+    def api_key(self) -> str:
+        """The key to send: the one given, else `teacher.api_key_env`'s value. Unset: an error
+        naming the variable, except for an endpoint on this machine (a local vLLM, llama.cpp,
+        Ollama or potstill server) or `teacher.api_key_env: null` (an endpoint without auth),
+        which get a placeholder. A placeholder is never sent to a remote endpoint silently."""
+        if self._api_key:
+            return self._api_key
+        env = self.spec.teacher.api_key_env
+        if env and os.environ.get(env):
+            return os.environ[env]
+        if not env or _is_loopback_url(self.base_url):
+            return PLACEHOLDER_KEY
+        raise TeacherUnavailable(
+            f"teacher.api_key_env: the environment variable {env} is not set (the API key for "
+            f"{self.base_url}); export it, or set teacher.api_key_env: null for an endpoint "
+            "without auth")
 
     def _client(self) -> openai.AsyncOpenAI:
         t = self.spec.teacher
+        key = self.api_key()
         http = _http_client(t.concurrency, t.timeout_s)
         return openai.AsyncOpenAI(
-            api_key=self._api_key or os.environ.get(t.api_key_env) or PLACEHOLDER_KEY,
+            api_key=key,
             base_url=self.base_url,
             max_retries=0,  # retried here: see module doc
             timeout=t.timeout_s,
@@ -303,40 +341,59 @@ class OpenAITeacher:
         t = self.spec.teacher
         kwargs = self._call_kwargs(text, n)
         error = "no attempt made"
+        errors: list[str] = []
+        end = None if self.deadline_s is None else time.monotonic() + self.deadline_s
         for attempt in range(t.max_retries + 1):
             if self.over_budget:
                 return None
             wait: float | None = None
             t0 = time.perf_counter()
+            limit = t.timeout_s  # an attempt in flight may finish late: its answer is still kept
             try:
-                async with _deadline(t.timeout_s):
+                async with _deadline(limit):
                     # the SDK's documented raw POST: same auth, base URL, timeouts and error
                     # types as `chat.completions.create`, without its per-call params
                     # transform and response-model construction, which cost more CPU than
                     # the rest of a call (see bench/label_throughput.py)
                     data = await client.post(_COMPLETIONS_PATH, cast_to=object, body=kwargs)
+                self._streak.reset()
                 call = self._read(data, attempt + 1)
                 call.latency_ms = (time.perf_counter() - t0) * 1000
                 return call
             except openai.APIStatusError as e:
                 status = e.status_code
                 error = f"HTTP {status}: {_short(e.message)}"
+                self._streak.reset()
+                if status in (401, 403):  # every other input would be refused the same way
+                    raise TeacherUnavailable(
+                        f"{self.identity} refused the API key ({error}); check the key in "
+                        f"{t.api_key_env or 'the teacher settings'}") from None
                 if status not in RETRY_STATUSES and status < 500:
-                    return _Call.failed(error, attempt + 1, status)
+                    return _Call.failed(_attempt_errors(errors + [error]), attempt + 1, status)
                 wait = _retry_after(e.response.headers)
             except (openai.APITimeoutError, asyncio.TimeoutError, TimeoutError):
-                error = f"timed out after {t.timeout_s:g}s"
+                error = f"timed out after {limit:g}s"
             except openai.APIConnectionError as e:
                 error = f"connection error: {_short(str(e.__cause__ or e))}"
+                if self._streak.failed(self.unreachable_after_attempts, self.unreachable_after_s):
+                    raise TeacherUnavailable(
+                        f"{self.identity} is unreachable: {self._streak.count} connection attempts "
+                        f"in a row failed over {self._streak.seconds():.1f}s (last: {error})") from None
             except (ValueError, TypeError, AttributeError, KeyError,
                     openai.APIResponseValidationError) as e:
                 # JSONDecodeError is a ValueError; _read raises _Malformed (a ValueError) and
                 # KeyError/TypeError/AttributeError for bodies of the wrong shape
                 error = f"malformed response: {_short(str(e))}"
+            errors.append(error)
             if attempt < t.max_retries:
-                await asyncio.sleep(self._backoff(attempt, wait))
-        return _Call.failed(f"{error} (gave up after {t.max_retries + 1} attempts)",
-                            t.max_retries + 1)
+                pause = self._backoff(attempt, wait)
+                if end is not None and time.monotonic() + pause >= end:
+                    return _Call.failed(f"{_attempt_errors(errors)} (gave up after {attempt + 1} "
+                                        f"attempt(s): the {self.deadline_s:g}s deadline would pass)",
+                                        attempt + 1, kind=_kind(error))
+                await asyncio.sleep(pause)
+        return _Call.failed(f"{_attempt_errors(errors)} (gave up after {t.max_retries + 1} attempts)",
+                            t.max_retries + 1, kind=_kind(error))
 
     def _read(self, data: Any, attempts: int) -> _Call:
         """Contents, logprobs and usage of a completion body; _Malformed if it is not usable."""
@@ -506,9 +563,72 @@ class _Call:
     status: int | None = None
     """HTTP status of a failed call that was not retried (a 4xx), else None."""
 
+    kind: str | None = None
+    """For a failed call: "auth" (401/403), "connection", "timeout", "http", "malformed"."""
+
     @classmethod
-    def failed(cls, error: str, attempts: int, status: int | None = None) -> "_Call":
-        return cls(contents=[], logprobs=[], attempts=attempts, error=error, status=status)
+    def failed(cls, error: str, attempts: int, status: int | None = None,
+               kind: str | None = None) -> "_Call":
+        if kind is None:
+            kind = "auth" if status in (401, 403) else "http"
+        return cls(contents=[], logprobs=[], attempts=attempts, error=error, status=status, kind=kind)
+
+
+def _kind(error: str) -> str:
+    for prefix, kind in (("connection error", "connection"), ("timed out", "timeout"),
+                         ("HTTP ", "http"), ("malformed", "malformed")):
+        if error.startswith(prefix):
+            return kind
+    return "http"
+
+
+def _attempt_errors(errors: list[str], each: int = 80) -> str:
+    """Every attempt's error, short, oldest first, repeats counted: "HTTP 500: internal error
+    (x2); then timed out after 30s" (a row that failed keeps why each attempt failed)."""
+    if len(errors) == 1:
+        return errors[0]
+    parts: list[list[Any]] = []  # [error, times]
+    for e in errors:
+        e = _short(e, each)
+        if parts and parts[-1][0] == e:
+            parts[-1][1] += 1
+        else:
+            parts.append([e, 1])
+    return "; then ".join(e if n == 1 else f"{e} (x{n})" for e, n in parts)
+
+
+class _Streak:
+    """Connection failures in a row (no response of any kind in between), over all workers."""
+
+    def __init__(self) -> None:
+        self.count = 0
+        self.start = 0.0
+
+    def reset(self) -> None:
+        self.count = 0
+
+    def seconds(self) -> float:
+        return time.monotonic() - self.start if self.count else 0.0
+
+    def failed(self, max_count: int, max_s: float) -> bool:
+        """Count one failure; True when the run of them means the endpoint is unreachable."""
+        if self.count == 0:
+            self.start = time.monotonic()
+        self.count += 1
+        return self.count >= max_count or (self.count >= 3 and self.seconds() >= max_s)
+
+
+def _is_loopback_url(url: str) -> bool:
+    import ipaddress
+    from urllib.parse import urlsplit
+
+    host = (urlsplit(url).hostname or "").strip("[]")
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
 
 
 class _Malformed(ValueError):
