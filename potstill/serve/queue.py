@@ -116,8 +116,10 @@ def queue_list_command(
     """What was escalated, degraded, disagreed on or corrected, and why (newest last)."""
     from ..paths import RunPaths
 
+    from ..db import database_url
+
     run = RunPaths(Path(run_dir))
-    if not run.db.exists():
+    if not run.db.exists() and database_url() is None:  # with PostgreSQL there is no file
         raise FileNotFoundError(f"{run.db}: no store in this run directory")
     if kind is not None and kind not in KINDS:
         raise typer.BadParameter(f"--kind must be one of {', '.join(KINDS)}")
