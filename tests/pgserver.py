@@ -1,8 +1,8 @@
 """A throwaway PostgreSQL server for the tests: Debian's binaries (initdb, pg_ctl under
 /usr/lib/postgresql/*/bin), a data directory in a temp dir, listening on 127.0.0.1 on a free
 port, trust auth, stopped and deleted at the end. Run as the `postgres` user when the tests run as
-root (initdb refuses root). No binaries: the tests that need it skip, except with CI=true, where
-they fail (`.ci/run` installs the server).
+root (initdb refuses root). No binaries: the tests that need it skip, except with CI=true or
+POTSTILL_REQUIRE_PG=1, where they fail (`.ci/run` installs the server).
 
 `pg_server` (session) starts it; `pg_url` (per test) is a fresh, empty database on it.
 """
@@ -89,19 +89,24 @@ class PgServer:
         shutil.rmtree(self.root, ignore_errors=True)
 
 
+def _required() -> bool:
+    return (os.environ.get("CI", "").lower() in ("1", "true")
+            or os.environ.get("POTSTILL_REQUIRE_PG") == "1")
+
+
 @pytest.fixture(scope="session")
 def pg_server():
     bindir = find_bindir()
     if bindir is None:
         msg = "no PostgreSQL server binaries (apt-get install postgresql)"
-        if os.environ.get("CI", "").lower() == "true":
-            pytest.fail(msg + "; CI=true requires them")
+        if _required():
+            pytest.fail(msg + "; required here (CI=true or POTSTILL_REQUIRE_PG=1)")
         pytest.skip(msg)
     try:
         import psycopg  # noqa: F401
     except ImportError:
-        if os.environ.get("CI", "").lower() == "true":
-            pytest.fail("psycopg is not installed; CI=true requires it")
+        if _required():
+            pytest.fail("psycopg is not installed; required here (CI=true or POTSTILL_REQUIRE_PG=1)")
         pytest.skip("psycopg is not installed")
     server = PgServer(bindir).start()
     try:
