@@ -36,6 +36,27 @@ saving is not eaten by a modest rise in hosting, maintenance or the teacher shar
 
 VERDICTS = ("distill", "borderline", "keep the API")
 
+BATCH_DISCOUNT = 0.5
+"""Share of the list price that batch tiers take off (OpenAI's Batch API and Anthropic's Message
+Batches both bill 50% of the real-time price, for results within 24 h). Labelling with
+`teacher.batch: true` is recorded at this price; serving-time escalations cannot wait, so the
+hybrid bill below always pays the real-time price."""
+
+
+def batch_price(price: float, discount: float = BATCH_DISCOUNT) -> float:
+    """$ per million tokens in a batch: price * (1 - discount)."""
+    if not 0.0 <= discount < 1.0:
+        raise ValueError(f"batch discount must be within [0, 1), got {discount!r}")
+    return price * (1.0 - discount)
+
+
+def labelling_cost(n_inputs: float, tokens_in: float, tokens_out: float, price_in: float,
+                   price_out: float, batch: bool = False, discount: float = BATCH_DISCOUNT) -> float:
+    """$ to label `n_inputs` with the teacher: real time, or through a batch at its discount."""
+    if batch:
+        price_in, price_out = batch_price(price_in, discount), batch_price(price_out, discount)
+    return n_inputs * (tokens_in * price_in + tokens_out * price_out) / 1e6
+
 
 @dataclass(frozen=True)
 class CostInputs:

@@ -408,7 +408,7 @@ def create_app(config: ServeConfig):
 
                 teacher = make_text_teacher(spec, run)
             else:
-                teacher = make_teacher(spec, run, list(student.labels))
+                teacher = make_teacher(spec, run, list(student.labels), realtime=True)
         except Exception as e:  # noqa: BLE001 - serve without a safety net, loudly
             log.warning("no teacher (%s): escalated inputs will be answered by the student, "
                         "marked degraded, and queued", e)

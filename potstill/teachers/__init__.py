@@ -11,7 +11,9 @@ from ..spec import TaskSpec
 from .base import Answer, BudgetExceeded, Teacher, answer_cached, cache_key
 
 
-def make_teacher(spec: TaskSpec, run: RunPaths, labels: list[str], spent_usd: float = 0.0) -> Teacher:
+def make_teacher(spec: TaskSpec, run: RunPaths, labels: list[str], spent_usd: float = 0.0,
+                 realtime: bool = False) -> Teacher:
+    """`realtime=True` (serving) never answers through a batch, whatever `teacher.batch` says."""
     t = spec.teacher
     if spec.kind == "extract":  # JSON answers: extract_teacher.py
         from ..extract_teacher import make_extract_teacher
@@ -21,6 +23,10 @@ def make_teacher(spec: TaskSpec, run: RunPaths, labels: list[str], spent_usd: fl
         from ..generate_teacher import make_generate_teacher
 
         return make_generate_teacher(spec, run, labels, spent_usd)
+    if t.kind == "openai" and t.batch and not realtime:  # the Batch API: openai_batch.py
+        from .openai_batch import OpenAIBatchTeacher
+
+        return OpenAIBatchTeacher(spec, labels, run.root / "teacher_batches", spent_usd=spent_usd)
     if t.kind == "openai":
         from .openai_compat import OpenAITeacher
 

@@ -110,6 +110,7 @@ def answer_cached(
         if keys[i] not in first:
             first[keys[i]] = i
             unique.append(i)
+    chunk = getattr(teacher, "answer_chunk", None) or chunk  # a batch teacher takes them all at once
     for start in range(0, len(unique), chunk):
         batch = unique[start : start + chunk]
         for j, ans in teacher.answer([texts[i] for i in batch]):
