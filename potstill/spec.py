@@ -293,6 +293,10 @@ class ServeSpec(_Strict):
     other work, 1 is often fastest (bench/serve_load.py --threads)."""
     device: Literal["auto", "cpu", "cuda"] = "auto"
     """Where the served model runs; auto: CUDA when available."""
+    runtime: Literal["torch", "onnx", "onnx_int8"] = "torch"
+    """Encoder classifier students: run the forward pass on ONNX Runtime (CPU) from the graph of
+    `potstill export RUN --format onnx [--int8]` (exported on the spot when missing or stale);
+    onnx_int8: its dynamically quantised int8 variant. See serve/onnx_runtime.py."""
 
     # -- logging ---------------------------------------------------------------------------------
     log_requests: bool = True
@@ -356,6 +360,9 @@ class TaskSpec(_Strict):
     @model_validator(mode="after")
     def _kind_supported(self) -> "TaskSpec":
         causal = self.student.kind == "causal_lm"
+        if self.serve.runtime != "torch" and self.student.kind != "classifier":
+            raise ValueError(f"serve.runtime {self.serve.runtime!r} serves an encoder classifier "
+                             f"student; student.kind is {self.student.kind!r} (use 'torch')")
         if self.kind == "generate" and not causal:
             raise ValueError("kind 'generate' needs student.kind 'causal_lm'")
         if self.kind == "generate" and (self.teacher.kind == "fit" or self.teacher.over_http):

@@ -339,7 +339,16 @@ def build_student(spec: TaskSpec, run: RunPaths, recalibrate: bool = True,
         log.warning("calibrating first: %s", why)
         cal = calibrate(spec, run, model=model)
     assert cal is not None
-    student = ClassifierStudent(dep.model_dir, temperature=cal["temperature"], score=sv.confidence_score,
+    backend: Any = ClassifierStudent
+    if sv.runtime != "torch":  # the same student on ONNX Runtime: onnx_runtime.py
+        from functools import partial
+
+        from ..onnx_export import onnx_dir
+        from .onnx_runtime import OnnxClassifierStudent
+
+        backend = partial(OnnxClassifierStudent, onnx_dir=onnx_dir(run.root, model),
+                          int8=sv.runtime == "onnx_int8")
+    student = backend(dep.model_dir, temperature=cal["temperature"], score=sv.confidence_score,
                                 ood=load_ood(dep.ood_stats), embedding=sv.embedding,
                                 max_length=dep.max_length, threads=sv.threads, device=sv.device)
     point = pick_point(cal, teacher_share)
