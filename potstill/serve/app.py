@@ -702,6 +702,8 @@ def create_app(config: ServeConfig):
             "teacher": svc.teacher_identity.split("@")[0] if svc.teacher_identity else None,
             "labels": len(student.labels),
             "queue_depth": queue.depth,
+            "worker_pid": os.getpid(),  # which of `--workers N` processes answered
+            "runtime": getattr(student, "runtime", "torch"),
             "routing": {
                 "confidence_threshold": policy.confidence_threshold,
                 "ood_threshold": policy.ood_threshold,
@@ -817,6 +819,10 @@ def serve_command(
         "--adapter", help="Causal-LM student: serve another LoRA adapter on the same base, as "
         "NAME=DIR (clients send model NAME). Repeatable.")] = None,
     log_level: Annotated[str, typer.Option(help="uvicorn log level.")] = "info",
+    workers: Annotated[int, typer.Option(
+        min=1, help="Server processes on the one port (uvicorn workers), each with its own model "
+        "and micro-batcher, sharing the queue and cache (SQLite WAL, or PostgreSQL with "
+        "POTSTILL_DATABASE_URL). Torch threads default to cores / workers.")] = 1,
 ):
     """Serve the student behind an OpenAI-compatible API, with the teacher as safety net.
 
@@ -832,9 +838,14 @@ def serve_command(
                       teacher=None if (no_teacher or no_routing) else "auto",
                       teacher_share=teacher_share, model=model, routing=not no_routing,
                       adapters=parse_adapters(adapter or []))
-    app = create_app(cfg)
-    freeze_gc()
+    app = create_app(cfg)  # with --workers: calibrates / exports once here, before any worker
     svc: Service = app.state.potstill
+    if workers > 1:  # serve/workers.py
+        from .workers import run_workers
+
+        run_workers(cfg, svc, host, port, workers, log_level=log_level, access_log=access_log)
+        return
+    freeze_gc()
     host = host or svc.spec.serve.host
     port = svc.spec.serve.port if port is None else port
     if host not in ("127.0.0.1", "localhost", "::1") and not svc.api_keys:
