@@ -158,6 +158,19 @@ class Store:
             n, tin, tout, cost = self._db.execute(q, args).fetchone()
         return {"calls": n, "input_tokens": tin, "output_tokens": tout, "cost_usd": cost}
 
+    def token_stats(self, teacher: str | None = None) -> tuple[int, float | None, float | None]:
+        """(calls that recorded tokens, mean input tokens, mean output tokens), for one teacher
+        identity or all (the cost model's per-call figures)."""
+        q = ("SELECT COUNT(*), AVG(input_tokens), AVG(output_tokens) FROM calls "
+             "WHERE (input_tokens > 0 OR output_tokens > 0)")
+        args: tuple[Any, ...] = ()
+        if teacher is not None:
+            q += " AND teacher = ?"
+            args = (teacher,)
+        with self._lock:
+            n, a, b = self._db.execute(q, args).fetchone()
+        return int(n), a, b
+
     # -- serving: review queue ----------------------------------------------------------------
     def queue_add(self, item: dict[str, Any]) -> int:
         """Append one queue item (keys from QUEUE_COLUMNS; `detail` may be a dict); committed

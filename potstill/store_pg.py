@@ -147,6 +147,16 @@ class PgStore(Store):
         return {"calls": int(n), "input_tokens": int(tin), "output_tokens": int(tout),
                 "cost_usd": float(cost)}
 
+    def token_stats(self, teacher: str | None = None) -> tuple[int, float | None, float | None]:
+        q = ("SELECT COUNT(*), AVG(input_tokens), AVG(output_tokens) FROM calls "
+             "WHERE (input_tokens > 0 OR output_tokens > 0)")
+        args: tuple[Any, ...] = ()
+        if teacher is not None:
+            q += " AND teacher = %s"
+            args = (teacher,)
+        n, a, b = self._run(lambda c: c.execute(q, args).fetchone())
+        return int(n), (float(a) if a is not None else None), (float(b) if b is not None else None)
+
     # -- serving: review queue ----------------------------------------------------------------
     def queue_add(self, item: dict[str, Any]) -> int:
         row = {k: item.get(k) for k in QUEUE_COLUMNS if k != "id"}

@@ -199,3 +199,21 @@ def test_queue_list_reads_the_shared_database(pg_url, tmp_path, monkeypatch):
     res = CliRunner().invoke(cli, [str(tmp_path / "no-such-run"), "--json"])  # no potstill.db here
     assert res.exit_code == 0, res.output
     assert [json.loads(l)["input"] for l in res.output.splitlines()] == ["shared row"]
+
+
+def test_cost_model_reads_spend_from_the_shared_database(pg_url, tmp_path, monkeypatch):
+    import json
+
+    from potstill.cost import cost_inputs_from_run
+
+    monkeypatch.setenv("POTSTILL_DATABASE_URL", pg_url)
+    run = tmp_path / "run"
+    run.mkdir()
+    (run / "report.json").write_text(json.dumps({"models": {"teacher": {"identity": "t1"}}}))
+    with Store(None) as s:
+        s.put_call("a", "t1", {}, 400, 10, 0.5)
+        s.put_call("b", "t1", {}, 600, 30, 0.25)
+        s.put_call("c", "t2", {}, 0, 0, 0.0)
+    x = cost_inputs_from_run(run)
+    assert x.labelling_usd == pytest.approx(0.75)
+    assert (x.tokens_in, x.tokens_out) == (500.0, 20.0)
