@@ -38,6 +38,7 @@ def export_onnx(model_dir: str | Path, out: str | Path, int8: bool = False,
     import numpy as np
     import torch
 
+    from .progress import log
     from .serve.router import student_version
     from .students.classifier import load_classifier
 
@@ -91,7 +92,12 @@ def export_onnx(model_dir: str | Path, out: str | Path, int8: bool = False,
         # ONNX Runtime's recommended pre-processing (shape inference + graph optimisation), so
         # the quantiser sees fused MatMuls; then int8 weights, activations quantised at run time
         prep = out / "model.prep.onnx"
-        quant_pre_process(str(out / FP32), str(prep), skip_symbolic_shape=True)
+        try:
+            quant_pre_process(str(out / FP32), str(prep), skip_symbolic_shape=True)
+        except Exception as e:  # noqa: BLE001 - an optimisation only: quantise the plain graph
+            log(f"onnx: pre-processing before quantisation failed ({type(e).__name__}: {e}); "
+                "quantising the exported graph as is")
+            shutil.copy2(out / FP32, prep)
         quantize_dynamic(str(prep), str(out / INT8), weight_type=QuantType.QInt8)
         prep.unlink()
         got8 = session(out / INT8).run(["logits"], {n: enc[n].numpy().astype(np.int64) for n in names})[0]
