@@ -7,7 +7,8 @@ packages). The graph takes the tokenizer's inputs (`input_ids`, `attention_mask`
 `token_type_ids` when the model uses them), all int64 of shape (batch, seq), and returns
 `logits` (batch, num_labels) and `hidden` (batch, seq, hidden), the last hidden states that the
 server's OOD scores and calibration read. int8: `onnxruntime.quantization.quantize_dynamic`
-(weights of MatMul/Gemm to int8, activations quantised on the fly), written beside the fp32 graph.
+(per-channel int8 weights of the encoder's MatMuls, activations quantised on the fly; the
+embeddings and the classification head stay fp32), written beside the fp32 graph.
 
 Layout of the output folder (default `<run>/onnx/student/`): `model.onnx`, `model.int8.onnx` (with
 --int8), the model's `config.json` (labels) and tokenizer files, and `onnx_meta.json`: which
@@ -98,7 +99,13 @@ def export_onnx(model_dir: str | Path, out: str | Path, int8: bool = False,
             log(f"onnx: pre-processing before quantisation failed ({type(e).__name__}: {e}); "
                 "quantising the exported graph as is")
             shutil.copy2(out / FP32, prep)
-        quantize_dynamic(str(prep), str(out / INT8), weight_type=QuantType.QInt8)
+        # per-channel int8 weights on the encoder's MatMuls only: the embedding Gather and the
+        # pooler/classifier Gemms stay fp32. Measured on a 150-intent MiniLM student
+        # (bench/onnx_runtime.py): the default (per-tensor, every op type) lost 1.3 points of
+        # accuracy and agreed with fp32 on 96.1% of inputs; this keeps the accuracy (0.0 points)
+        # at 98.7% agreement
+        quantize_dynamic(str(prep), str(out / INT8), weight_type=QuantType.QInt8,
+                         per_channel=True, op_types_to_quantize=["MatMul"])
         prep.unlink()
         got8 = session(out / INT8).run(["logits"], {n: enc[n].numpy().astype(np.int64) for n in names})[0]
         meta.update(int8=True, max_abs_diff_int8=float(np.abs(got8 - ref).max()))

@@ -217,3 +217,21 @@ def test_cost_model_reads_spend_from_the_shared_database(pg_url, tmp_path, monke
     x = cost_inputs_from_run(run)
     assert x.labelling_usd == pytest.approx(0.75)
     assert (x.tokens_in, x.tokens_out) == (500.0, 20.0)
+
+
+def test_a_dropped_connection_is_reopened_and_nothing_is_written_twice(pg_url):
+    import psycopg
+
+    s = Store(None, url=pg_url)
+    try:
+        s.queue_add({"kind": "feedback", "reason": "wrong", "input": "before"})
+        pid = s._db.info.backend_pid
+        with psycopg.connect(pg_url, autocommit=True) as admin:  # the server drops us
+            admin.execute("SELECT pg_terminate_backend(%s)", (pid,))
+        with pytest.raises(psycopg.OperationalError):
+            s.queue_add({"kind": "feedback", "reason": "wrong", "input": "during"})  # not retried
+        s.queue_add({"kind": "feedback", "reason": "wrong", "input": "after"})  # reconnected
+        assert [i["input"] for i in s.queue_items()] == ["before", "after"]
+        assert s._db.info.backend_pid != pid
+    finally:
+        s.close()
