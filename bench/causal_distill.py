@@ -134,7 +134,7 @@ def main() -> None:
         split_rationale,
         train_causal_lm,
     )
-    from potstill.students.classifier import quiet_transformers
+    from potstill.students.hf import quiet_transformers
 
     quiet_transformers()
     torch.set_num_threads(args.threads)

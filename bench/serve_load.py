@@ -51,6 +51,12 @@ from potstill.serve.app import ServeConfig, create_app, freeze_gc
 cfg = json.loads(sys.argv[1])
 app = create_app(ServeConfig(Path(cfg["run"]), overrides=cfg["overrides"], db_path=Path(cfg["db"]),
                              teacher=None if cfg["no_teacher"] else "auto"))
+if cfg.get("workers", 1) > 1:  # as `potstill serve --workers N` does
+    from potstill.serve.workers import run_workers
+    run_workers(ServeConfig(Path(cfg["run"]), overrides=cfg["overrides"], db_path=Path(cfg["db"]),
+                            teacher=None if cfg["no_teacher"] else "auto"),
+                app.state.potstill, "127.0.0.1", cfg["port"], cfg["workers"], log_level="warning")
+    sys.exit(0)
 freeze_gc()  # as `potstill serve` does
 uvicorn.run(app, host="127.0.0.1", port=cfg["port"], log_level="warning", access_log=False)
 """
@@ -222,11 +228,13 @@ def _mean_batch(metrics: str) -> float | None:
     return None
 
 
-def start_server(run: Path, overrides: list[str], db: Path, no_teacher: bool, log: Path):
+def start_server(run: Path, overrides: list[str], db: Path, no_teacher: bool, log: Path,
+                 workers: int = 1):
     import httpx
 
     port = free_port()
-    cfg = {"run": str(run), "overrides": overrides, "db": str(db), "port": port, "no_teacher": no_teacher}
+    cfg = {"run": str(run), "overrides": overrides, "db": str(db), "port": port, "no_teacher": no_teacher,
+           "workers": workers}
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false"}
     out = open(log, "ab")
     p = subprocess.Popen([sys.executable, "-c", LAUNCH, json.dumps(cfg)], env=env, stdout=out,
@@ -272,6 +280,9 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     ap.add_argument("--threads", type=int, default=None, help="torch threads in the server")
     ap.add_argument("--set", action="append", default=[], help="extra spec overrides for the server")
     ap.add_argument("--out", type=Path, default=ROOT / "docs")
+    ap.add_argument("--workers", type=int, default=1, help="server processes (potstill serve --workers)")
+    ap.add_argument("--batching", default="on,off", help="batching modes to measure: on, off or both")
+    ap.add_argument("--name", default="bench_serve", help="output file stem under --out")
     args = ap.parse_args(argv)
     levels = [int(x) for x in args.clients.split(",") if x.strip()]
     if args.requests > 100_000 or args.seconds > 600:
@@ -300,9 +311,11 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
                 "teacher.max_retries=0", "teacher.logprobs=false", "teacher.concurrency=64"]
             if args.threads:
                 teacher.append(f"serve.threads={args.threads}")
-            for batching in (True, False):
+            modes = [m.strip() == "on" for m in args.batching.split(",") if m.strip()]
+            for batching in modes:
                 ov = teacher + [f"serve.batching={'true' if batching else 'false'}"] + args.set
-                p, base, health = start_server(run, ov, tmp / f"q-{batching}.db", False, tmp / "server.log")
+                p, base, health = start_server(run, ov, tmp / f"q-{batching}.db", False, tmp / "server.log",
+                                               args.workers)
                 try:
                     for c in levels:
                         print(f"batching {'on ' if batching else 'off'}, {c:3d} clients ...", flush=True)
@@ -323,7 +336,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
             "when": time.strftime("%Y-%m-%d %H:%M:%S"),
             "run": str(args.run) if args.run else "tiny model built by the script (2-layer BERT, 64 wide)",
             "task": spec.name, "labels": len(labels),
-            "server": {"batch_window_ms": spec.serve.batch_window_ms,
+            "server": {"workers": args.workers, "overrides": args.set,
+                       "batch_window_ms": spec.serve.batch_window_ms,
                        "max_batch_size": spec.serve.max_batch_size,
                        "routing": health.get("routing"),
                        "teacher": "spec's own" if args.real_teacher else
@@ -335,7 +349,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
             "overhead": over,
             "load": results,
         }
-    write_reports(result, args.out)
+    write_reports(result, args.out, args.name)
     print(md_tables(result))
     return result
 
@@ -370,9 +384,9 @@ def md_tables(result: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
-def write_reports(result: dict[str, Any], out: Path) -> None:
+def write_reports(result: dict[str, Any], out: Path, name: str = "bench_serve") -> None:
     out.mkdir(parents=True, exist_ok=True)
-    (out / "bench_serve.json").write_text(json.dumps(result, indent=2, default=str) + "\n")
+    (out / f"{name}.json").write_text(json.dumps(result, indent=2, default=str) + "\n")
     m = result["machine"]
     md = f"""# Serving under load
 
@@ -381,7 +395,8 @@ Produced by `{result['command']}` on {result['when']}
 {m['loadavg_before'][0]:.2f} before, {m['loadavg_after'][0]:.2f} after).
 
 Run: {result['run']} (task `{result['task']}`, {result['labels']} labels). Server: a child process
-on 127.0.0.1, batch window {result['server']['batch_window_ms']:g} ms, at most
+on 127.0.0.1 ({result['server'].get('workers', 1)} worker process(es), overrides
+{result['server'].get('overrides') or 'none'}), batch window {result['server']['batch_window_ms']:g} ms, at most
 {result['server']['max_batch_size']} inputs a batch; teacher: {result['server']['teacher']}.
 Routing: {json.dumps(result['server']['routing'])}. Each level counts at most
 {result['bounds']['requests']} requests or {result['bounds']['seconds']:g} s, after
@@ -391,7 +406,7 @@ teacher, so the student-route columns show what the student path alone costs.
 
 {md_tables(result)}
 """
-    (out / "bench_serve.md").write_text(md)
+    (out / f"{name}.md").write_text(md)
 
 
 if __name__ == "__main__":

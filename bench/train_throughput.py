@@ -606,7 +606,7 @@ def main(argv=None) -> dict[str, Any]:
     command = " ".join([".venv/bin/python", "bench/train_throughput.py", *map(shlex.quote, sys.argv[1:] if argv is None else argv)])
     threads = args.threads or (len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count())
     torch.set_num_threads(threads)
-    from potstill.students.classifier import quiet_transformers
+    from potstill.students.hf import quiet_transformers
 
     quiet_transformers()
     load_before = os.getloadavg()

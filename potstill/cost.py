@@ -39,6 +39,27 @@ saving is not eaten by a modest rise in hosting, maintenance or the teacher shar
 
 VERDICTS = ("distill", "borderline", "keep the API")
 
+BATCH_DISCOUNT = 0.5
+"""Share of the list price that batch tiers take off (OpenAI's Batch API and Anthropic's Message
+Batches both bill 50% of the real-time price, for results within 24 h). Labelling with
+`teacher.batch: true` is recorded at this price; serving-time escalations cannot wait, so the
+hybrid bill below always pays the real-time price."""
+
+
+def batch_price(price: float, discount: float = BATCH_DISCOUNT) -> float:
+    """$ per million tokens in a batch: price * (1 - discount)."""
+    if not 0.0 <= discount < 1.0:
+        raise ValueError(f"batch discount must be within [0, 1), got {discount!r}")
+    return price * (1.0 - discount)
+
+
+def labelling_cost(n_inputs: float, tokens_in: float, tokens_out: float, price_in: float,
+                   price_out: float, batch: bool = False, discount: float = BATCH_DISCOUNT) -> float:
+    """$ to label `n_inputs` with the teacher: real time, or through a batch at its discount."""
+    if batch:
+        price_in, price_out = batch_price(price_in, discount), batch_price(price_out, discount)
+    return n_inputs * (tokens_in * price_in + tokens_out * price_out) / 1e6
+
 
 @dataclass(frozen=True)
 class CostInputs:
@@ -405,22 +426,20 @@ def cost_inputs_from_run(run_dir: str | Path, **overrides: Any) -> CostInputs:
         got["teacher_latency_ms"] = float(teacher["latency_ms_p50"])
 
     # potstill.db: tokens per call and what the teacher cost so far
-    if not run.db.exists():
-        raise MissingOutput(f"{run.db} not found: the teacher-call store is written by `potstill label`")
-    identity = teacher.get("identity")
-    con = sqlite3.connect(run.db.resolve().as_uri() + "?mode=ro", uri=True)
-    try:
-        try:
-            n_all, spent = con.execute("SELECT COUNT(*), COALESCE(SUM(cost_usd), 0) FROM calls").fetchone()
-            tok_q = ("SELECT COUNT(*), AVG(input_tokens), AVG(output_tokens) FROM calls "
-                     "WHERE (input_tokens > 0 OR output_tokens > 0)")
-            n_tok, avg_in, avg_out = con.execute(tok_q + " AND teacher = ?", (identity,)).fetchone()
+    from .db import database_url
+
+    if database_url():  # the shared store (PostgreSQL): the same figures through the Store
+        from .store import Store
+
+        with Store(run.db) as st:
+            n_all, spent = st.spend()["calls"], st.spend()["cost_usd"]
+            n_tok, avg_in, avg_out = st.token_stats(teacher.get("identity"))
             if not n_tok:
-                n_tok, avg_in, avg_out = con.execute(tok_q).fetchone()
-        except sqlite3.DatabaseError as e:
-            raise PotstillError(f"{run.db} is not a potstill store (no readable calls table): {e}") from None
-    finally:
-        con.close()
+                n_tok, avg_in, avg_out = st.token_stats()
+    elif not run.db.exists():
+        raise MissingOutput(f"{run.db} not found: the teacher-call store is written by `potstill label`")
+    else:
+        n_all, spent, n_tok, avg_in, avg_out = _sqlite_call_stats(run.db, teacher.get("identity"))
     got["labelling_usd"] = float(spent)
     src["labelling_usd"] = f"sum over the {n_all} teacher calls in {run.db.name} (labelling and evaluation)"
     if n_tok:
@@ -487,6 +506,25 @@ def cost_inputs_from_run(run_dir: str | Path, **overrides: Any) -> CostInputs:
 
 def _num(v: float) -> str:
     return f"{int(v):,}" if float(v).is_integer() else f"{v:.6g}"
+
+
+def _sqlite_call_stats(db: Path, identity: str | None):
+    """(calls, dollars, calls with tokens, mean tokens in, mean tokens out) from a run's SQLite
+    store, read-only."""
+    con = sqlite3.connect(db.resolve().as_uri() + "?mode=ro", uri=True)
+    try:
+        try:
+            n_all, spent = con.execute("SELECT COUNT(*), COALESCE(SUM(cost_usd), 0) FROM calls").fetchone()
+            tok_q = ("SELECT COUNT(*), AVG(input_tokens), AVG(output_tokens) FROM calls "
+                     "WHERE (input_tokens > 0 OR output_tokens > 0)")
+            n_tok, avg_in, avg_out = con.execute(tok_q + " AND teacher = ?", (identity,)).fetchone()
+            if not n_tok:
+                n_tok, avg_in, avg_out = con.execute(tok_q).fetchone()
+        except sqlite3.DatabaseError as e:
+            raise PotstillError(f"{db} is not a potstill store (no readable calls table): {e}") from None
+    finally:
+        con.close()
+    return n_all, spent, n_tok, avg_in, avg_out
 
 
 def hosting_cost_per_1k(x: CostInputs, throughput_per_s: float) -> float:

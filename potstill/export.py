@@ -1,5 +1,6 @@
 """`potstill export RUN_DIR --format merged|adapter --out DIR`: the trained causal-LM student in a
-form other servers load.
+form other servers load. (`--format onnx [--int8]`: an encoder classifier for ONNX Runtime, see
+onnx_export.py.)
 
 - `adapter`: the PEFT adapter as vLLM's `--lora-modules name=DIR` loads it:
   `adapter_config.json` + `adapter_model.safetensors` (+ the tokenizer files);
@@ -14,7 +15,7 @@ from __future__ import annotations
 import json
 import shutil
 from pathlib import Path
-from typing import Annotated, Literal
+from typing import Annotated, Literal, Optional
 
 import typer
 
@@ -70,14 +71,35 @@ def export_student(run_dir: str | Path, fmt: Literal["merged", "adapter"], out: 
 
 
 def export_command(
-    run_dir: Annotated[Path, typer.Argument(help="Run directory holding student/ (a causal-LM student).")],
+    run_dir: Annotated[Path, typer.Argument(help="Run directory holding student/.")],
     format: Annotated[str, typer.Option("--format", help="merged (plain transformers model) or adapter "
-                                        "(PEFT adapter, the layout of vLLM's --lora-modules name=DIR).")] = "adapter",
-    out: Annotated[Path, typer.Option("--out", help="Folder to write (must be new or empty).")] = Path("export"),
+                                        "(PEFT adapter, the layout of vLLM's --lora-modules name=DIR) "
+                                        "for a causal-LM student; onnx for an encoder classifier "
+                                        "(ONNX Runtime; `serve.runtime: onnx` serves it).")] = "adapter",
+    out: Annotated[Optional[Path], typer.Option("--out", help="Folder to write (must be new or empty; "
+                                                "onnx: default RUN/onnx/WHICH, replaced).")] = None,
     which: Annotated[str, typer.Option(help="student or baseline.")] = "student",
+    int8: Annotated[bool, typer.Option("--int8", help="onnx: also write the dynamically quantised "
+                                       "int8 graph (model.int8.onnx).")] = False,
 ):
-    """Export a causal-LM student: merged weights, or its PEFT adapter for vLLM / peft."""
+    """Export a student: a causal LM as merged weights or its PEFT adapter (vLLM / peft); an
+    encoder classifier as an ONNX graph (fp32, and int8 with --int8)."""
+    if format == "onnx":  # onnx_export.py
+        from .onnx_export import export_onnx, onnx_dir
+
+        src = Path(run_dir) / which
+        if not (src / "config.json").exists():
+            raise FileNotFoundError(f"{src}: no trained {which} (config.json missing); run `potstill train` first")
+        dest = out or onnx_dir(run_dir, which)
+        meta = export_onnx(src, dest, int8=int8)
+        typer.echo(f"exported {which} of {run_dir} as ONNX to {dest} (max |logit diff| vs torch: "
+                   f"fp32 {meta['max_abs_diff_fp32']:.2g}"
+                   + (f", int8 {meta['max_abs_diff_int8']:.2g}" if int8 else "") + ")")
+        return
+    if int8:
+        raise typer.BadParameter("--int8 goes with --format onnx")
     if format not in ("merged", "adapter"):
-        raise typer.BadParameter("--format must be merged or adapter")
+        raise typer.BadParameter("--format must be merged, adapter or onnx")
+    out = out or Path("export")
     path = export_student(run_dir, format, out, which)  # type: ignore[arg-type]
     typer.echo(f"exported {which} of {run_dir} as {format} to {path}")

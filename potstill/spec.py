@@ -94,6 +94,20 @@ class TeacherSpec(_Strict):
     samples: int = Field(1, ge=1)
     """n > 1 samples per input; their votes become the soft label (self-consistency)."""
     max_tokens: int = Field(32, ge=1)
+    batch: bool = False
+    """kind openai: label through the OpenAI Batch API (teachers/openai_batch.py): one upload, one
+    batch, results within the batch's completion window, at the batch price. The batch id is saved
+    in the run directory, so a rerun after a kill polls it rather than paying again. Serving
+    always asks the real-time endpoint."""
+    batch_discount: float = Field(0.5, ge=0, lt=1)
+    """Share of the list price the batch tier takes off (OpenAI: 50%); see cost.BATCH_DISCOUNT."""
+    batch_min_inputs: int = Field(1, ge=1)
+    """Fewer uncached inputs than this go to the real-time endpoint instead (no wait for a batch)."""
+    batch_poll_s: float = Field(5.0, gt=0)
+    """First wait between polls of a batch; each wait is 1.5x the last, up to batch_poll_max_s."""
+    batch_poll_max_s: float = Field(60.0, gt=0)
+    batch_timeout_s: float = Field(26 * 3600.0, gt=0)
+    """Give up polling after this long (the batch keeps running; a rerun picks it up again)."""
     # local models
     batch_size: int = Field(64, ge=1)
     max_length: int = Field(128, ge=8)
@@ -110,6 +124,9 @@ class TeacherSpec(_Strict):
                              "teacher is already asked over HTTP")
         if self.kind in ("hf", "openai") and not self.model:
             raise ValueError(f"teacher.model is required when teacher.kind is {self.kind!r}")
+        if self.batch and self.kind != "openai":
+            raise ValueError("teacher.batch labels through the OpenAI Batch API: it needs "
+                             f"teacher.kind 'openai', not {self.kind!r}")
         if self.samples > 1 and self.temperature == 0:
             raise ValueError("teacher.samples > 1 needs teacher.temperature > 0: at temperature 0 "
                              "every sample votes the same")
@@ -302,6 +319,10 @@ class ServeSpec(_Strict):
     other work, 1 is often fastest (bench/serve_load.py --threads)."""
     device: Literal["auto", "cpu", "cuda"] = "auto"
     """Where the served model runs; auto: CUDA when available."""
+    runtime: Literal["torch", "onnx", "onnx_int8"] = "torch"
+    """Encoder classifier students: run the forward pass on ONNX Runtime (CPU) from the graph of
+    `potstill export RUN --format onnx [--int8]` (exported on the spot when missing or stale);
+    onnx_int8: its dynamically quantised int8 variant. See serve/onnx_runtime.py."""
 
     # -- logging ---------------------------------------------------------------------------------
     log_requests: bool = True
@@ -366,6 +387,9 @@ class TaskSpec(_Strict):
     @model_validator(mode="after")
     def _kind_supported(self) -> "TaskSpec":
         causal = self.student.kind == "causal_lm"
+        if self.serve.runtime != "torch" and self.student.kind != "classifier":
+            raise ValueError(f"serve.runtime {self.serve.runtime!r} serves an encoder classifier "
+                             f"student; student.kind is {self.student.kind!r} (use 'torch')")
         if self.kind == "generate" and not causal:
             raise ValueError("kind 'generate' needs student.kind 'causal_lm'")
         if self.kind == "generate" and (self.teacher.kind == "fit" or self.teacher.over_http):

@@ -77,9 +77,22 @@ REQUEST_COLUMNS = ("request_id", "created_at", "input", "student_label", "served
 
 
 class Store:
-    """Thread-safe handle on the run's SQLite file."""
+    """Thread-safe handle on the run's SQLite file; with a PostgreSQL URL (`url`, else
+    $POTSTILL_DATABASE_URL, see db.py) a `PgStore` on that database instead (store_pg.py)."""
 
-    def __init__(self, path: str | Path):
+    def __new__(cls, path: str | Path | None = None, url: str | None = None):
+        if cls is Store:
+            from .db import database_url
+
+            url = url if url is not None else database_url()
+            if url:
+                from .store_pg import PgStore
+
+                return PgStore.__new__(PgStore)  # Python then runs PgStore.__init__(path, url)
+        return super().__new__(cls)
+
+    def __init__(self, path: str | Path, url: str | None = None):
+        """`url=""` forces the SQLite file even when $POTSTILL_DATABASE_URL is set."""
         self.path = Path(path)
         self.path.parent.mkdir(parents=True, exist_ok=True)
         self._lock = threading.Lock()
@@ -144,6 +157,19 @@ class Store:
         with self._lock:
             n, tin, tout, cost = self._db.execute(q, args).fetchone()
         return {"calls": n, "input_tokens": tin, "output_tokens": tout, "cost_usd": cost}
+
+    def token_stats(self, teacher: str | None = None) -> tuple[int, float | None, float | None]:
+        """(calls that recorded tokens, mean input tokens, mean output tokens), for one teacher
+        identity or all (the cost model's per-call figures)."""
+        q = ("SELECT COUNT(*), AVG(input_tokens), AVG(output_tokens) FROM calls "
+             "WHERE (input_tokens > 0 OR output_tokens > 0)")
+        args: tuple[Any, ...] = ()
+        if teacher is not None:
+            q += " AND teacher = ?"
+            args = (teacher,)
+        with self._lock:
+            n, a, b = self._db.execute(q, args).fetchone()
+        return int(n), a, b
 
     # -- serving: review queue ----------------------------------------------------------------
     def queue_add(self, item: dict[str, Any]) -> int:

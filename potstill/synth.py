@@ -147,7 +147,7 @@ def embed(texts: Sequence[str], model: str = "minilm", batch_size: int = 64) -> 
     import torch
     from transformers import AutoModel, AutoTokenizer
 
-    from .students.classifier import quiet_transformers, resolve_model_path
+    from .students.hf import quiet_transformers, resolve_model_path
 
     quiet_transformers()
     path = resolve_model_path(model)

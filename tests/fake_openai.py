@@ -17,6 +17,14 @@ top_logprobs[]}, usage) and records every request it received (arrival/finish ti
 Authorization header, the text it extracted, the fault it played), so tests can assert on
 retries, waits and concurrency.
 
+It also implements the Batch API's endpoints: `POST /v1/files` (multipart upload, purpose
+"batch"), `GET /v1/files/{id}/content`, `POST /v1/batches`, `GET /v1/batches/{id}` and
+`GET /v1/batches`. A batch reports `in_progress` for `batch_polls` retrieves (forever while
+`batch_hold` is true), then runs every request line through the same model as a real-time
+call, each line recorded in `requests` (path `/v1/batches/{id}`) like a paid call, and reports
+`completed` with an output file (and an error file for lines whose `fault_fn`/`faults_by_text`
+fault is "400" or "500"). `api_log` lists every files/batches request as (method, path).
+
 Behaviour knobs (all keyword arguments):
 
 - `label_fn(text)`: the label to answer with. May return a list of labels: choice j of the k-th
@@ -134,6 +142,7 @@ class FakeOpenAI:
         fault_fn: Callable[[int, str | None, int], Fault | str | None] | None = None,
         hang_s: float = 30.0,
         record_bodies: bool = True,
+        batch_polls: int = 1,
     ):
         self.label_fn = label_fn or (lambda text: None)
         self.labels = list(labels) if labels else None
@@ -156,6 +165,12 @@ class FakeOpenAI:
         self.fault_fn = fault_fn
         self.hang_s = hang_s
         self.record_bodies = record_bodies
+
+        self.batch_polls = batch_polls
+        self.batch_hold = False
+        self.files: dict[str, dict[str, Any]] = {}
+        self.batches: dict[str, dict[str, Any]] = {}
+        self.api_log: list[tuple[str, str]] = []
 
         self.requests: list[Received] = []
         self.in_flight = 0
@@ -292,6 +307,11 @@ class FakeOpenAI:
     ) -> bool:
         """Answer one request; False when the connection must close."""
         path = target.split("?", 1)[0]
+        if path.startswith(("/v1/files", "/v1/batches")):
+            with self._lock:
+                self.api_log.append((method, path))
+            await self._batch_api(method, path, headers, raw, writer)
+            return True
         if method != "POST" or not path.endswith("/chat/completions"):
             await self._write(writer, 404, {"error": {"message": f"no route {method} {path}"}})
             return True
@@ -405,6 +425,106 @@ class FakeOpenAI:
         head += [f"{k}: {v}" for k, v in (headers or {}).items()]
         writer.write(("\r\n".join(head) + "\r\n\r\n").encode("latin-1") + data)
         await writer.drain()
+
+    # -- the Batch API ----------------------------------------------------------------------------
+    async def _batch_api(self, method: str, path: str, headers: dict[str, str], raw: bytes,
+                         writer: asyncio.StreamWriter) -> None:
+        parts = path.strip("/").split("/")  # v1, files|batches, [id], [content]
+        if parts[1] == "files" and method == "POST" and len(parts) == 2:
+            content, filename, purpose = _multipart_file(headers.get("content-type", ""), raw)
+            if content is None:
+                await self._write(writer, 400, _error("no file part", "invalid_request_error"))
+                return
+            fid = f"file-{uuid.uuid4().hex[:16]}"
+            obj = {"id": fid, "object": "file", "bytes": len(content), "created_at": int(time.time()),
+                   "filename": filename or "upload.jsonl", "purpose": purpose or "batch",
+                   "status": "processed"}
+            self.files[fid] = {**obj, "content": content}
+            await self._write(writer, 200, obj)
+            return
+        if parts[1] == "files" and method == "GET" and len(parts) == 4 and parts[3] == "content":
+            f = self.files.get(parts[2])
+            if f is None:
+                await self._write(writer, 404, _error(f"no file {parts[2]}", "not_found"))
+                return
+            await self._write_raw(writer, 200, f["content"])
+            return
+        if parts[1] == "batches" and method == "POST" and len(parts) == 2:
+            body = json.loads(raw or b"{}")
+            if body.get("input_file_id") not in self.files:
+                await self._write(writer, 400, _error("unknown input_file_id", "invalid_request_error"))
+                return
+            bid = f"batch_{uuid.uuid4().hex[:16]}"
+            self.batches[bid] = {
+                "id": bid, "object": "batch", "endpoint": body.get("endpoint"),
+                "input_file_id": body["input_file_id"], "completion_window": body.get("completion_window"),
+                "status": "validating", "created_at": int(time.time()), "output_file_id": None,
+                "error_file_id": None, "errors": None, "metadata": body.get("metadata"),
+                "request_counts": {"total": 0, "completed": 0, "failed": 0}, "_polls": 0}
+            await self._write(writer, 200, _public(self.batches[bid]))
+            return
+        if parts[1] == "batches" and method == "GET" and len(parts) == 2:
+            data = [_public(b) for b in reversed(list(self.batches.values()))]
+            await self._write(writer, 200, {"object": "list", "data": data, "has_more": False,
+                                            "first_id": data[0]["id"] if data else None,
+                                            "last_id": data[-1]["id"] if data else None})
+            return
+        if parts[1] == "batches" and method == "GET" and len(parts) == 3:
+            b = self.batches.get(parts[2])
+            if b is None:
+                await self._write(writer, 404, _error(f"no batch {parts[2]}", "not_found"))
+                return
+            if b["status"] not in ("completed", "failed", "expired", "cancelled"):
+                b["_polls"] += 1
+                if self.batch_hold or b["_polls"] <= self.batch_polls:
+                    b["status"] = "in_progress"
+                else:
+                    self._run_batch(b)
+            await self._write(writer, 200, _public(b))
+            return
+        await self._write(writer, 404, _error(f"no route {method} {path}", "not_found"))
+
+    def _run_batch(self, b: dict[str, Any]) -> None:
+        """Answer every line of the batch's input file (each one recorded as a paid request)."""
+        out, err = [], []
+        for line in self.files[b["input_file_id"]]["content"].decode().splitlines():
+            if not line.strip():
+                continue
+            req = json.loads(line)
+            body = req["body"]
+            prompt = _last_user_message(body)
+            text = self.text_fn(prompt) if prompt is not None else None
+            with self._lock:
+                attempt = self._per_text.get(text, 0)
+                self._per_text[text] = attempt + 1
+                rec = Received(no=len(self.requests) + 1, t_arrival=time.monotonic(),
+                               path=f"/v1/batches/{b['id']}", body=body if self.record_bodies else None,
+                               authorization=None, text=text, attempt_for_text=attempt)
+                self.requests.append(rec)
+            fault = self._fault_for(rec.no, text, attempt)
+            rec.fault = fault.kind if fault else None
+            rec.t_done = time.monotonic()
+            if fault is not None and fault.kind in ("400", "500"):
+                rec.status = int(fault.kind)
+                err.append({"id": f"batch_req_{rec.no}", "custom_id": req["custom_id"],
+                            "response": {"status_code": rec.status, "request_id": f"req_{rec.no}",
+                                         "body": _error("failed", "server_error")}, "error": None})
+                continue
+            rec.status = 200
+            out.append({"id": f"batch_req_{rec.no}", "custom_id": req["custom_id"],
+                        "response": {"status_code": 200, "request_id": f"req_{rec.no}",
+                                     "body": self._completion(body, prompt or "", text, attempt)},
+                        "error": None})
+        for key, rows in (("output_file_id", out), ("error_file_id", err)):
+            if rows:
+                fid = f"file-{uuid.uuid4().hex[:16]}"
+                data = "".join(json.dumps(r) + "\n" for r in rows).encode()
+                self.files[fid] = {"id": fid, "object": "file", "bytes": len(data),
+                                   "created_at": int(time.time()), "filename": f"{key}.jsonl",
+                                   "purpose": "batch_output", "status": "processed", "content": data}
+                b[key] = fid
+        b["status"] = "completed"
+        b["request_counts"] = {"total": len(out) + len(err), "completed": len(out), "failed": len(err)}
 
     # -- the model ------------------------------------------------------------------------------
     def _completion(
@@ -539,3 +659,29 @@ def _last_user_message(body: dict[str, Any]) -> str | None:
                 return "".join(p.get("text", "") for p in c if isinstance(p, dict))
             return c
     return None
+
+
+def _public(b: dict[str, Any]) -> dict[str, Any]:
+    return {k: v for k, v in b.items() if not k.startswith("_")}
+
+
+def _multipart_file(content_type: str, raw: bytes) -> tuple[bytes | None, str | None, str | None]:
+    """(file bytes, filename, purpose) of a multipart/form-data body."""
+    m = re.search(r'boundary="?([^";]+)"?', content_type)
+    if not m:
+        return None, None, None
+    content = filename = purpose = None
+    for part in raw.split(b"--" + m.group(1).encode()):
+        head, sep, data = part.partition(b"\r\n\r\n")
+        if not sep:
+            continue
+        if data.endswith(b"\r\n"):
+            data = data[:-2]
+        h = head.decode("latin-1")
+        name = re.search(r'name="([^"]*)"', h)
+        fn = re.search(r'filename="([^"]*)"', h)
+        if name and name.group(1) == "file":
+            content, filename = data, fn.group(1) if fn else None
+        elif name and name.group(1) == "purpose":
+            purpose = data.decode()
+    return content, filename, purpose

@@ -435,7 +435,7 @@ def create_app(config: ServeConfig):
         from ..teachers import make_teacher
 
         try:
-            teacher = make_teacher(spec, run, list(student.labels) or load_inputs(run).labels)
+            teacher = make_teacher(spec, run, list(student.labels) or load_inputs(run).labels, realtime=True)
         except PotstillError as e:  # a mistake in the teacher's config: say so, serve nothing
             raise PotstillError(f"the teacher cannot be built ({e}); fix the spec's teacher, or serve "
                                 "without a safety net with --no-teacher") from e
@@ -808,6 +808,8 @@ def create_app(config: ServeConfig):
             "teacher_state": tstate,
             "labels": len(student.labels),
             "queue_depth": queue.depth,
+            "worker_pid": os.getpid(),  # which of `--workers N` processes answered
+            "runtime": getattr(student, "runtime", "torch"),
             "routing": {
                 "confidence_threshold": policy.confidence_threshold,
                 "ood_threshold": policy.ood_threshold,
@@ -953,6 +955,10 @@ def serve_command(
     allow_local_admin: Annotated[bool, typer.Option(
         "--allow-local-admin", help="With no admin key set: let callers on this machine (loopback) "
         "load/unload adapters and post feedback. Refused unless the server binds to loopback.")] = False,
+    workers: Annotated[int, typer.Option(
+        min=1, help="Server processes on the one port (uvicorn workers), each with its own model "
+        "and micro-batcher, sharing the queue and cache (SQLite WAL, or PostgreSQL with "
+        "POTSTILL_DATABASE_URL). Torch threads default to cores / workers.")] = 1,
 ):
     """Serve the student behind an OpenAI-compatible API, with the teacher as safety net.
 
@@ -972,9 +978,14 @@ def serve_command(
     if allow_local_admin and host is not None and not _loopback(host):
         raise typer.BadParameter(f"--allow-local-admin needs a loopback bind address, not {host!r}; "
                                  "set admin keys instead")
-    app = create_app(cfg)
-    freeze_gc()
+    app = create_app(cfg)  # with --workers: calibrates / exports once here, before any worker
     svc: Service = app.state.potstill
+    if workers > 1:  # serve/workers.py
+        from .workers import run_workers
+
+        run_workers(cfg, svc, host, port, workers, log_level=log_level, access_log=access_log)
+        return
+    freeze_gc()
     host = host or svc.spec.serve.host
     port = svc.spec.serve.port if port is None else port
     if allow_local_admin and not _loopback(host):  # serve.host from the spec

@@ -4,6 +4,7 @@ calibration (temperature, OOD statistics, thresholds) for `potstill serve` (serv
 from __future__ import annotations
 
 import logging
+from typing import Any
 
 from ..errors import PotstillError
 from ..paths import RunPaths
@@ -38,9 +39,18 @@ def build_student(spec: TaskSpec, run: RunPaths, recalibrate: bool = True,
         log.warning("calibrating first: %s", why)
         cal = calibrate(spec, run, model=model)
     assert cal is not None
-    student = ClassifierStudent(dep.model_dir, temperature=cal["temperature"], score=sv.confidence_score,
-                                ood=load_ood(dep.ood_stats), embedding=sv.embedding,
-                                max_length=dep.max_length, threads=sv.threads, device=sv.device)
+    backend: Any = ClassifierStudent
+    if sv.runtime != "torch":  # the same student on ONNX Runtime: onnx_runtime.py
+        from functools import partial
+
+        from ..onnx_export import onnx_dir
+        from .onnx_runtime import OnnxClassifierStudent
+
+        backend = partial(OnnxClassifierStudent, onnx_dir=onnx_dir(run.root, model),
+                          int8=sv.runtime == "onnx_int8")
+    student = backend(dep.model_dir, temperature=cal["temperature"], score=sv.confidence_score,
+                      ood=load_ood(dep.ood_stats), embedding=sv.embedding,
+                      max_length=dep.max_length, threads=sv.threads, device=sv.device)
     point = pick_point(cal, teacher_share)
     policy = Policy(
         confidence_threshold=sv.confidence_threshold if sv.confidence_threshold is not None

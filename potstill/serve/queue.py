@@ -115,10 +115,11 @@ def queue_list_command(
     as_json: Annotated[bool, typer.Option("--json", help="One JSON object per line.")] = False,
 ):
     """What was escalated, degraded, disagreed on or corrected, and why (newest last)."""
+    from ..db import database_url
     from ..paths import RunPaths
 
     run = RunPaths(Path(run_dir))
-    if not run.db.exists():
+    if not run.db.exists() and database_url() is None:  # with PostgreSQL there is no file
         raise MissingOutput(f"{run.db}: no store in this run directory")
     if kind is not None and kind not in KINDS:
         raise typer.BadParameter(f"--kind must be one of {', '.join(KINDS)}")

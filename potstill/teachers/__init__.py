@@ -25,6 +25,12 @@ def _classify_openai(spec: TaskSpec, run: RunPaths, labels: list[str], spent: fl
     return OpenAITeacher(spec, labels, spent_usd=spent)
 
 
+def _classify_openai_batch(spec: TaskSpec, run: RunPaths, labels: list[str], spent: float) -> Teacher:
+    from .openai_batch import OpenAIBatchTeacher
+
+    return OpenAIBatchTeacher(spec, labels, run.root / "teacher_batches", spent_usd=spent)
+
+
 def _classify_local(spec: TaskSpec, run: RunPaths, labels: list[str], spent: float) -> Teacher:
     from .hf_local import HFTeacher
 
@@ -62,6 +68,7 @@ def _generate_local(spec: TaskSpec, run: RunPaths, labels: list[str], spent: flo
 
 TEACHERS: dict[tuple[str, str], Factory] = {
     ("classify", "openai"): _classify_openai,
+    ("classify", "openai_batch"): _classify_openai_batch,  # teacher.batch: the OpenAI Batch API
     ("classify", "fit"): _classify_local,
     ("classify", "hf"): _classify_local,
     ("extract", "openai"): _extract_openai,
@@ -80,10 +87,17 @@ def register_teacher(task_kind: str, teacher_kind: str, factory: Factory) -> Non
     TEACHERS[(task_kind, teacher_kind)] = factory
 
 
-def make_teacher(spec: TaskSpec, run: RunPaths, labels: list[str], spent_usd: float = 0.0) -> Teacher:
+def make_teacher(spec: TaskSpec, run: RunPaths, labels: list[str], spent_usd: float = 0.0,
+                 realtime: bool = False) -> Teacher:
     """The teacher the spec names, built in-process; a clear error when the pair is not supported
-    or the teacher cannot be built (never a silent fallback)."""
-    factory = TEACHERS.get((spec.kind, spec.teacher.kind))
+    or the teacher cannot be built (never a silent fallback). With `teacher.batch` an openai
+    teacher answers through the Batch API, except when `realtime` (serving)."""
+    t = spec.teacher
+    if t.kind == "openai" and t.batch and not realtime:
+        if (spec.kind, "openai_batch") not in TEACHERS:
+            raise PotstillError(f"teacher.batch is not implemented for kind {spec.kind!r} yet")
+        return TEACHERS[(spec.kind, "openai_batch")](spec, run, labels, spent_usd)
+    factory = TEACHERS.get((spec.kind, t.kind))
     if factory is None:
         have = sorted(tk for k, tk in TEACHERS if k == spec.kind)
         raise PotstillError(f"teacher.kind {spec.teacher.kind!r} cannot teach kind {spec.kind!r}; "

@@ -94,6 +94,7 @@ def answer_cached(
             unique.append(i)
     st = stats if stats is not None else {}
     st.update(cached=len(texts) - len(todo), asked=len(unique), answered=0, failed=0)
+    chunk = getattr(teacher, "answer_chunk", None) or chunk  # a batch teacher takes them all at once
     try:
         for start in range(0, len(unique), chunk):
             batch = unique[start : start + chunk]

@@ -1,0 +1,141 @@
+"""The encoder classifier student on PyTorch and on ONNX Runtime (fp32 and dynamic int8), side by
+side on the held-out test split: what the fast runtime costs in accuracy and what it buys in
+latency. `evaluate_onnx(spec, run)` returns one row per runtime (and writes `onnx_eval.json` in the
+run directory); `potstill eval` can add them to its report as their own rows.
+
+Each row: accuracy and macro-F1 against gold, agreement with the PyTorch student's labels,
+p50/p95 latency of one input at a time (tokenisation included, after a warm-up), batch
+throughput over the test texts, and the size of the model file. All runtimes use the same number
+of threads (`eval.threads`), so the comparison is of the runtimes, not of the thread counts.
+"""
+
+from __future__ import annotations
+
+import json
+import random
+import time
+from pathlib import Path
+from typing import Any, Sequence
+
+import numpy as np
+
+from .paths import RunPaths
+from .spec import TaskSpec
+
+RESULT = "onnx_eval.json"
+
+
+def _time(predict_one, predict_many, texts: Sequence[str], n_single: int, seed: int = 0) -> dict[str, float]:
+    from .students.hf import percentile
+
+    rng = random.Random(seed)
+    sample = [texts[rng.randrange(len(texts))] for _ in range(n_single)]
+    for t in sample[:10]:  # warm-up
+        predict_one(t)
+    times = []
+    for t in sample:
+        t0 = time.perf_counter()
+        predict_one(t)
+        times.append((time.perf_counter() - t0) * 1000)
+    t0 = time.perf_counter()
+    predict_many(texts)
+    elapsed = time.perf_counter() - t0
+    return {"latency_ms_p50": round(percentile(times, 50), 3),
+            "latency_ms_p95": round(percentile(times, 95), 3),
+            "throughput_per_s": round(len(texts) / elapsed, 1)}
+
+
+def evaluate_onnx(spec: TaskSpec, run: RunPaths, which: str = "student",
+                  runtimes: Sequence[str] = ("torch", "onnx", "onnx_int8")) -> dict[str, Any]:
+    """Rows {runtime: metrics} for the run's classifier `which` (see module doc); exports the ONNX
+    graphs first when missing or stale."""
+    import torch
+
+    from .onnx_export import onnx_dir, session
+    from .serve.onnx_runtime import ensure_export
+    from .stages.prepare import prepare_inputs
+    from .students.classifier import load_classifier, model_labels, predict_logits
+    from .tasks.base import agreement
+    from .tasks.classify import accuracy, macro_f1
+
+    if spec.student.kind != "classifier":
+        raise ValueError(f"ONNX evaluation is for encoder classifier students, not {spec.student.kind!r}")
+    inputs = prepare_inputs(spec, run)
+    if not inputs.test:
+        raise ValueError("no test split: set data.test to a gold-labelled file")
+    texts = [ex.text for ex in inputs.test]
+    gold = [ex.gold for ex in inputs.test]
+    threads = spec.eval.threads
+    if threads:
+        torch.set_num_threads(threads)
+    model_dir = run.root / which
+    max_len, bs, n_single = spec.student.max_length, spec.eval.batch_size, spec.eval.latency_samples
+    model, tok = load_classifier(model_dir)
+    labels = model_labels(model)
+    rows: dict[str, dict[str, Any]] = {}
+    preds: dict[str, list[str]] = {}
+    for rt in runtimes:
+        if rt == "torch":
+            def one(t: str, model=model) -> int:
+                with torch.inference_mode():
+                    return int(model(**tok(t, return_tensors="pt", truncation=True,
+                                           max_length=max_len)).logits.argmax(-1).item())
+
+            def many(ts: Sequence[str]) -> np.ndarray:
+                return predict_logits(model, tok, ts, batch_size=bs, max_length=max_len)
+
+            size = sum(p.stat().st_size for p in model_dir.glob("*.safetensors"))
+        else:
+            path = ensure_export(model_dir, onnx_dir(run.root, which), rt == "onnx_int8", max_len)
+            sess = session(path, threads)
+            names = [i.name for i in sess.get_inputs()]
+
+            def one(t: str, sess=sess, names=names) -> int:
+                enc = tok(t, return_tensors="np", truncation=True, max_length=max_len)
+                return int(sess.run(["logits"], {n: enc[n].astype(np.int64) for n in names})[0].argmax(-1)[0])
+
+            def many(ts: Sequence[str], sess=sess, names=names) -> np.ndarray:
+                order = sorted(range(len(ts)), key=lambda i: len(ts[i]))
+                out = np.zeros((len(ts), len(labels)), np.float32)
+                for s in range(0, len(order), bs):
+                    idx = order[s : s + bs]
+                    enc = tok([ts[i] for i in idx], padding=True, truncation=True,
+                              max_length=max_len, return_tensors="np")
+                    out[idx] = sess.run(["logits"], {n: enc[n].astype(np.int64) for n in names})[0]
+                return out
+
+            size = path.stat().st_size
+        logits = many(texts)
+        preds[rt] = [labels[i] for i in logits.argmax(-1)]
+        rows[rt] = {"accuracy": round(accuracy(gold, preds[rt]), 4),
+                    "macro_f1": round(macro_f1(gold, preds[rt], inputs.labels), 4),
+                    "size_mb": round(size / 2**20, 2), **_time(one, many, texts, n_single)}
+    if "torch" in preds:
+        for rt in rows:
+            rows[rt]["agreement_with_torch"] = round(agreement(preds[rt], preds["torch"]), 4)
+    result = {"which": which, "n_test": len(texts), "threads": threads, "rows": rows}
+    (run.root / RESULT).write_text(json.dumps(result, indent=2))
+    return result
+
+
+def markdown(result: dict[str, Any]) -> str:
+    """The rows as a markdown table (for report.md or a bench file)."""
+    rows = result["rows"]
+    base = rows.get("torch", {})
+    out = [f"{result['which']} on {result['n_test']} test inputs, {result['threads'] or 'default'} thread(s)",
+           "", "| runtime | accuracy | agreement with torch | p50 ms | p95 ms | inputs/s (batched) | size MB | p50 speed-up |",
+           "|---|---|---|---|---|---|---|---|"]
+    for rt, r in rows.items():
+        up = (base["latency_ms_p50"] / r["latency_ms_p50"]) if base and r["latency_ms_p50"] else float("nan")
+        out.append(f"| {rt} | {r['accuracy']:.4f} | {r.get('agreement_with_torch', float('nan')):.4f} | "
+                   f"{r['latency_ms_p50']:.2f} | {r['latency_ms_p95']:.2f} | {r['throughput_per_s']:.0f} | "
+                   f"{r['size_mb']:.1f} | {up:.2f}x |")
+    return "\n".join(out) + "\n"
+
+
+def run_dir_spec(run_dir: str | Path) -> tuple[TaskSpec, RunPaths]:
+    """(spec, RunPaths) of a run directory, from its saved resolved spec."""
+    from .serve.calibrate import load_run_spec
+
+    run = RunPaths(Path(run_dir))
+    return load_run_spec(run.root, []), run
