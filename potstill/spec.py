@@ -141,13 +141,15 @@ class StudentSpec(_Strict):
     kind: Literal["classifier", "causal_lm", "tagger"] = "classifier"
     model: str = DEFAULT_ENCODER
     """Any Hugging Face encoder: a hub id or a local path; `minilm` is the packaged MiniLM-L6."""
-    layers: list[int] | None = Field(default_factory=lambda: [0, 5])
-    """Transformer layers kept (DistilBERT-style); null keeps all."""
+    layers: list[int] | int | Literal["auto"] | None = Field(default_factory=lambda: [0, 5])
+    """Transformer layers kept (DistilBERT-style); null keeps all. Causal-LM students (depth
+    pruning, students/prune.py): unset or null keeps all; `auto` about a third, evenly spread with
+    the first and last; an integer k that many, evenly spread; or a list."""
     init: Literal["auto", "base", "teacher"] = "auto"
     """auto: from the teacher when it is a local encoder of the same family, else from `model`."""
     max_length: int = Field(64, ge=8)
     lora: LoraSpec = LoraSpec()
-    """causal_lm only (`layers` and `init` are for encoders)."""
+    """causal_lm only (`init` is for encoders)."""
     max_new_tokens: int = Field(32, ge=1)
     """causal_lm: most tokens generated per answer."""
 
@@ -166,6 +168,12 @@ class TrainSpec(_Strict):
     forgetting, relative to the spec folder; its held-out tail measures perplexity vs the base."""
     general_ratio: float = Field(0.0, ge=0, lt=1)
     """Share of training rows drawn from general_data."""
+    hidden_weight: float = Field(0.0, ge=0)
+    """logit_kd into a depth-pruned causal student: weight of hidden-state KD (each kept block
+    against the teacher block it was initialised from; losses.hidden_state_kd)."""
+    kd_chunk: int = Field(128, ge=0)
+    """Causal LM: positions per chunk of the loss at supervised positions (no (B, T, V) logits);
+    0 computes full logits."""
     rationale_weight: float = Field(1.0, ge=0)
     """rationale: weight of the [rationale] task against the [label] task."""
     temperature: float = Field(2.0, gt=0)
@@ -348,6 +356,11 @@ class TaskSpec(_Strict):
         if self.train.objective in ("sequence", "logit_kd", "rationale") and not causal:
             raise ValueError(f"train.objective {self.train.objective!r} is for student.kind "
                              "'causal_lm'")
+        if causal and "layers" not in self.student.model_fields_set:
+            self.student.layers = None  # the [0, 5] default is the encoders'; a causal LM keeps all
+        if not causal and isinstance(self.student.layers, (int, str)):
+            raise ValueError(f"student.layers {self.student.layers!r}: a count or `auto` is for "
+                             "student.kind causal_lm; list the encoder layers to keep, e.g. [0, 5]")
         if self.kind == "extract":
             _extract_defaults(self)
         elif self.student.kind == "tagger":

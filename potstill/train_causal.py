@@ -27,7 +27,9 @@ from .spec import TaskSpec
 from .students.causal_lm import (
     STUDENT_META, LMRow, LMTrainConfig, build_causal_lm, count_trainable, load_teacher_lm, mix_general,
     rationale_rows, resolve_causal_path, save_causal_lm, split_rationale, task_prompt, train_causal_lm,
+    is_peft, merge_adapters,
 )
+from .students.prune import hidden_pairs, select_layers
 
 CAUSAL_OBJECTIVES = {"distill": "sequence", "both": "sequence", "sequence": "sequence",
                      "logit_kd": "logit_kd", "rationale": "rationale", "gold": "gold"}
@@ -65,6 +67,18 @@ def split_general(texts: list[str], held_out_share: float = 0.1) -> tuple[list[s
     """(train, held-out) general texts: the last share (at least one) is held out for perplexity."""
     n = max(1, round(len(texts) * held_out_share)) if len(texts) > 1 else 0
     return texts[:len(texts) - n], texts[len(texts) - n:]
+
+
+def pruned_layers(init: str, layers) -> list[int] | None:
+    """The decoder layers a causal student keeps (`student.layers`, students/prune.py), or None
+    when it keeps them all."""
+    if layers is None:
+        return None
+    from transformers import AutoConfig
+
+    n = AutoConfig.from_pretrained(init).num_hidden_layers
+    keep = select_layers(layers, n)
+    return None if keep == list(range(n)) else keep
 
 
 def train_causal_student(spec: TaskSpec, run: RunPaths,
@@ -150,8 +164,9 @@ def train_causal_student(spec: TaskSpec, run: RunPaths,
     if up_to_date(out, fp, STUDENT_META, HISTORY):
         log(f"{mode}: up to date in {out}")
         return read_manifest(out)
+    keep = pruned_layers(init, s.layers)  # depth pruning (students/prune.py), None: all layers
     model, tok = build_causal_lm(s.model, lora.method, lora.r, lora.alpha, lora.dropout, lora.target_modules,
-                                 lora.num_virtual_tokens, lora.quantize_4bit, seed=t.seed)
+                                 lora.num_virtual_tokens, lora.quantize_4bit, seed=t.seed, layers=keep)
     teacher = None
     if objective == "logit_kd" and spec.teacher.kind != "openai":
         if spec.teacher.kind != "hf":
@@ -167,12 +182,18 @@ def train_causal_student(spec: TaskSpec, run: RunPaths,
         temperature=t.temperature, jsd_beta=t.jsd_beta, kd_weight=t.kd_weight,
         ce_weight=t.ce_weight if objective == "logit_kd" else 1.0, epochs=t.epochs,
         batch_size=t.batch_size, lr=t.lr, weight_decay=t.weight_decay, warmup_ratio=t.warmup_ratio,
-        seed=t.seed, precision=t.precision, max_length=s.max_length, checkpoint_every=t.checkpoint_every)
+        seed=t.seed, precision=t.precision, max_length=s.max_length, checkpoint_every=t.checkpoint_every,
+        kd_chunk=t.kd_chunk, hidden_weight=t.hidden_weight,
+        hidden_pairs=hidden_pairs(keep) if keep and teacher is not None else None)
     # a killed run resumes from out/checkpoints (same fingerprint: same data, spec and base weights)
     history = train_causal_lm(model, tok, rows, cfg, teacher, val_rows, general_eval, desc=mode,
                               checkpoint_dir=out / CHECKPOINTS, fingerprint=fp)
+    if keep is not None and is_peft(model):
+        # a pruned base exists nowhere else: the student is saved whole (adapters merged)
+        model = merge_adapters(model)
     save_causal_lm(model, tok, out, meta={"base_model": init, "method": lora.method,
-                                          "objective": objective, "kind": spec.kind})
+                                          "objective": objective, "kind": spec.kind,
+                                          **({"layers": keep} if keep is not None else {})})
     import shutil
 
     shutil.rmtree(out / CHECKPOINTS, ignore_errors=True)  # the model is saved: nothing to resume
@@ -180,4 +201,5 @@ def train_causal_student(spec: TaskSpec, run: RunPaths,
     return write_manifest(out, mode, spec, fingerprint=fp, objective=objective, init_from=init,
                           teacher=teacher_identity, dataset_hash=inputs.dataset_hash,
                           train_data_hash=data_hash, parents=parents, params=n_total,
-                          trainable_params=n_train, method=lora.method, metrics=history)
+                          trainable_params=n_train, method=lora.method, metrics=history,
+                          **({"layers": keep} if keep is not None else {}))

@@ -197,7 +197,12 @@ def topk_from_token_logprobs(tokenizer, tokens: list[tuple[str, float, list[tupl
 
 def resolve_causal_path(name: str) -> str:
     """A local model directory (checked) or a hub id (transformers resolves it; offline it fails
-    with transformers' own message)."""
+    with transformers' own message). A GGUF file or packaged GGUF name (`smollm2-135m-instruct`)
+    -> its plain transformers copy (students/model_source.py)."""
+    from .model_source import resolve_source
+
+    if (plain := resolve_source(name)) is not None:
+        return plain
     p = Path(name).expanduser()
     if p.exists():
         if not (p / "config.json").exists() and not (p / "adapter_config.json").exists():
@@ -212,12 +217,14 @@ def _dtype_for(precision: str):
 
 def build_causal_lm(model_name: str, method: str = "lora", r: int = 16, alpha: float = 32,
                     dropout: float = 0.05, target_modules: Any = "auto", num_virtual_tokens: int = 16,
-                    quantize_4bit: bool = False, seed: int = 13, gradient_checkpointing: bool = False):
+                    quantize_4bit: bool = False, seed: int = 13, gradient_checkpointing: bool = False,
+                    layers: Any = None):
     """(model, tokenizer): the base causal LM wrapped for `method` (lora | prefix | prompt | full).
 
     target_modules "auto": peft's default for known architectures (e.g. q_proj, v_proj for
     Llama), else every linear layer except the LM head ("all-linear"). quantize_4bit loads the
-    frozen base in 4-bit NF4 (QLoRA) and needs CUDA and bitsandbytes.
+    frozen base in 4-bit NF4 (QLoRA) and needs CUDA and bitsandbytes. layers: keep these decoder layers
+    (depth pruning, `prune.select_layers`: null, auto, a count or a list) before adapters wrap it.
     """
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
@@ -245,6 +252,13 @@ def build_causal_lm(model_name: str, method: str = "lora", r: int = 16, alpha: f
     tok = AutoTokenizer.from_pretrained(path)
     if tok.pad_token is None:
         tok.pad_token = tok.eos_token
+    if layers is not None:
+        from .prune import prune_decoder, select_layers
+
+        keep = select_layers(layers, model.config.num_hidden_layers)
+        if keep != list(range(model.config.num_hidden_layers)):
+            prune_decoder(model, keep)
+            model._potstill_layers = keep
     if quantize_4bit:
         from peft import prepare_model_for_kbit_training
 
@@ -365,6 +379,13 @@ class LMTrainConfig:
     checkpoint_every: int = 200
     """With a checkpoint_dir: save a resumable checkpoint every N steps, at each epoch end and at
     the last step (students/lm_checkpoint.py)."""
+    kd_chunk: int = 128
+    """> 0: the loss at supervised positions only, this many positions at a time (causal_kd.py):
+    no (B, T, V) logits for LoRA / full fine-tuning. 0: the full-logits path below."""
+    hidden_weight: float = 0.0
+    """logit_kd with a depth-pruned student: weight of hidden-state KD over `hidden_pairs`."""
+    hidden_pairs: list[tuple[int, int]] | None = None
+    """(student, teacher) hidden-state indices paired for hidden-state KD (prune.hidden_pairs)."""
 
 
 def shifted(logits: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
@@ -387,6 +408,11 @@ def weighted_ce(logits: torch.Tensor, targets: torch.Tensor, mask: torch.Tensor,
 def lm_loss(model, batch: dict[str, torch.Tensor], cfg: LMTrainConfig, teacher=None,
             vocab_size: int | None = None) -> tuple[torch.Tensor, dict[str, float]]:
     """The loss of one batch for cfg.objective; returns (loss, parts for logging)."""
+    if cfg.kd_chunk > 0 and "topk_ids" not in batch:
+        from .causal_kd import chunked_lm_loss, supports_chunked
+
+        if supports_chunked(model) and (teacher is None or supports_chunked(teacher)):
+            return chunked_lm_loss(model, batch, cfg, teacher, vocab_size)
     logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
     s_logits, tgt, mask = shifted(logits, batch["labels"])  # (B, T-1, V), (B, T-1), (B, T-1)
     ce = weighted_ce(s_logits, tgt, mask, batch["weight"])
@@ -605,6 +631,11 @@ def load_teacher_lm(name: str, student_tokenizer, precision: str = "fp32"):
     from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
 
     path = resolve_causal_path(name)
+    if Path(path, "adapter_config.json").exists():  # a potstill causal student (LoRA): merged
+        model, tok = load_causal_lm(path, merge=True)
+        check_shared_vocab(student_tokenizer, tok)
+        model._potstill_tok = tok
+        return model.to(_dtype_for(precision))
     arch = (AutoConfig.from_pretrained(path).architectures or [""])[0]
     if arch and not arch.endswith("ForCausalLM"):
         raise ValueError(f"teacher {name} is a {arch}, not a causal LM: logit_kd needs a causal-LM "
