@@ -60,7 +60,7 @@ def test_pruned_model_matches_the_kept_blocks_and_round_trips(llama4, tmp_path):
         from transformers.masking_utils import create_causal_mask
 
         mask = create_causal_mask(config=full.config, inputs_embeds=h, attention_mask=torch.ones_like(x),
-                                  position_ids=pos)
+                                  cache=None, position_ids=pos)
         for i in (0, 3):
             h = full.model.layers[i](h, attention_mask=mask, position_embeddings=rope, position_ids=pos)
             h = h[0] if isinstance(h, tuple) else h
