@@ -145,6 +145,10 @@ def evaluate_generate(spec: TaskSpec, run: RunPaths) -> dict[str, Any]:
                             for g in gens]
     for name, pred in preds.items():
         models[name].update(text_metrics(gold, pred, None if name == "teacher" else preds["teacher"]))
+        if spec.kind == "classify":  # the classify columns of report.json / report.html
+            from .causal_classify import label_metrics
+
+            models[name].update(label_metrics(gold, pred, inputs.labels))
     summary: dict[str, Any] = {}
     if "student" in models:
         summary["student_over_teacher_exact_match"] = round(
@@ -154,6 +158,12 @@ def evaluate_generate(spec: TaskSpec, run: RunPaths) -> dict[str, Any]:
                 models["student"]["exact_match"] - models["baseline"]["exact_match"], 4)
     report = {"task": spec.name, "kind": spec.kind, "test_rows": len(texts), "models": models,
               "summary": summary}
+    labelled: dict[str, list[str | None]] = {}
+    if spec.kind == "classify":  # rendered by render_generate_markdown, with the label columns
+        from .causal_classify import answer_label
+
+        report["student_kind"] = "causal_lm"
+        labelled = {k: [answer_label(a, inputs.labels) for a in v] for k, v in preds.items()}
     run.report_json.write_text(json.dumps(report, indent=2))
     run.report_md.write_text(render_generate_markdown(report))
     out = run.root / "eval"
@@ -161,6 +171,8 @@ def evaluate_generate(spec: TaskSpec, run: RunPaths) -> dict[str, Any]:
     with open(out / "predictions.jsonl", "w") as f:
         for i, (t, g) in enumerate(zip(texts, gold)):
             row = {"text": t, "gold": g, **{k: v[i] for k, v in preds.items()}}
+            for k, v in labelled.items():  # classify: the label read from the answer, and the answer
+                row[k], row[f"{k}_answer"] = v[i], preds[k][i]
             for name, conf in confidence.items():
                 row[f"{name}_confidence"] = conf[i]
             f.write(json.dumps(row) + "\n")
@@ -172,13 +184,17 @@ def evaluate_generate(spec: TaskSpec, run: RunPaths) -> dict[str, Any]:
 
 
 def render_generate_markdown(report: dict[str, Any]) -> str:
-    rows = ["| model | exact match | token F1 | agreement | general ppl (base → student) | params |",
-            "|---|---:|---:|---:|---:|---:|"]
+    cls = report.get("kind") == "classify"
+    rows = [("| model | accuracy | macro-F1 | no label |" if cls else "| model |")
+            + " exact match | token F1 | agreement | general ppl (base → student) | params |",
+            "|---|---:|---:|---:|---:|---:|" + ("---:|---:|---:|" if cls else "")]
     for name, m in report["models"].items():
         ppl = (f"{m['general_ppl_base']:.2f} → {m['general_ppl_student']:.2f}"
                if m.get("general_ppl_base") and m.get("general_ppl_student") else "—")
         params = f"{m['params'] / 1e6:.1f}M" if m.get("params") else "—"
-        rows.append(f"| {name} | {m['exact_match']:.4f} | {m['token_f1']:.4f} | "
+        lab = (f" {m['accuracy']:.4f} | {m['macro_f1']:.4f} | {m['invalid_label_share']:.4f} |"
+               if cls and "accuracy" in m else (" — | — | — |" if cls else ""))
+        rows.append(f"| {name} |{lab} {m['exact_match']:.4f} | {m['token_f1']:.4f} | "
                     f"{m.get('agreement_with_teacher', '—')} | {ppl} | {params} |")
     return "\n".join([f"# potstill report: {report['task']} ({report['kind']})", "",
                       f"Held-out test: {report['test_rows']} rows.", "", *rows, ""])

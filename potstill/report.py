@@ -817,7 +817,7 @@ def _evaluation_markdown(report: dict[str, Any]) -> str:
     kind = report.get("kind") or "classify"
     if kind == "extract":
         from .extract_eval import render_markdown as md
-    elif kind == "generate":
+    elif kind == "generate" or report.get("student_kind") == "causal_lm":
         from .generate_eval import render_generate_markdown as md
     else:
         from .evaluate import render_markdown as md

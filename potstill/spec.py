@@ -23,6 +23,14 @@ DEFAULT_TEMPLATE = (
     'Answer with the label only, or as JSON {{"label": "..."}}.'
 )
 
+CAUSAL_TEMPLATES = {
+    # kind -> the default prompt when the student is a causal LM: one answer format only (a small
+    # model follows "the label only, or as JSON" literally and writes "This is a JSON")
+    "classify": "{instruction}\n\nLabels: {labels}\n\nText: {text}\n\nAnswer with the label only.",
+    "generate": "{instruction}\n\n{text}",
+}
+CAUSAL_INSTRUCTIONS = {"generate": "Answer the request below."}
+
 
 class _Strict(BaseModel):
     model_config = ConfigDict(extra="forbid", validate_assignment=True)
@@ -356,6 +364,10 @@ class TaskSpec(_Strict):
         if self.train.objective in ("sequence", "logit_kd", "rationale") and not causal:
             raise ValueError(f"train.objective {self.train.objective!r} is for student.kind "
                              "'causal_lm'")
+        if causal and "prompt_template" not in self.model_fields_set and self.kind in CAUSAL_TEMPLATES:
+            self.prompt_template = CAUSAL_TEMPLATES[self.kind]
+            if "instruction" not in self.model_fields_set and self.kind in CAUSAL_INSTRUCTIONS:
+                self.instruction = CAUSAL_INSTRUCTIONS[self.kind]
         if causal and "layers" not in self.student.model_fields_set:
             self.student.layers = None  # the [0, 5] default is the encoders'; a causal LM keeps all
         if not causal and isinstance(self.student.layers, (int, str)):

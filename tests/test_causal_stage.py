@@ -123,4 +123,11 @@ def test_potstill_run_classify_with_a_causal_student(task_dir, lms):
     assert report["models"]["teacher"]["exact_match"] > 0.5  # the fitted encoder teacher's labels
     for name in ("student", "baseline"):
         assert 0 <= report["models"][name]["exact_match"] <= 1
+        # classify columns (report.html needs them: it failed with KeyError 'accuracy' before)
+        assert 0 <= report["models"][name]["macro_f1"] <= report["models"][name]["accuracy"] + 1
+    assert report["models"]["teacher"]["accuracy"] > 0.5
+    from potstill.report import write_report
+
+    html = write_report(task_dir / "run")["html"].read_text()
+    assert "macro-F1" in html
     assert (task_dir / "run/student/adapter_config.json").exists()

@@ -195,3 +195,31 @@ def test_spec_layers_for_causal_students():
     assert TaskSpec(**base, student={"kind": "causal_lm", "model": "m", "layers": 10}).student.layers == 10
     with pytest.raises(ValueError, match="causal_lm"):
         TaskSpec(name="x", data={"train": "t.jsonl"}, student={"layers": "auto"})
+
+
+# -- classify with a causal student: labels read from the answers ----------------------------------
+
+def test_answer_label_and_label_metrics():
+    from potstill.causal_classify import answer_label, label_metrics
+
+    labels = ["ham", "spam", "spam filter"]
+    assert answer_label(" Spam. ", labels) == "spam"
+    assert answer_label('{"label": "ham"}', labels) == "ham"
+    assert answer_label("spam filter on", labels) == "spam filter"  # longest label first
+    assert answer_label("This is a JSON", labels) is None and answer_label(None, labels) is None
+    m = label_metrics(["ham", "spam", "ham", "spam"], ["ham", "spam", "This SMS", "ham"], ["ham", "spam"])
+    assert m["accuracy"] == 0.5 and m["invalid_label_share"] == 0.25
+    # ham: P 1/2 R 1/2 -> 0.5; spam: P 1 R 1/2 -> 2/3
+    assert abs(m["macro_f1"] - (0.5 + 2 / 3) / 2) < 1e-4
+
+
+def test_causal_students_get_a_one_format_prompt_by_default():
+    from potstill.spec import DEFAULT_TEMPLATE, TaskSpec
+
+    s = TaskSpec(name="x", data={"train": "t.jsonl"}, student={"kind": "causal_lm", "model": "m"})
+    p = s.render_prompt("win a prize", ["ham", "spam"])
+    assert p.endswith("Answer with the label only.") and "JSON" not in p
+    assert TaskSpec(name="x", data={"train": "t.jsonl"}).prompt_template == DEFAULT_TEMPLATE
+    own = TaskSpec(name="x", data={"train": "t.jsonl"}, prompt_template="{text}",
+                   student={"kind": "causal_lm", "model": "m"})
+    assert own.prompt_template == "{text}"
