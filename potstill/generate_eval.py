@@ -72,8 +72,14 @@ def _student_answers(path, prompts: list[str], spec: TaskSpec) -> tuple[list[Any
                     objective=meta.get("objective", "sequence"), max_length=spec.student.max_length)
     elapsed = time.perf_counter() - t0
     _, total = count_trainable(model)
+    from .causal_metrics import time_generation
+
     return gens, {"params": total, "adapter_size_mb": dir_size_mb(path), "method": meta.get("method"),
-                  "answers_per_s": round(len(prompts) / max(elapsed, 1e-9), 2)}
+                  "layers": getattr(model.config, "num_hidden_layers", None),
+                  "answers_per_s": round(len(prompts) / max(elapsed, 1e-9), 2),
+                  "gen_tokens_per_s": round(sum(len(g.token_logprobs) for g in gens) / max(elapsed, 1e-9), 1),
+                  **time_generation(model, tok, prompts, spec.student.max_new_tokens, spec.student.max_length,
+                                    meta.get("objective", "sequence"), spec.eval.latency_samples_generate)}
 
 
 def _teacher_answers(spec: TaskSpec, run: RunPaths, texts: list[str], prompts: list[str],
@@ -94,9 +100,17 @@ def _teacher_answers(spec: TaskSpec, run: RunPaths, texts: list[str], prompts: l
                 from .teachers.hf_causal import HFCausalTeacher
 
                 hf = HFCausalTeacher(spec, labels)
+                t0 = time.perf_counter()
                 got = dict(hf.answer(texts))
-                return [got[i].label for i in range(len(texts))], {"identity": hf.identity,
-                                                                    "params": hf.params}
+                elapsed = time.perf_counter() - t0
+                from .causal_metrics import time_generation
+
+                timing = time_generation(hf.model, hf.tokenizer, prompts, hf.max_new_tokens, hf.max_length,
+                                         n=spec.eval.latency_samples_generate)
+                return [got[i].label for i in range(len(texts))], {
+                    "identity": hf.identity, "params": hf.params,
+                    "layers": getattr(hf.model.config, "num_hidden_layers", None),
+                    "answers_per_s": round(len(texts) / max(elapsed, 1e-9), 2), **timing}
             from .students.causal_lm import load_causal_lm
 
             model, tok = load_causal_lm(path)
@@ -146,9 +160,14 @@ def evaluate_generate(spec: TaskSpec, run: RunPaths) -> dict[str, Any]:
     for name, pred in preds.items():
         models[name].update(text_metrics(gold, pred, None if name == "teacher" else preds["teacher"]))
         if spec.kind == "classify":  # the classify columns of report.json / report.html
-            from .causal_classify import label_metrics
+            from .causal_metrics import label_metrics
 
             models[name].update(label_metrics(gold, pred, inputs.labels))
+        if spec.kind == "generate" and spec.json_schema is not None:  # field F1, valid JSON
+            from .causal_metrics import json_metrics
+
+            models[name].update(json_metrics(gold, pred, spec.json_schema,
+                                             None if name == "teacher" else preds["teacher"]))
     summary: dict[str, Any] = {}
     if "student" in models:
         summary["student_over_teacher_exact_match"] = round(
@@ -156,11 +175,17 @@ def evaluate_generate(spec: TaskSpec, run: RunPaths) -> dict[str, Any]:
         if "baseline" in models:
             summary["student_minus_baseline_exact_match"] = round(
                 models["student"]["exact_match"] - models["baseline"]["exact_match"], 4)
+    if spec.json_schema is not None and "student" in models and "field_f1" in models["student"]:
+        summary["student_over_teacher_field_f1"] = round(
+            models["student"]["field_f1"] / max(models["teacher"]["field_f1"], 1e-9), 4)
+        if models["teacher"].get("latency_ms_p50") and models["student"].get("latency_ms_p50"):
+            summary["latency_speedup"] = round(models["teacher"]["latency_ms_p50"]
+                                               / models["student"]["latency_ms_p50"], 2)
     report = {"task": spec.name, "kind": spec.kind, "test_rows": len(texts), "models": models,
-              "summary": summary}
+              "summary": summary, **({"json_fields": True} if spec.json_schema is not None else {})}
     labelled: dict[str, list[str | None]] = {}
     if spec.kind == "classify":  # rendered by render_generate_markdown, with the label columns
-        from .causal_classify import answer_label
+        from .causal_metrics import answer_label
 
         report["student_kind"] = "causal_lm"
         labelled = {k: [answer_label(a, inputs.labels) for a in v] for k, v in preds.items()}
@@ -196,5 +221,15 @@ def render_generate_markdown(report: dict[str, Any]) -> str:
                if cls and "accuracy" in m else (" — | — | — |" if cls else ""))
         rows.append(f"| {name} |{lab} {m['exact_match']:.4f} | {m['token_f1']:.4f} | "
                     f"{m.get('agreement_with_teacher', '—')} | {ppl} | {params} |")
+    if report.get("json_fields"):
+        rows += ["", "| model | layers | field F1 | valid JSON | object exact match | field F1 vs teacher | "
+                 "p50 ms (batch 1) | tokens/s (batch 1) | answers/s (batched) |",
+                 "|---|---:|---:|---:|---:|---:|---:|---:|---:|"]
+        for name, m in report["models"].items():
+            rows.append(f"| {name} | {m.get('layers', '—')} | {m.get('field_f1', '—')} | {m.get('json_validity', '—')} | "
+                        f"{m.get('exact_match', '—')} | {m.get('field_f1_vs_teacher', '—')} | "
+                        f"{m.get('latency_ms_p50', '—')} | {m.get('gen_tokens_per_s_b1', '—')} | "
+                        f"{m.get('answers_per_s', '—')} |")
+        rows += ["", *(f"- {k}: {v}" for k, v in report.get("summary", {}).items())]
     return "\n".join([f"# potstill report: {report['task']} ({report['kind']})", "",
                       f"Held-out test: {report['test_rows']} rows.", "", *rows, ""])

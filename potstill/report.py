@@ -262,6 +262,8 @@ QUALITY = {
 
 def quality_columns(report: dict[str, Any]) -> tuple[tuple[str, str], ...]:
     """(report.json key, column title) of the task kind's quality metrics."""
+    if report.get("json_fields"):  # generate with a json_schema: scored like extract
+        return QUALITY["extract"]
     return QUALITY.get(report.get("kind") or "classify", QUALITY["classify"])
 
 

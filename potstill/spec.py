@@ -205,6 +205,8 @@ class TrainSpec(_Strict):
 
 class EvalSpec(_Strict):
     latency_samples: int = Field(200, ge=1)
+    latency_samples_generate: int = Field(8, ge=1)
+    """Causal LMs: single answers timed at batch 1 (each is a whole greedy generation)."""
     batch_size: int = Field(64, ge=1)
     threads: int | None = Field(1, ge=1)
     """Torch threads for evaluation and timing. 1 (the default) gives per-core figures that other

@@ -155,12 +155,14 @@ def test_pruned_student_trains_with_logit_and_hidden_kd_and_saves_whole(tmp_path
     from potstill.train_causal import train_causal_student
 
     teacher = build_tiny_llama(tmp_path / "teacher", layers=4)
-    write_jsonl(tmp_path / "data/train.jsonl", make_rows(24, 1))
-    write_jsonl(tmp_path / "data/test.jsonl", make_rows(6, 3))
+    as_json = lambda rows: [{"text": r["text"], "label": json.dumps({"intent": r["label"]})} for r in rows]  # noqa: E731
+    write_jsonl(tmp_path / "data/train.jsonl", as_json(make_rows(24, 1)))
+    write_jsonl(tmp_path / "data/test.jsonl", as_json(make_rows(6, 3)))
     (tmp_path / "potstill.yaml").write_text(f"""
 name: tiny-prune
 kind: generate
 prompt_template: "{{text}}"
+json_schema: {{type: object, properties: {{intent: {{type: string}}}}}}
 data: {{train: data/train.jsonl, test: data/test.jsonl}}
 teacher: {{kind: hf, model: {teacher}}}
 student: {{kind: causal_lm, model: {teacher}, layers: [0, 2, 3], lora: {{r: 4, dropout: 0.0}}}}
@@ -183,6 +185,16 @@ train: {{objective: logit_kd, hidden_weight: 1.0, epochs: 1, lr: 0.01, batch_siz
     assert meta["adapter"] is False and meta["layers"] == [0, 2, 3]  # merged: no base to point at
     model, _ = load_causal_lm(run.student)
     assert model.config.num_hidden_layers == 3
+    # evaluated as JSON objects (field F1, validity) with batch-1 latency, teacher and student
+    from potstill.evaluate import evaluate
+
+    report = evaluate(spec, run)
+    assert report["json_fields"] is True
+    for name, layers in (("teacher", 4), ("student", 3)):
+        m = report["models"][name]
+        assert m["layers"] == layers and 0 <= m["field_f1"] <= 1 and 0 <= m["json_validity"] <= 1
+        assert m["latency_ms_p50"] > 0 and m["gen_tokens_per_s_b1"] > 0
+    assert "field F1" in run.report_md.read_text()
 
 
 def test_spec_layers_for_causal_students():
@@ -200,7 +212,7 @@ def test_spec_layers_for_causal_students():
 # -- classify with a causal student: labels read from the answers ----------------------------------
 
 def test_answer_label_and_label_metrics():
-    from potstill.causal_classify import answer_label, label_metrics
+    from potstill.causal_metrics import answer_label, label_metrics
 
     labels = ["ham", "spam", "spam filter"]
     assert answer_label(" Spam. ", labels) == "spam"
