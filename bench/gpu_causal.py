@@ -13,7 +13,8 @@ template, the example's instruction, the slots JSON as the completion, loss on c
 tokens only).
 
     python3 bench/gpu_causal.py                      # on the GPU machine: every variant, bf16 + QLoRA
-    python3 bench/gpu_causal.py --device cpu --steps 2 --variants lora-30,full-10   # dry run on a CPU
+    python3 bench/gpu_causal.py --device cpu --steps 2 --variants lora-30,full-10   # CPU, real width
+    python3 bench/gpu_causal.py --device cpu --steps 2 --tiny   # dry run of every path in seconds
 
 Writes a markdown table to stdout and to $OUT/gpu_causal.md (or --out).
 """
@@ -39,6 +40,7 @@ DATA = ROOT / "examples" / "snips-json" / "data" / "train.jsonl"
 # the example's prompt (examples/snips-json/potstill.yaml: instruction + "\n\n" + text)
 INSTRUCTION = "Extract the slots of this voice-assistant request as one JSON object."
 IGNORE = -100
+TINY = False
 
 # name -> (decoder layers kept, method, 4-bit base)
 VARIANTS = {
@@ -112,6 +114,9 @@ def build(variant: str, device: str, tmp: Path):
 
     layers, method, four_bit = VARIANTS[variant]
     cfg = AutoConfig.from_pretrained(ASSETS)
+    if TINY:  # --tiny: a dry run of every code path on a CPU in seconds (same vocabulary, tiny width)
+        cfg.num_hidden_layers, cfg.hidden_size, cfg.intermediate_size = 30, 64, 128
+        cfg.num_attention_heads, cfg.num_key_value_heads, cfg.head_dim = 4, 2, 16
     if layers == "spread10":
         keep = spread(cfg.num_hidden_layers, 10)
         cfg.num_hidden_layers = len(keep)  # a pruned model is a plain model of fewer layers
@@ -211,6 +216,8 @@ def render(results: list[dict], meta: dict) -> str:
              f"{meta['steps']} timed steps after {meta['warmup']} warm-up; bf16 autocast (fp32 master "
              "weights), QLoRA: NF4 base + double quantisation, bf16 compute; LoRA r=16 on q_proj, v_proj.",
              "",
+             *(["**DRY RUN (--tiny): a tiny-width config, not SmolLM2's; figures mean nothing.**", ""]
+               if TINY else []),
              "Weights are a RANDOM initialisation built from SmolLM2-135M's config.json: throughput and "
              "memory depend on the architecture and the shapes, not on the weight values; quality is "
              "not measured here.", "",
@@ -238,7 +245,10 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--max-length", type=int, default=128)
     ap.add_argument("--variants", default=",".join(VARIANTS))
     ap.add_argument("--out", default=None, help="markdown file (default: $OUT/gpu_causal.md when OUT is set)")
+    ap.add_argument("--tiny", action="store_true", help="dry run: the same code on a tiny-width config")
     a = ap.parse_args(argv)
+    global TINY
+    TINY = a.tiny
     import peft
     import transformers
 
