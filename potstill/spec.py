@@ -30,6 +30,13 @@ CAUSAL_TEMPLATES = {
     "generate": "{instruction}\n\n{text}",
 }
 CAUSAL_INSTRUCTIONS = {"generate": "Answer the request below."}
+CAUSAL_TRAIN = {"epochs": 2, "batch_size": 8}
+"""Schedule defaults of a causal-LM student (train fields the spec leaves unset): the encoder's
+(4 epochs of batch 32) give a causal LM a few dozen large steps on a few hundred rows."""
+CAUSAL_LR = {"lora": 1e-3, "prefix": 1e-2, "prompt": 1e-2, "full": 5e-5}
+"""Learning rate by `student.lora.method` when train.lr is unset. lora: measured on SmolLM2-135M
+(docs/RESULTS.md, SMS spam: 1e-4 left the student answering prose); full: the usual SFT rate of a
+~100M model (the snips-json example); prefix / prompt: peft's usual range, not measured here."""
 
 
 class _Strict(BaseModel):
@@ -370,6 +377,12 @@ class TaskSpec(_Strict):
             self.prompt_template = CAUSAL_TEMPLATES[self.kind]
             if "instruction" not in self.model_fields_set and self.kind in CAUSAL_INSTRUCTIONS:
                 self.instruction = CAUSAL_INSTRUCTIONS[self.kind]
+        if causal:
+            for k, v in CAUSAL_TRAIN.items():
+                if k not in self.train.model_fields_set:
+                    setattr(self.train, k, v)
+            if "lr" not in self.train.model_fields_set:
+                self.train.lr = CAUSAL_LR[self.student.lora.method]
         if causal and "layers" not in self.student.model_fields_set:
             self.student.layers = None  # the [0, 5] default is the encoders'; a causal LM keeps all
         if not causal and isinstance(self.student.layers, (int, str)):

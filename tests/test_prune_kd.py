@@ -235,3 +235,15 @@ def test_causal_students_get_a_one_format_prompt_by_default():
     own = TaskSpec(name="x", data={"train": "t.jsonl"}, prompt_template="{text}",
                    student={"kind": "causal_lm", "model": "m"})
     assert own.prompt_template == "{text}"
+
+
+def test_causal_students_get_their_own_schedule_defaults():
+    from potstill.spec import CAUSAL_LR, TaskSpec
+
+    s = TaskSpec(name="x", data={"train": "t.jsonl"}, student={"kind": "causal_lm", "model": "m"})
+    assert (s.train.lr, s.train.epochs, s.train.batch_size) == (CAUSAL_LR["lora"], 2, 8)
+    full = TaskSpec(name="x", data={"train": "t.jsonl"}, train={"lr": 3e-4, "epochs": 1},
+                    student={"kind": "causal_lm", "model": "m", "lora": {"method": "full"}})
+    assert (full.train.lr, full.train.epochs, full.train.batch_size) == (3e-4, 1, 8)  # set values kept
+    enc = TaskSpec(name="x", data={"train": "t.jsonl"})
+    assert (enc.train.lr, enc.train.epochs, enc.train.batch_size) == (1e-4, 4, 32)  # encoders unchanged
