@@ -36,3 +36,25 @@ def test_time_generation_reports_batch_one_latency(tmp_path):
     model, tok = load_causal_lm(build_tiny_llama(tmp_path / "lm"))
     t = time_generation(model, tok, ["what is my balance", "send money"], max_new_tokens=3, max_length=32, n=2)
     assert 0 < t["latency_ms_p50"] <= t["latency_ms_p95"] and t["gen_tokens_per_s_b1"] > 0
+
+
+def test_snips_json_example_specs_agree_and_its_data_fits_the_schema():
+    from pathlib import Path
+
+    from potstill.config import load_spec
+
+    here = Path(__file__).resolve().parents[1] / "examples" / "snips-json"
+    spec, teacher = load_spec(here / "potstill.yaml"), load_spec(here / "teacher.yaml")
+    # the teacher answers the prompt it was fine-tuned on
+    assert spec.render_prompt("play jazz", []) == teacher.render_prompt("play jazz", [])
+    assert spec.student.layers == "auto" and spec.train.objective == "logit_kd"
+    assert teacher.student.layers is None and teacher.student.model == "smollm2-135m-instruct"
+    assert Path(spec.teacher.model).resolve() == (here / "runs/snips-json-teacher/baseline").resolve()
+    fields = set(spec.json_schema["properties"])
+    for split, n in (("train", 400), ("validation", 40), ("test", 100)):
+        rows = [json.loads(l) for l in (here / "data" / f"{split}.jsonl").read_text().splitlines()]
+        assert len(rows) == n
+        for r in rows:
+            obj = json.loads(r["label"])
+            assert set(obj) <= fields and all(v in r["text"] for v in obj.values())
+    assert (here / "LICENSE").exists()

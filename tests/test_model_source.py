@@ -131,3 +131,19 @@ def test_real_smollm2_gguf_loads_and_answers(tmp_path, monkeypatch):
     torch.set_num_threads(2)
     ans = generate(model, tok, ["What is the capital of France? Answer in one word."], max_new_tokens=8)
     assert "paris" in ans[0].text.lower()
+
+
+def test_dot_relative_model_paths_resolve_against_the_spec_folder(tmp_path, monkeypatch):
+    from potstill.config import load_spec
+
+    (tmp_path / "t").mkdir()
+    (tmp_path / "t" / "potstill.yaml").write_text(
+        "name: x\nkind: generate\ndata: {train: d.jsonl}\n"
+        "teacher: {kind: hf, model: ./runs/teacher/baseline}\n"
+        "student: {kind: causal_lm, model: smollm2-135m-instruct}\n")
+    monkeypatch.chdir(tmp_path)
+    spec = load_spec(tmp_path / "t" / "potstill.yaml")
+    assert spec.teacher.model == str(tmp_path / "t" / "runs/teacher/baseline")
+    assert spec.student.model == "smollm2-135m-instruct"  # names and hub ids are left alone
+    over = load_spec(tmp_path / "t" / "potstill.yaml", ["teacher.model=./elsewhere"])
+    assert over.teacher.model == "./elsewhere"  # --set values stay as typed (relative to the shell)
