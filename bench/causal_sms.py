@@ -41,6 +41,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--rows", type=int, default=160, help="training rows (seeded subset, spam oversampled to 1/3)")
     ap.add_argument("--test", type=int, default=100)
     ap.add_argument("--r", type=int, default=8)
+    ap.add_argument("--targets", default="auto", help="LoRA target modules: auto (q_proj, v_proj) or all-linear")
     ap.add_argument("--max-length", type=int, default=96)
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--precision", default="auto", choices=["auto", "fp32", "bf16"],
@@ -74,7 +75,8 @@ def main(argv: list[str] | None = None) -> int:
     gold = [r["label"] for r in test]
     results = []
     for lr in [float(x) for x in a.lr.split(",")]:
-        model, tok = build_causal_lm(a.model, "lora", r=a.r, alpha=2 * a.r, dropout=0.05, seed=13)
+        model, tok = build_causal_lm(a.model, "lora", r=a.r, alpha=2 * a.r, dropout=0.05, seed=13,
+                                     target_modules=a.targets)
         cfg = LMTrainConfig(objective="sequence", max_steps=a.steps, batch_size=a.batch_size, lr=lr,
                             warmup_ratio=0.1, precision=a.precision, max_length=a.max_length, log_every=5)
         t0 = time.perf_counter()
@@ -94,6 +96,7 @@ def main(argv: list[str] | None = None) -> int:
     maj = label_metrics(gold, ["ham"] * len(gold), labels)
     lines = ["# SMS spam with SmolLM2-135M-Instruct as a causal-LM student", "",
              f"{len(rows)} gold training rows ({len(spam)} spam), {a.steps} steps of batch {a.batch_size}, LoRA r={a.r} "
+             f"on {a.targets} "
              f"(alpha {2 * a.r}), precision {h['precision']}, max_length {a.max_length}, {a.threads} torch thread(s); "
              f"prompt: the {'default causal-student' if a.template == 'causal' else 'old two-format'} template; "
              f"test: {len(test)} rows ({n_spam} spam). Majority class (ham): accuracy {maj['accuracy']}, "
