@@ -304,7 +304,7 @@ def compare(spec_path: str | Path, overrides: Sequence[str] = (), workdir: str |
         rows.append({
             "name": v.name, "objective": v.objective, "gold_share": v.gold_share, "gold_labels":
             n_gold if v.objective != "distill" else 0, "teacher_labels": n_kept if v.objective != "gold" else 0,
-            "agreement_with_teacher": None, **task.score(gold, pred, inputs.labels, teacher_pred),
+            "agreement_with_teacher": None, **task.score(gold, pred, inputs.labels, teacher_pred, spec),
             "latency_ms_p50": info["latency_ms_p50"], "latency_ms_p95": info["latency_ms_p95"],
             "throughput_per_s": info["throughput_per_s"], "params": info["params"], "size_mb": info["size_mb"],
             "cost_per_1k": hosting_cost_per_1k(x, info["throughput_per_s"]) if info["throughput_per_s"] else None,

@@ -116,6 +116,16 @@ def _absolute_data_paths(doc: dict[str, Any], base: Path) -> None:
                     sec[key] = [_absolute(x, base) if isinstance(x, str) and x else x for x in sec[key]]
 
 
+def _relative_model_paths(doc: dict[str, Any], base: Path) -> None:
+    """teacher.model / student.model / teacher.fit.model written as ./x or ../x (a model made by
+    another spec beside this one) are relative to the spec's folder; other values are hub ids,
+    packaged names or paths as given."""
+    for sec in (doc.get("teacher"), doc.get("student"), (doc.get("teacher") or {}).get("fit")):
+        if isinstance(sec, dict) and isinstance(sec.get("model"), str) and \
+                sec["model"].replace("\\", "/").startswith(("./", "../")):
+            sec["model"] = str((base / sec["model"]).resolve())
+
+
 def _absolute(path: str, base: Path) -> str:
     p = Path(path).expanduser()
     return str(p if p.is_absolute() else base / p)
@@ -127,6 +137,7 @@ def load_spec(path: str | Path, overrides: list[str] | None = None) -> TaskSpec:
     doc, node = read_document(path)
     # data paths in the file are relative to the file; paths given with --set, to the shell's cwd
     _absolute_data_paths(doc, path.resolve().parent)
+    _relative_model_paths(doc, path.resolve().parent)
     doc = apply_overrides(doc, list(overrides or []))
     _absolute_data_paths(doc, Path.cwd())
     try:

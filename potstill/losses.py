@@ -7,6 +7,7 @@ K = an API teacher's top-k alternatives per position (see the token-level sectio
 from __future__ import annotations
 
 import math
+from typing import Sequence
 
 import torch
 import torch.nn.functional as F
@@ -164,3 +165,84 @@ def topk_tail_kd(student_logits: torch.Tensor, topk_ids: torch.Tensor, topk_logp
     head = torch.where(valid, p * (log_p - log_q), torch.zeros_like(log_q)).sum(-1)  # (B, T)
     tail = torch.xlogy(p_tail, p_tail) - p_tail * log_q_tail  # (B, T)
     return _masked_mean(head + tail, mask)
+
+
+# ---------------------------------------------------------------------------------------------
+# chunked over positions: logit KD without (B, T, V) tensors. N = supervised positions (the
+# caller gathers them from (B, T)), H = hidden size, V = vocabulary, c = chunk size.
+
+
+def chunked_kd_ce(student_hidden: torch.Tensor, student_head, targets: torch.Tensor,
+                  weights: torch.Tensor, teacher_hidden: torch.Tensor | None = None, teacher_head=None,
+                  kd_mask: torch.Tensor | None = None, kind: str = "forward_kl",
+                  temperature: float = 1.0, beta: float = 0.5, vocab_size: int | None = None,
+                  chunk_size: int = 128) -> tuple[torch.Tensor, torch.Tensor]:
+    """(kd, ce) computed `chunk_size` positions at a time, never holding logits for all N.
+
+    student_hidden: (N, H) final (normed) hidden states of the student at the N positions whose
+    logits predict a supervised token; student_head: a callable (c, H) -> (c, V) (the LM head);
+    targets: (N,) long, the next tokens; weights: (N,) float, each position's CE weight (its row's
+    weight). teacher_hidden: (N, H_t) the teacher's final hidden states at the same positions and
+    teacher_head (c, H_t) -> (c, V), or None for CE only; kd_mask: (N,) bool, positions that take
+    part in KD (default all). vocab_size: KD compares the first V ids only (rows past the
+    tokenizer's size are padding); CE uses the student's whole output.
+
+    Returns kd = mean over kd_mask positions of the `token_kd_loss` divergence (times T^2), the
+    same value as `token_kd_loss` on the full (B, T, V) logits, and ce = sum(w * CE) / sum(w), as
+    `weighted_ce`. Each chunk runs under activation checkpointing, so the backward pass also
+    holds one chunk's (c, V) logits at a time: peak extra memory is O(c * V), not O(N * V).
+    """
+    from torch.utils.checkpoint import checkpoint
+
+    n = student_hidden.shape[0]
+    kd_mask = torch.ones(n, dtype=torch.bool, device=student_hidden.device) if kd_mask is None else kd_mask
+    use_kd = teacher_hidden is not None and teacher_head is not None
+
+    def chunk_loss(h: torch.Tensor, th: torch.Tensor | None, tgt: torch.Tensor, w: torch.Tensor,
+                   m: torch.Tensor) -> torch.Tensor:
+        logits = student_head(h)  # (c, V)
+        ce = (F.cross_entropy(logits.float(), tgt, reduction="none") * w).sum()
+        if not use_kd:
+            return torch.stack([ce, ce.new_zeros(())])
+        with torch.no_grad():
+            t_logits = teacher_head(th)  # (c, V_t)
+        v = vocab_size or logits.shape[-1]
+        k = m.sum()
+        kd = token_kd_loss(logits[None, :, :v], t_logits[None, :, :v], m[None], kind, temperature, beta) * k
+        return torch.stack([ce, kd])
+
+    total = student_hidden.new_zeros(2, dtype=torch.float32)
+    for s in range(0, n, chunk_size):
+        sl = slice(s, s + chunk_size)
+        th = teacher_hidden[sl] if use_kd else None
+        if torch.is_grad_enabled() and student_hidden.requires_grad:
+            part = checkpoint(chunk_loss, student_hidden[sl], th, targets[sl], weights[sl], kd_mask[sl],
+                              use_reentrant=False)
+        else:
+            part = chunk_loss(student_hidden[sl], th, targets[sl], weights[sl], kd_mask[sl])
+        total = total + part
+    ce = total[0] / weights.float().sum().clamp_min(1e-9)
+    kd = total[1] / kd_mask.float().sum().clamp_min(1.0)
+    return kd, ce
+
+
+def hidden_state_kd(student_states: Sequence[torch.Tensor], teacher_states: Sequence[torch.Tensor],
+                    mask: torch.Tensor) -> torch.Tensor:
+    """Relative MSE between paired hidden states, mean over pairs: for each pair (B, T, H),
+    sum over masked positions of |h_s - h_t|^2 / sum of |h_t|^2 (the teacher's scale differs by
+    layer by orders of magnitude, so each layer is normalised by its own). mask: (B, T) bool
+    (attention mask: prompt tokens count too). Student and teacher widths must match (depth
+    pruning keeps the width)."""
+    if len(student_states) != len(teacher_states):
+        raise ValueError(f"{len(student_states)} student vs {len(teacher_states)} teacher hidden states")
+    if not student_states:
+        return mask.new_zeros((), dtype=torch.float32)
+    m = mask[..., None].float()  # (B, T, 1)
+    losses = []
+    for hs, ht in zip(student_states, teacher_states):
+        if hs.shape != ht.shape:
+            raise ValueError(f"hidden states {tuple(hs.shape)} vs {tuple(ht.shape)}: hidden-state KD "
+                             "needs the same width")
+        err = ((hs.float() - ht.float()) ** 2 * m).sum()
+        losses.append(err / (ht.float() ** 2 * m).sum().clamp_min(1e-9))
+    return torch.stack(losses).mean()

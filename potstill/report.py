@@ -265,6 +265,8 @@ def quality_columns(report: dict[str, Any]) -> tuple[tuple[str, str], ...]:
     """(report.json key, column title) of the task kind's quality metrics (`Task.quality`)."""
     from .tasks import get_task
 
+    if report.get("json_fields"):  # generate with a json_schema: scored like extract
+        return tuple(get_task("extract").quality)
     return tuple(get_task(report.get("kind") or "classify").quality)
 
 

@@ -30,6 +30,20 @@ EXTRACT_TEMPLATE = (
     "{instruction}\n\nJSON schema: {schema}\n\nText: {text}\n\n"
     "Answer with one JSON object only."
 )
+CAUSAL_TEMPLATES = {
+    # kind -> the default prompt when the student is a causal LM: one answer format only (a small
+    # model follows "the label only, or as JSON" literally and writes "This is a JSON")
+    "classify": "{instruction}\n\nLabels: {labels}\n\nText: {text}\n\nAnswer with the label only.",
+    "generate": "{instruction}\n\n{text}",
+}
+CAUSAL_INSTRUCTIONS = {"generate": "Answer the request below."}
+CAUSAL_TRAIN = {"epochs": 2, "batch_size": 8}
+"""Schedule defaults of a causal-LM student (train fields the spec leaves unset): the encoder's
+(4 epochs of batch 32) give a causal LM a few dozen large steps on a few hundred rows."""
+CAUSAL_LR = {"lora": 1e-3, "prefix": 1e-2, "prompt": 1e-2, "full": 5e-5}
+"""Learning rate by `student.lora.method` when train.lr is unset. lora: measured on SmolLM2-135M
+(docs/RESULTS.md, SMS spam: 1e-4 left the student answering prose); full: the usual SFT rate of a
+~100M model (the snips-json example); prefix / prompt: peft's usual range, not measured here."""
 
 
 class _Strict(BaseModel):
@@ -168,13 +182,15 @@ class StudentSpec(_Strict):
     kind: Literal["classifier", "causal_lm", "tagger"] = "classifier"
     model: str = DEFAULT_ENCODER
     """Any Hugging Face encoder: a hub id or a local path; `minilm` is the packaged MiniLM-L6."""
-    layers: list[int] | None = Field(default_factory=lambda: [0, 5])
-    """Transformer layers kept (DistilBERT-style); null keeps all."""
+    layers: list[int] | int | Literal["auto"] | None = Field(default_factory=lambda: [0, 5])
+    """Transformer layers kept (DistilBERT-style); null keeps all. Causal-LM students (depth
+    pruning, students/prune.py): unset or null keeps all; `auto` about a third, evenly spread with
+    the first and last; an integer k that many, evenly spread; or a list."""
     init: Literal["auto", "base", "teacher"] = "auto"
     """auto: from the teacher when it is a local encoder of the same family, else from `model`."""
     max_length: int = Field(64, ge=8)
     lora: LoraSpec = LoraSpec()
-    """causal_lm only (`layers` and `init` are for encoders)."""
+    """causal_lm only (`init` is for encoders)."""
     max_new_tokens: int = Field(32, ge=1)
     """causal_lm: most tokens generated per answer."""
 
@@ -193,6 +209,12 @@ class TrainSpec(_Strict):
     forgetting, relative to the spec folder; its held-out tail measures perplexity vs the base."""
     general_ratio: float = Field(0.0, ge=0, lt=1)
     """Share of training rows drawn from general_data."""
+    hidden_weight: float = Field(0.0, ge=0)
+    """logit_kd into a depth-pruned causal student: weight of hidden-state KD (each kept block
+    against the teacher block it was initialised from; losses.hidden_state_kd)."""
+    kd_chunk: int = Field(128, ge=0)
+    """Causal LM: positions per chunk of the loss at supervised positions (no (B, T, V) logits);
+    0 computes full logits."""
     rationale_weight: float = Field(1.0, ge=0)
     """rationale: weight of the [rationale] task against the [label] task."""
     temperature: float = Field(2.0, gt=0)
@@ -216,6 +238,8 @@ class TrainSpec(_Strict):
 
 class EvalSpec(_Strict):
     latency_samples: int = Field(200, ge=1)
+    latency_samples_generate: int = Field(8, ge=1)
+    """Causal LMs: single answers timed at batch 1 (each is a whole greedy generation)."""
     batch_size: int = Field(64, ge=1)
     threads: int | None = Field(1, ge=1)
     """Torch threads for evaluation and timing. 1 (the default) gives per-core figures that other
@@ -399,6 +423,21 @@ class TaskSpec(_Strict):
         if self.train.objective in ("sequence", "logit_kd", "rationale") and not causal:
             raise ValueError(f"train.objective {self.train.objective!r} is for student.kind "
                              "'causal_lm'")
+        if causal and "prompt_template" not in self.model_fields_set and self.kind in CAUSAL_TEMPLATES:
+            self.prompt_template = CAUSAL_TEMPLATES[self.kind]
+            if "instruction" not in self.model_fields_set and self.kind in CAUSAL_INSTRUCTIONS:
+                self.instruction = CAUSAL_INSTRUCTIONS[self.kind]
+        if causal:
+            for k, v in CAUSAL_TRAIN.items():
+                if k not in self.train.model_fields_set:
+                    setattr(self.train, k, v)
+            if "lr" not in self.train.model_fields_set:
+                self.train.lr = CAUSAL_LR[self.student.lora.method]
+        if causal and "layers" not in self.student.model_fields_set:
+            self.student.layers = None  # the [0, 5] default is the encoders'; a causal LM keeps all
+        if not causal and isinstance(self.student.layers, (int, str)):
+            raise ValueError(f"student.layers {self.student.layers!r}: a count or `auto` is for "
+                             "student.kind causal_lm; list the encoder layers to keep, e.g. [0, 5]")
         if self.kind == "extract":
             _extract_defaults(self)
         elif self.student.kind == "tagger":

@@ -116,8 +116,8 @@ def length_task():
                 return "unsure"
             return super().check_record(rec, f, seen)
 
-        def score(self, gold, pred, labels, teacher):
-            m = super().score(gold, pred, labels, teacher)
+        def score(self, gold, pred, labels, teacher, spec=None):
+            m = super().score(gold, pred, labels, teacher, spec)
             m["long_recall"] = round(accuracy([g for g in gold if g == "long"],
                                               [p for g, p in zip(gold, pred) if g == "long"]), 4)
             return m

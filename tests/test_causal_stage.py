@@ -114,10 +114,18 @@ def test_potstill_run_classify_with_a_causal_student(task_dir, lms):
 
     spec = load_spec(task_dir / "potstill.yaml", [
         "student.kind=causal_lm", f"student.model={lms[0]}", "student.max_new_tokens=4",
-        "train.epochs=0.3", "train.lr=0.02", "prompt_template='{text}'"])
+        "train.epochs=0.3", "train.lr=0.02", "prompt_template='{text}'",
+        "student.layers=null"])  # the file's [0, 3] are the encoder's; a causal student would prune
     report = run_all(spec, task_dir / "run")
     assert set(report["models"]) == {"teacher", "student", "baseline"}
-    assert report["models"]["teacher"]["exact_match"] > 0.5  # the fitted encoder teacher's labels
+    assert report["models"]["teacher"]["accuracy"] > 0.5  # the fitted encoder teacher's labels
     for name in ("student", "baseline"):
-        assert 0 <= report["models"][name]["exact_match"] <= 1
+        assert 0 <= report["models"][name]["accuracy"] <= 1
+        # classify columns (report.html needs them: it failed with KeyError 'accuracy' before)
+        assert 0 <= report["models"][name]["macro_f1"] <= report["models"][name]["accuracy"] + 1
+    assert report["models"]["teacher"]["accuracy"] > 0.5
+    from potstill.report import write_report
+
+    html = write_report(task_dir / "run")["html"].read_text()
+    assert "macro-F1" in html
     assert (task_dir / "run/student/adapter_config.json").exists()

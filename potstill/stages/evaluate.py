@@ -79,16 +79,17 @@ def evaluate(spec: TaskSpec, run: RunPaths) -> dict[str, Any]:
                      "train_seconds": m.get("metrics", {}).get("seconds")})
         models[name] = info
     for name, pred in preds.items():
-        models[name].update(task.score(gold, pred, labels, None if name == "teacher" else preds["teacher"]))
+        models[name].update(task.score(gold, pred, labels, None if name == "teacher" else preds["teacher"], spec))
+    metric = task.metric_for(spec)
     report = {
         "task": spec.name,
         "kind": spec.kind,
         "student_kind": spec.student.kind,
-        "metric": task.metric,
+        "metric": metric,
         "test_rows": len(texts),
-        **task.report_header(labels),
+        **task.report_header(labels, spec),
         "models": models,
-        "summary": summarise(models, task.metric),
+        "summary": summarise(models, metric),
         "data": data_section(run, len(inputs.train)),
         "machine": _machine(),
     }
@@ -100,7 +101,7 @@ def evaluate(spec: TaskSpec, run: RunPaths) -> dict[str, Any]:
     write_manifest(run.root / EVAL_DIR, "eval", spec, dataset_hash=inputs.dataset_hash,
                    parents={k: str(run.model_dir(k)) for k in models if k != "teacher"},
                    report=str(run.report_json))
-    log("eval: " + ", ".join(f"{k} {task.metric} {v[task.metric]:.4f}" for k, v in models.items()))
+    log("eval: " + ", ".join(f"{k} {metric} {v[metric]:.4f}" for k, v in models.items()))
     return report
 
 

@@ -58,6 +58,7 @@ from ..progress import log, progress
 from ..spec import TaskSpec
 from .base import Student
 from .hf import dir_size_mb
+from .prune import hidden_pairs, select_layers
 
 LABEL_TAG = "[label]"
 RATIONALE_TAG = "[rationale]"
@@ -199,7 +200,12 @@ def topk_from_token_logprobs(tokenizer, tokens: list[tuple[str, float, list[tupl
 
 def resolve_causal_path(name: str) -> str:
     """A local model directory (checked) or a hub id (transformers resolves it; offline it fails
-    with transformers' own message)."""
+    with transformers' own message). A GGUF file or packaged GGUF name (`smollm2-135m-instruct`)
+    -> its plain transformers copy (students/model_source.py)."""
+    from .model_source import resolve_source
+
+    if (plain := resolve_source(name)) is not None:
+        return plain
     p = Path(name).expanduser()
     if p.exists():
         if not (p / "config.json").exists() and not (p / "adapter_config.json").exists():
@@ -214,12 +220,14 @@ def _dtype_for(precision: str):
 
 def build_causal_lm(model_name: str, method: str = "lora", r: int = 16, alpha: float = 32,
                     dropout: float = 0.05, target_modules: Any = "auto", num_virtual_tokens: int = 16,
-                    quantize_4bit: bool = False, seed: int = 13, gradient_checkpointing: bool = False):
+                    quantize_4bit: bool = False, seed: int = 13, gradient_checkpointing: bool = False,
+                    layers: Any = None):
     """(model, tokenizer): the base causal LM wrapped for `method` (lora | prefix | prompt | full).
 
     target_modules "auto": peft's default for known architectures (e.g. q_proj, v_proj for
     Llama), else every linear layer except the LM head ("all-linear"). quantize_4bit loads the
-    frozen base in 4-bit NF4 (QLoRA) and needs CUDA and bitsandbytes.
+    frozen base in 4-bit NF4 (QLoRA) and needs CUDA and bitsandbytes. layers: keep these decoder layers
+    (depth pruning, `prune.select_layers`: null, auto, a count or a list) before adapters wrap it.
     """
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
@@ -247,6 +255,13 @@ def build_causal_lm(model_name: str, method: str = "lora", r: int = 16, alpha: f
     tok = AutoTokenizer.from_pretrained(path)
     if tok.pad_token is None:
         tok.pad_token = tok.eos_token
+    if layers is not None:
+        from .prune import prune_decoder, select_layers
+
+        keep = select_layers(layers, model.config.num_hidden_layers)
+        if keep != list(range(model.config.num_hidden_layers)):
+            prune_decoder(model, keep)
+            model._potstill_layers = keep
     if quantize_4bit:
         from peft import prepare_model_for_kbit_training
 
@@ -367,6 +382,13 @@ class LMTrainConfig:
     checkpoint_every: int = 200
     """With a checkpoint_dir: save a resumable checkpoint every N steps, at each epoch end and at
     the last step (students/lm_checkpoint.py)."""
+    kd_chunk: int = 128
+    """> 0: the loss at supervised positions only, this many positions at a time (causal_kd.py):
+    no (B, T, V) logits for LoRA / full fine-tuning. 0: the full-logits path below."""
+    hidden_weight: float = 0.0
+    """logit_kd with a depth-pruned student: weight of hidden-state KD over `hidden_pairs`."""
+    hidden_pairs: list[tuple[int, int]] | None = None
+    """(student, teacher) hidden-state indices paired for hidden-state KD (prune.hidden_pairs)."""
 
 
 def shifted(logits: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
@@ -389,6 +411,11 @@ def weighted_ce(logits: torch.Tensor, targets: torch.Tensor, mask: torch.Tensor,
 def lm_loss(model, batch: dict[str, torch.Tensor], cfg: LMTrainConfig, teacher=None,
             vocab_size: int | None = None) -> tuple[torch.Tensor, dict[str, float]]:
     """The loss of one batch for cfg.objective; returns (loss, parts for logging)."""
+    if cfg.kd_chunk > 0 and "topk_ids" not in batch:
+        from .causal_kd import chunked_lm_loss, supports_chunked
+
+        if supports_chunked(model) and (teacher is None or supports_chunked(teacher)):
+            return chunked_lm_loss(model, batch, cfg, teacher, vocab_size)
     logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
     s_logits, tgt, mask = shifted(logits, batch["labels"])  # (B, T-1, V), (B, T-1), (B, T-1)
     ce = weighted_ce(s_logits, tgt, mask, batch["weight"])
@@ -607,6 +634,11 @@ def load_teacher_lm(name: str, student_tokenizer, precision: str = "fp32"):
     from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
 
     path = resolve_causal_path(name)
+    if Path(path, "adapter_config.json").exists():  # a potstill causal student (LoRA): merged
+        model, tok = load_causal_lm(path, merge=True)
+        check_shared_vocab(student_tokenizer, tok)
+        model._potstill_tok = tok
+        return model.to(_dtype_for(precision))
     arch = (AutoConfig.from_pretrained(path).architectures or [""])[0]
     if arch and not arch.endswith("ForCausalLM"):
         raise PotstillError(f"teacher {name} is a {arch}, not a causal LM: logit_kd needs a causal-LM "
@@ -742,6 +774,18 @@ def split_general(texts: list[str], held_out_share: float = 0.1) -> tuple[list[s
     return texts[:len(texts) - n], texts[len(texts) - n:]
 
 
+def pruned_layers(init: str, layers) -> list[int] | None:
+    """The decoder layers a causal student keeps (`student.layers`, students/prune.py), or None
+    when it keeps them all."""
+    if layers is None:
+        return None
+    from transformers import AutoConfig
+
+    n = AutoConfig.from_pretrained(init).num_hidden_layers
+    keep = select_layers(layers, n)
+    return None if keep == list(range(n)) else keep
+
+
 def train_causal_student(spec: TaskSpec, run: RunPaths, inputs: Inputs,
                          mode: Literal["student", "baseline"] = "student", *,
                          records: Path | None = None, out: Path | None = None) -> dict[str, Any]:
@@ -825,8 +869,9 @@ def train_causal_student(spec: TaskSpec, run: RunPaths, inputs: Inputs,
     if up_to_date(out, fp, STUDENT_META, HISTORY):
         log(f"{mode}: up to date in {out}")
         return read_manifest(out)
+    keep = pruned_layers(init, s.layers)  # depth pruning (students/prune.py), None: all layers
     model, tok = build_causal_lm(s.model, lora.method, lora.r, lora.alpha, lora.dropout, lora.target_modules,
-                                 lora.num_virtual_tokens, lora.quantize_4bit, seed=t.seed)
+                                 lora.num_virtual_tokens, lora.quantize_4bit, seed=t.seed, layers=keep)
     teacher = None
     if objective == "logit_kd" and spec.teacher.kind != "openai":
         if spec.teacher.kind != "hf":
@@ -842,12 +887,18 @@ def train_causal_student(spec: TaskSpec, run: RunPaths, inputs: Inputs,
         temperature=t.temperature, jsd_beta=t.jsd_beta, kd_weight=t.kd_weight,
         ce_weight=t.ce_weight if objective == "logit_kd" else 1.0, epochs=t.epochs,
         batch_size=t.batch_size, lr=t.lr, weight_decay=t.weight_decay, warmup_ratio=t.warmup_ratio,
-        seed=t.seed, precision=t.precision, max_length=s.max_length, checkpoint_every=t.checkpoint_every)
+        seed=t.seed, precision=t.precision, max_length=s.max_length, checkpoint_every=t.checkpoint_every,
+        kd_chunk=t.kd_chunk, hidden_weight=t.hidden_weight,
+        hidden_pairs=hidden_pairs(keep) if keep and teacher is not None else None)
     # a killed run resumes from out/checkpoints (same fingerprint: same data, spec and base weights)
     history = train_causal_lm(model, tok, rows, cfg, teacher, val_rows, general_eval, desc=mode,
                               checkpoint_dir=out / CHECKPOINTS, fingerprint=fp)
+    if keep is not None and is_peft(model):
+        # a pruned base exists nowhere else: the student is saved whole (adapters merged)
+        model = merge_adapters(model)
     save_causal_lm(model, tok, out, meta={"base_model": init, "method": lora.method,
-                                          "objective": objective, "kind": spec.kind})
+                                          "objective": objective, "kind": spec.kind,
+                                          **({"layers": keep} if keep is not None else {})})
     import shutil
 
     shutil.rmtree(out / CHECKPOINTS, ignore_errors=True)  # the model is saved: nothing to resume
@@ -855,7 +906,28 @@ def train_causal_student(spec: TaskSpec, run: RunPaths, inputs: Inputs,
     return write_manifest(out, mode, spec, fingerprint=fp, objective=objective, init_from=init,
                           teacher=teacher_identity, dataset_hash=inputs.dataset_hash,
                           train_data_hash=data_hash, parents=parents, params=n_total,
-                          trainable_params=n_train, method=lora.method, metrics=history)
+                          trainable_params=n_train, method=lora.method, metrics=history,
+                          **({"layers": keep} if keep is not None else {}))
+
+
+def time_generation(model, tok, prompts: Sequence[str], max_new_tokens: int, max_length: int,
+                    objective: str = "sequence", n: int = 8) -> dict[str, Any]:
+    """Latency of single answers (batch 1, greedy, to EOS or max_new_tokens) over the first `n`
+    prompts: p50 / p95 ms, and generated tokens per second at batch 1."""
+    import time
+
+    import numpy as np
+
+    generate(model, tok, list(prompts[:1]), 2, 1, objective, max_length)  # warm-up
+    ms, toks = [], 0
+    for p in list(prompts[:n]):
+        t0 = time.perf_counter()
+        g = generate(model, tok, [p], max_new_tokens, 1, objective, max_length)[0]
+        ms.append((time.perf_counter() - t0) * 1000)
+        toks += len(g.token_logprobs)
+    return {"latency_ms_p50": round(float(np.percentile(ms, 50)), 1),
+            "latency_ms_p95": round(float(np.percentile(ms, 95)), 1),
+            "gen_tokens_per_s_b1": round(toks / max(sum(ms) / 1000, 1e-9), 1)}
 
 
 def _student_answers(path, prompts: list[str], spec: TaskSpec) -> tuple[list[Any], dict[str, Any]]:
@@ -867,7 +939,11 @@ def _student_answers(path, prompts: list[str], spec: TaskSpec) -> tuple[list[Any
     elapsed = time.perf_counter() - t0
     _, total = count_trainable(model)
     return gens, {"params": total, "adapter_size_mb": dir_size_mb(path), "method": meta.get("method"),
-                  "answers_per_s": round(len(prompts) / max(elapsed, 1e-9), 2)}
+                  "layers": getattr(model.config, "num_hidden_layers", None),
+                  "answers_per_s": round(len(prompts) / max(elapsed, 1e-9), 2),
+                  "gen_tokens_per_s": round(sum(len(g.token_logprobs) for g in gens) / max(elapsed, 1e-9), 1),
+                  **time_generation(model, tok, prompts, spec.student.max_new_tokens, spec.student.max_length,
+                                    meta.get("objective", "sequence"), spec.eval.latency_samples_generate)}
 
 
 class CausalLMStudent:

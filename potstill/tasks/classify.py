@@ -102,7 +102,7 @@ class Classify:
         return pred
 
     def score(self, gold: Sequence[Any], pred: Sequence[Any], labels: Sequence[str],
-              teacher: Sequence[Any] | None) -> dict[str, Any]:
+              teacher: Sequence[Any] | None, spec: TaskSpec | None = None) -> dict[str, Any]:
         m = {"accuracy": round(accuracy(gold, pred), 4), "macro_f1": round(macro_f1(gold, pred, labels), 4)}
         if teacher is not None:
             m["agreement_with_teacher"] = round(agreement(pred, teacher), 4)
@@ -129,7 +129,10 @@ class Classify:
             raise ValueError(f"answer must be one of the task's labels or \"wrong\", not {answer[:200]!r}")
         return answer
 
-    def report_header(self, labels: Sequence[str]) -> dict[str, Any]:
+    def metric_for(self, spec: TaskSpec) -> str:
+        return self.metric
+
+    def report_header(self, labels: Sequence[str], spec: TaskSpec | None = None) -> dict[str, Any]:
         return {"labels": len(labels)}
 
     def table(self, report: dict[str, Any]) -> tuple[list[str], list[list[str]]]:

@@ -248,7 +248,7 @@ class Extract:
         return pred
 
     def score(self, gold: Sequence[Any], pred: Sequence[Any], labels: Sequence[str],
-              teacher: Sequence[Any] | None) -> dict[str, Any]:
+              teacher: Sequence[Any] | None, spec: TaskSpec | None = None) -> dict[str, Any]:
         return model_metrics(gold, pred, labels, teacher)
 
     # -- serving ---------------------------------------------------------------------------------
@@ -277,7 +277,10 @@ class Extract:
                              f"({why}: {(detail or '')[:200]})")
         return canonical_json(obj)
 
-    def report_header(self, labels: Sequence[str]) -> dict[str, Any]:
+    def metric_for(self, spec: TaskSpec) -> str:
+        return self.metric
+
+    def report_header(self, labels: Sequence[str], spec: TaskSpec | None = None) -> dict[str, Any]:
         return {"fields": len(labels)}
 
     def table(self, report: dict[str, Any]) -> tuple[list[str], list[list[str]]]:

@@ -10,13 +10,15 @@ scored by exact match and token F1 after `answers.normalize_answer`, and agreeme
 
 from __future__ import annotations
 
+import json
 from collections import Counter
 from typing import Any, Sequence
 
-from ..answers import RATIONALE_INSTRUCTION, Answer, normalize_answer
+from ..answers import RATIONALE_INSTRUCTION, Answer, normalize_answer, parse_answer, schema_fields
 from ..data.inputs import Splits, normalise
 from ..spec import FilterSpec, TaskSpec
 from .base import input_checks
+from .extract import model_metrics
 
 REASONS = ("teacher_error", "empty_output", "unparseable", "too_short", "too_long", "duplicate",
            "low_votes", "low_confidence", "gold_disagreement")
@@ -104,6 +106,33 @@ def render_generate_markdown(report: dict[str, Any]) -> str:
                       f"Held-out test: {report['test_rows']} rows.", "", *rows, ""])
 
 
+# -- answers that are JSON objects (a json_schema in the spec): scored like the extract task ----------
+def json_objects(answers: Sequence[str | None], schema: dict[str, Any]) -> list[dict[str, Any] | None]:
+    """Each answer's first JSON object, cleaned and checked against the schema (None when there is
+    none or it breaks the schema), as the extract task parses a teacher's reply."""
+    return [parse_answer(a, schema)[0] for a in answers]
+
+
+def json_metrics(gold: Sequence[str | None], answers: Sequence[str | None], schema: dict[str, Any],
+                 teacher: Sequence[str | None] | None = None) -> dict[str, Any]:
+    """field_f1 / field_precision / field_recall (micro over (field, value) pairs), json_validity,
+    exact_match of the objects, per_field; agreement and field F1 against the teacher's objects
+    when given. Gold answers are JSON object strings."""
+    gold_objs = []
+    for i, g in enumerate(gold):
+        try:
+            obj = json.loads(g) if g else {}
+        except json.JSONDecodeError:
+            obj = None
+        if not isinstance(obj, dict):
+            raise ValueError(f"test row {i + 1}: the gold answer {str(g)[:80]!r} is not a JSON object, but the "
+                             "spec has a json_schema (generate answers are scored as JSON objects)")
+        gold_objs.append(obj)
+    pred = json_objects(answers, schema)
+    t_objs = json_objects(teacher, schema) if teacher is not None else None
+    return model_metrics(gold_objs, pred, schema_fields(schema), t_objs)
+
+
 class Generate:
     kind: str = "generate"
     metric: str = "exact_match"
@@ -147,9 +176,15 @@ class Generate:
     def to_json(self, pred: Any) -> Any:
         return pred
 
+    def metric_for(self, spec: TaskSpec) -> str:
+        return "field_f1" if spec.json_schema is not None else self.metric
+
     def score(self, gold: Sequence[Any], pred: Sequence[Any], labels: Sequence[str],
-              teacher: Sequence[Any] | None) -> dict[str, Any]:
-        return text_metrics(gold, pred, teacher)
+              teacher: Sequence[Any] | None, spec: TaskSpec | None = None) -> dict[str, Any]:
+        m = text_metrics(gold, pred, teacher)
+        if spec is not None and spec.json_schema is not None:  # field F1, valid JSON, object match
+            m.update(json_metrics(gold, pred, spec.json_schema, teacher))
+        return m
 
     # -- serving ---------------------------------------------------------------------------------
     has_label_set: bool = False
@@ -170,8 +205,8 @@ class Generate:
     def feedback_answer(self, answer: str, labels: Sequence[str], schema: dict[str, Any] | None) -> str:
         return answer
 
-    def report_header(self, labels: Sequence[str]) -> dict[str, Any]:
-        return {}
+    def report_header(self, labels: Sequence[str], spec: TaskSpec | None = None) -> dict[str, Any]:
+        return {"json_fields": True} if spec is not None and spec.json_schema is not None else {}
 
     def table(self, report: dict[str, Any]) -> tuple[list[str], list[list[str]]]:
         head = ["model", "exact match", "token F1", "agree w/ teacher", "general ppl (base → student)",

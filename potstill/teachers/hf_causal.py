@@ -75,5 +75,10 @@ class HFCausalTeacher:
                 yield s + j, a
 
     def describe(self, texts: Sequence[str], ev: Any) -> dict[str, Any]:
-        """Size (the evaluation's teacher row; its answers are timed as they are generated)."""
-        return {"params": self.params}
+        """Size and batch-1 generation latency on this machine (the evaluation's teacher row)."""
+        from ..students.causal_lm import time_generation
+
+        prompts = [self.request(t)["prompt"] for t in texts]
+        return {"params": self.params, "layers": getattr(self.model.config, "num_hidden_layers", None),
+                **time_generation(self.model, self.tokenizer, prompts, self.max_new_tokens, self.max_length,
+                                  n=ev.latency_samples_generate)}

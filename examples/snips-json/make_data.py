@@ -1,0 +1,43 @@
+"""Rebuild data/*.jsonl from the project's converted SNIPS JSONL (shared/data/snips, CC0 1.0):
+a seeded subsample, each row {"text", "intent", "label"} with `label` the slots as one JSON object
+string (slot -> value, in the order the slots occur in the text). Rows in which a slot repeats
+(the converter stores a list there) are left out, as in examples/snips-extract.
+
+    python examples/snips-json/make_data.py /work/shared/data/snips
+"""
+
+from __future__ import annotations
+
+import json
+import random
+import sys
+from pathlib import Path
+
+SIZES = {"train": 400, "validation": 40, "test": 100}
+SEED = 0
+
+
+def rows(path: Path) -> list[dict]:
+    out = []
+    for line in path.read_text(encoding="utf-8").splitlines():
+        r = json.loads(line)
+        if any(not isinstance(v, str) for v in r["fields"].values()):
+            continue
+        fields = dict(sorted(r["fields"].items(), key=lambda kv: r["text"].find(kv[1])))
+        out.append({"text": r["text"], "intent": r["intent"], "label": json.dumps(fields, ensure_ascii=False)})
+    return out
+
+
+def main(src: str) -> None:
+    here = Path(__file__).parent / "data"
+    here.mkdir(exist_ok=True)
+    for split, n in SIZES.items():
+        rs = rows(Path(src) / f"{split}.jsonl")
+        random.Random(SEED).shuffle(rs)
+        (here / f"{split}.jsonl").write_text("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rs[:n]),
+                                             encoding="utf-8")
+        print(split, len(rs[:n]), "of", len(rs))
+
+
+if __name__ == "__main__":
+    main(sys.argv[1] if len(sys.argv) > 1 else "/work/shared/data/snips")
