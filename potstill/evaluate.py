@@ -144,6 +144,11 @@ def evaluate(spec: TaskSpec, run: RunPaths) -> dict[str, Any]:
         if name != "teacher":
             models[name]["agreement_with_teacher"] = round(agreement(pred, preds["teacher"]), 4)
     summary = summarise(models, "accuracy")
+    from .verdict import verdict
+
+    verdict_doc = verdict(models["teacher"]["accuracy"], (models.get("student") or {}).get("accuracy"),
+                          (models.get("baseline") or {}).get("accuracy"), len(texts))
+    log(f"verdict: {verdict_doc['deploy']}: {verdict_doc['reason']}")
 
     filt = json.loads((run.filtered / FILTER_REPORT).read_text()) if (run.filtered / FILTER_REPORT).exists() else {}
     label_m = read_manifest(run.labels) if (run.labels / MANIFEST).exists() else {}
@@ -153,6 +158,7 @@ def evaluate(spec: TaskSpec, run: RunPaths) -> dict[str, Any]:
         "labels": len(labels),
         "models": models,
         "summary": summary,
+        "verdict": verdict_doc,
         "data": {
             "inputs": filt.get("inputs", len(inputs.train)),
             "augmented": (label_m.get("summary") or {}).get("augmented", 0),
@@ -239,7 +245,10 @@ def render_markdown(report: dict[str, Any]) -> str:
             f"{m.get('latency_ms_p95') or '—'} | {m.get('throughput_per_s') or '—'} |")
     s = report["summary"]
     d = report["data"]
+    from .verdict import verdict_lines
+
     lines = [f"# potstill report: {report['task']}", "",
+             *[x + "\n" for x in verdict_lines(report.get("verdict"))],
              f"Held-out test: {report['test_rows']} rows, {report['labels']} labels.", "", *rows, ""]
     if s:
         lines += [f"- student / teacher accuracy: {s.get('student_over_teacher_accuracy')}",

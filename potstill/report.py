@@ -526,6 +526,11 @@ def plots(data: dict[str, Any]) -> dict[str, str]:
         out["cost"] = plot_cost(data["cost"])
     if data.get("curves"):
         out["curves"] = plot_curves(data["curves"])
+    pts = ((data.get("compare") or {}).get("curve") or {}).get("points") or {}
+    if len(pts.get("gold") or []) >= 2:
+        from .curve import plot_curve
+
+        out["gold_curve"] = plot_curve(data["compare"]["curve"])
     return out
 
 
@@ -633,6 +638,10 @@ def render_html(data: dict[str, Any], images: dict[str, str] | None = None) -> s
                + (f", {n_out} {what}" if n_out is not None else "") + ". "
                f"Run directory <code>{e(data['run_dir'])}</code>.</p>")
 
+    v = rep.get("verdict")
+    if v:
+        out.append(f'<p class="verdict" id="verdict"><strong>Verdict: {e(v["deploy"])}</strong>: {e(v["reason"])}.</p>')
+
     h2("Headline", "headline")
     cols, rows = headline_rows(data)
     out.append(_table_html(cols, rows))
@@ -721,6 +730,10 @@ def render_html(data: dict[str, Any], images: dict[str, str] | None = None) -> s
     h2("Fine-tune or distill?", "compare")
     if data.get("compare"):
         out.append(compare_html(data["compare"]))
+        img("gold_curve", "accuracy against gold labels: gold only, distill, both")
+        cross = (data["compare"].get("curve") or {}).get("crossover") or {}
+        if cross.get("status") not in (None, "unknown"):
+            out.append(f"<p><strong>By gold budget:</strong> {e(cross['message'])}.</p>")
     else:
         missing("compare")
 

@@ -14,6 +14,7 @@ from .data.prepare import Inputs, prepare_inputs
 from .manifest import file_hash, fingerprint, read_manifest, up_to_date, write_manifest
 from .paths import HISTORY, KEPT, SOFT, RunPaths
 from .progress import log
+from .schedule import schedule_fields
 from .spec import TaskSpec
 from .students.classifier import (
     TrainConfig, TrainRow, build_classifier, count_params, resolve_model_path, train_classifier,
@@ -45,7 +46,8 @@ def fit_teacher(spec: TaskSpec, run: RunPaths) -> dict[str, Any]:
     model, tok = build_classifier(f.model, inputs.labels, seed=spec.train.seed)
     cfg = TrainConfig(epochs=f.epochs, batch_size=f.batch_size, lr=f.lr, max_length=f.max_length,
                       kd_weight=0.0, ce_weight=1.0, seed=spec.train.seed,
-                      precision=spec.train.precision, checkpoint_every=spec.train.checkpoint_every)
+                      precision=spec.train.precision, checkpoint_every=spec.train.checkpoint_every,
+                      **schedule_fields(f))
     result = train_classifier(model, tok, train_rows, _gold_rows(inputs.validation, inputs.labels),
                               run.teacher, cfg, fp, desc="teacher fit")
     return write_manifest(run.teacher, "teacher_fit", spec, fingerprint=fp,
@@ -137,12 +139,16 @@ def train_student(spec: TaskSpec, run: RunPaths,
     s = spec.student
     init_path = Path(resolve_model_path(init))
     init_weights = file_hash(*sorted(init_path.glob("*.safetensors"))) if init_path.exists() else init
+    from .hidden_kd import hidden_teacher, hidden_teacher_hash
+
+    teacher_weights = hidden_teacher_hash(spec, run, objective)
     fp = fingerprint(mode, objective, data_hash, labels, s.model_dump(), t.model_dump(exclude={"baseline"}),
-                     init, init_weights)
+                     init, init_weights, *([teacher_weights] if teacher_weights else []))
     if up_to_date(out, fp, "config.json", HISTORY):
         log(f"{mode}: up to date in {out}")
         return read_manifest(out)
     model, tok = build_classifier(init, labels, s.layers, seed=t.seed)
+    teacher, layer_map, _ = hidden_teacher(spec, run, model, tok, objective, init)
     log(f"{mode}: {objective} objective, {len(rows)} rows, init from {init if init != s.model else s.model}"
         f", layers {s.layers if s.layers is not None else 'all'}, {count_params(model) / 1e6:.1f}M params")
     cfg = TrainConfig(epochs=t.epochs, batch_size=t.batch_size, lr=t.lr, weight_decay=t.weight_decay,
@@ -150,8 +156,13 @@ def train_student(spec: TaskSpec, run: RunPaths,
                       kd_weight=0.0 if objective == "gold" else t.kd_weight,
                       ce_weight=1.0 if objective == "gold" else t.ce_weight,
                       seed=t.seed, precision=t.precision, max_length=s.max_length,
-                      checkpoint_every=t.checkpoint_every)
-    result = train_classifier(model, tok, rows, val_rows, out, cfg, fp, desc=mode)
+                      checkpoint_every=t.checkpoint_every, **schedule_fields(t),
+                      hidden_weight=t.hidden_weight if teacher is not None else 0.0, layer_map=layer_map)
+    result = train_classifier(model, tok, rows, val_rows, out, cfg, fp, desc=mode, teacher=teacher)
+    if mode == "baseline":
+        from .guard import guard_after_baseline
+
+        guard_after_baseline(spec, run, inputs, result)
     return write_manifest(out, mode, spec, fingerprint=fp, objective=objective, init_from=init,
                           teacher=teacher_identity, dataset_hash=inputs.dataset_hash,
                           train_data_hash=data_hash, parents=parents, params=count_params(model),
