@@ -25,6 +25,7 @@ from .manifest import file_hash, fingerprint, read_manifest, up_to_date, write_m
 from .paths import HISTORY, KEPT, RunPaths
 from .progress import log
 from .spec import TaskSpec
+from .schedule import schedule_fields
 from .students.classifier import TrainConfig, count_params, resolve_model_path
 from .students.tagger import (
     Span, TagRow, align_fields, build_tagger, load_tagger, model_tags, tag_names, tag_rows, train_tagger,
@@ -65,7 +66,8 @@ def fit_tagger_teacher(spec: TaskSpec, run: RunPaths) -> dict[str, Any]:
         f"({dropped} gold values not found in their text, left out)")
     cfg = TrainConfig(epochs=f.epochs, batch_size=f.batch_size, lr=f.lr, max_length=f.max_length,
                       kd_weight=0.0, ce_weight=1.0, seed=spec.train.seed,
-                      precision=spec.train.precision, checkpoint_every=spec.train.checkpoint_every)
+                      precision=spec.train.precision, checkpoint_every=spec.train.checkpoint_every,
+                      **schedule_fields(f))
     result = train_tagger(model, tok, rows, tag_rows(tok, vt, vs, tags, f.max_length), run.teacher,
                           cfg, fp, desc="teacher fit")
     return write_manifest(run.teacher, "teacher_fit", spec, fingerprint=fp, base_model=f.model,
@@ -159,12 +161,17 @@ def train_tagger_student(spec: TaskSpec, run: RunPaths, mode: Literal["student",
     teacher_dir = _local_teacher_dir(spec, run) if objective != "gold" and t.kd_weight > 0 else None
     teacher_weights = (file_hash(*sorted(teacher_dir.glob("*.safetensors")))
                        if teacher_dir is not None and any(teacher_dir.glob("*.safetensors")) else None)
+    from .hidden_kd import hidden_teacher, hidden_teacher_hash
+
+    hidden_hash = hidden_teacher_hash(spec, run, objective)
     fp = fingerprint(mode, "tagger", objective, data_hash, fields, s.model_dump(),
-                     t.model_dump(exclude={"baseline"}), init, init_weights, teacher_weights)
+                     t.model_dump(exclude={"baseline"}), init, init_weights, teacher_weights,
+                     *([hidden_hash] if hidden_hash else []))
     if up_to_date(out, fp, "config.json", HISTORY):
         log(f"{mode}: up to date in {out}")
         return read_manifest(out)
     model, tok = build_tagger(init, fields, s.layers, seed=t.seed)
+    hidden, layer_map, _ = hidden_teacher(spec, run, model, tok, objective, init)
     rows: list[TagRow] = tag_rows(tok, texts, spans, tags, s.max_length)
     soft = teacher_soft_tags(teacher_dir, tok, texts, tags, s.max_length) if teacher_dir else None
     if soft is not None:
@@ -179,8 +186,10 @@ def train_tagger_student(spec: TaskSpec, run: RunPaths, mode: Literal["student",
                       kd_weight=t.kd_weight if soft is not None else 0.0,
                       ce_weight=t.ce_weight if soft is not None else 1.0,
                       seed=t.seed, precision=t.precision, max_length=s.max_length,
-                      checkpoint_every=t.checkpoint_every)
-    result = train_tagger(model, tok, rows, tag_rows(tok, vt, vs, tags, s.max_length), out, cfg, fp, desc=mode)
+                      checkpoint_every=t.checkpoint_every, **schedule_fields(t),
+                      hidden_weight=t.hidden_weight if hidden is not None else 0.0, layer_map=layer_map)
+    result = train_tagger(model, tok, rows, tag_rows(tok, vt, vs, tags, s.max_length), out, cfg, fp, desc=mode,
+                          teacher=hidden)
     return write_manifest(out, mode, spec, fingerprint=fp, objective=objective, signal=signal,
                           init_from=init, teacher=teacher_identity, dataset_hash=inputs.dataset_hash,
                           train_data_hash=data_hash, parents=parents, params=count_params(model),

@@ -10,8 +10,8 @@ Two modes:
   no early stopping, linear decay after warm-up.
 - **adaptive** — the length comes from the data: `epochs` passes, but never fewer than `min_steps`
   nor more than `max_steps` optimizer steps (a small data set gets more passes, a big one is
-  capped); validation every `eval_every` steps (auto: about `EVALS_PER_RUN` times per run, at
-  most once per epoch); training stops once `patience` validations in a row did not beat the
+  capped); validation every `eval_every` steps (auto: about `EVALS_PER_RUN` times per run,
+  whatever the epoch length); training stops once `patience` validations in a row did not beat the
   best, and the best checkpoint is what is kept.
 """
 
@@ -89,8 +89,8 @@ def plan_schedule(n_rows: int, batch_size: int, *, mode: Literal["fixed", "adapt
 
     fixed: ceil(epochs * steps_per_epoch) steps, validation per epoch, no early stopping (the
     other arguments but warmup_ratio and decay are ignored). adaptive: the same count clamped to
-    [min_steps, max_steps]; validation every `eval_every` steps (None: about EVALS_PER_RUN times,
-    at most once per epoch and at least every step); stop after `patience` validations without a
+    [min_steps, max_steps]; validation every `eval_every` steps (None: about EVALS_PER_RUN times
+    per run); stop after `patience` validations without a
     new best (None: never)."""
     if n_rows < 1:
         raise ValueError("no training rows to plan a schedule for")
@@ -109,7 +109,7 @@ def plan_schedule(n_rows: int, batch_size: int, *, mode: Literal["fixed", "adapt
     if max_steps is not None:
         total = min(total, max_steps)
     if eval_every is None or eval_every <= 0:
-        eval_every = max(1, min(spe, math.ceil(total / EVALS_PER_RUN)))
+        eval_every = max(1, math.ceil(total / EVALS_PER_RUN))
     return Schedule("adaptive", total, spe, int(total * warmup_ratio), decay, int(eval_every),
                     patience if patience and patience > 0 else None)
 

@@ -68,7 +68,7 @@ class FitSpec(_Strict):
     patience: int | None = Field(3, ge=1)
     """adaptive: stop after this many validations in a row without a new best; null: never."""
     eval_every: int | None = Field(None, ge=1)
-    """adaptive: validate every N optimizer steps; null: about 8 times per run, at most once per epoch."""
+    """adaptive: validate every N optimizer steps; null: about 8 times per run."""
 
 
 class TeacherSpec(_Strict):
@@ -205,7 +205,7 @@ class TrainSpec(_Strict):
     patience: int | None = Field(3, ge=1)
     """adaptive: stop after this many validations in a row without a new best; null: never."""
     eval_every: int | None = Field(None, ge=1)
-    """adaptive: validate every N optimizer steps; null: about 8 times per run, at most once per epoch."""
+    """adaptive: validate every N optimizer steps; null: about 8 times per run."""
     decay: Literal["linear", "cosine"] = "linear"
     """Learning-rate decay after warm-up."""
     hidden_weight: float = Field(0.0, ge=0)

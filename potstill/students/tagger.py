@@ -364,13 +364,13 @@ def token_f1_metric(accelerator, model, loader) -> float:
 
 
 def train_tagger(model, tokenizer, train_rows: list[TagRow], val_rows: list[TagRow], out_dir: Path,
-                 cfg: TrainConfig, fingerprint: str, desc: str = "train") -> dict[str, Any]:
+                 cfg: TrainConfig, fingerprint: str, desc: str = "train", teacher=None) -> dict[str, Any]:
     """`train_classifier` with the tagger's hooks; the validation metric (kept under the
     classifier's `best_val_accuracy` key) is token-level tag F1 (`token_f1_metric`)."""
     n_tags = model.config.num_labels
     result = train_classifier(model, tokenizer, train_rows, val_rows, out_dir, cfg, fingerprint, desc,
                               collate=_collate(tokenizer, cfg.max_length, n_tags),
                               loss_fn=tagger_loss(cfg.temperature, cfg.kd_weight, cfg.ce_weight),
-                              metric_fn=token_f1_metric)
+                              metric_fn=token_f1_metric, teacher=teacher)
     result["val_metric"] = "token_tag_f1"
     return result
