@@ -165,7 +165,8 @@ def train_tagger_student(spec: TaskSpec, run: RunPaths, mode: Literal["student",
 
     hidden_hash = hidden_teacher_hash(spec, run, objective)
     fp = fingerprint(mode, "tagger", objective, data_hash, fields, s.model_dump(),
-                     t.model_dump(exclude={"baseline"}), init, init_weights, teacher_weights,
+                     t.model_dump(exclude={"baseline", "hidden_weight"} if objective == "gold" else {"baseline"}),
+                     init, init_weights, teacher_weights,
                      *([hidden_hash] if hidden_hash else []))
     if up_to_date(out, fp, "config.json", HISTORY):
         log(f"{mode}: up to date in {out}")

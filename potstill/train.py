@@ -142,7 +142,9 @@ def train_student(spec: TaskSpec, run: RunPaths,
     from .hidden_kd import hidden_teacher, hidden_teacher_hash
 
     teacher_weights = hidden_teacher_hash(spec, run, objective)
-    fp = fingerprint(mode, objective, data_hash, labels, s.model_dump(), t.model_dump(exclude={"baseline"}),
+    # the baseline never reads the teacher: its hidden-state weight is not part of what it is
+    skip = {"baseline", "hidden_weight"} if objective == "gold" else {"baseline"}
+    fp = fingerprint(mode, objective, data_hash, labels, s.model_dump(), t.model_dump(exclude=skip),
                      init, init_weights, *([teacher_weights] if teacher_weights else []))
     if up_to_date(out, fp, "config.json", HISTORY):
         log(f"{mode}: up to date in {out}")
