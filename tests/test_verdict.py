@@ -74,3 +74,32 @@ def test_crossover_edges():
                                       ("both", 100, 0.8)])))
     assert c["status"] == "distill_everywhere" and c["gold_labels"] is None
     assert crossover({})["status"] == "unknown"
+
+
+def test_guard_after_baseline_reads_the_fitted_teacher_and_warns(tmp_path, monkeypatch):
+    """The run-level hook: a fitted teacher whose validation accuracy (its manifest) is below the
+    fresh baseline's gets a warning in the log; a strong one gets none."""
+    import json
+    from types import SimpleNamespace
+
+    from potstill import guard
+
+    lines = []
+    monkeypatch.setattr(guard, "log", lines.append)
+    (tmp_path / "teacher").mkdir()
+    spec = SimpleNamespace(teacher=SimpleNamespace(kind="fit"))
+    run = SimpleNamespace(teacher=tmp_path / "teacher")
+    inputs = SimpleNamespace(validation=[SimpleNamespace(gold="a")] * 1000)
+
+    def teacher_val(acc):
+        (tmp_path / "teacher" / "manifest.json").write_text(json.dumps({"metrics": {"best_val_accuracy": acc}}))
+
+    teacher_val(0.70)
+    g = guard.guard_after_baseline(spec, run, inputs, {"best_val_accuracy": 0.85})
+    assert g is not None and lines and lines[0].startswith("WARNING: the teacher (70.00% on validation)")
+    lines.clear()
+    teacher_val(0.95)
+    assert guard.guard_after_baseline(spec, run, inputs, {"best_val_accuracy": 0.85}) is None and not lines
+    # an API teacher: nothing to compare on validation, no warning
+    spec.teacher.kind = "openai"
+    assert guard.guard_after_baseline(spec, run, inputs, {"best_val_accuracy": 0.99}) is None
