@@ -79,3 +79,37 @@ def test_projection_bridges_different_widths(tiny_bert, tmp_path):
     res = C.train_classifier(st, tok, rows(32, 1, soft=True), rows(15, 2), tmp_path / "p", cfg, "fp",
                              teacher=wide)
     assert res["steps"] == 2 and all(torch.isfinite(p).all() for p in st.parameters())
+
+
+def test_hidden_teacher_is_the_local_teacher_with_the_cut_map(tiny_bert, tmp_path):
+    """A fitted teacher (a classifier folder) loads as a bare encoder for the student cut from it;
+    no teacher for the gold-only baseline, for an API teacher, or with hidden_weight 0."""
+    from types import SimpleNamespace
+
+    from potstill.hidden_kd import hidden_teacher, hidden_teacher_hash
+
+    teacher, tok = C.build_classifier(str(tiny_bert), LABELS)
+    teacher.save_pretrained(tmp_path / "teacher")
+    tok.save_pretrained(tmp_path / "teacher")
+    student, stok = C.build_classifier(str(tmp_path / "teacher"), LABELS, layers=[0, 3])
+    spec = SimpleNamespace(train=SimpleNamespace(hidden_weight=1.0), student=SimpleNamespace(layers=[0, 3]),
+                           teacher=SimpleNamespace(kind="fit", model=None))
+    run = SimpleNamespace(teacher=tmp_path / "teacher")
+    enc_model, layer_map, h = hidden_teacher(spec, run, student, stok, "distill", str(tmp_path / "teacher"))
+    assert layer_map == [(0, 0), (1, 1), (2, 4)] and h == hidden_teacher_hash(spec, run, "distill")
+    enc = stok(["what is my balance"], return_tensors="pt")
+    with torch.no_grad():
+        want = teacher(**enc, output_hidden_states=True).hidden_states
+        got = enc_model(**enc, output_hidden_states=True).hidden_states
+    assert all(torch.allclose(a, b) for a, b in zip(want, got))
+    # the student's layer 0 was cut from the teacher's layer 0: identical before training
+    with torch.no_grad():
+        s = student(**enc, output_hidden_states=True).hidden_states
+    assert torch.allclose(s[1], want[1])
+    # from a base model (not the teacher): the uniform map by depth
+    assert hidden_teacher(spec, run, student, stok, "distill", str(tiny_bert))[1] == [(0, 0), (1, 2), (2, 4)]
+    assert hidden_teacher(spec, run, student, stok, "gold", str(tiny_bert))[0] is None
+    spec.train.hidden_weight = 0.0
+    assert hidden_teacher(spec, run, student, stok, "distill", str(tiny_bert))[0] is None
+    spec.train.hidden_weight, spec.teacher.kind = 1.0, "openai"
+    assert hidden_teacher(spec, run, student, stok, "distill", str(tiny_bert))[0] is None
