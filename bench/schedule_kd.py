@@ -66,12 +66,15 @@ def run_variant(spec_path: Path, workdir: Path, overrides: list[str]) -> dict:
     run = RunPaths(workdir)
     steps = {}
     for name in ("teacher", "student", "baseline"):
+        if not (run.model_dir(name) / "manifest.json").exists():
+            steps[name] = {"steps": None, "seconds": None, "stopped_early": None, "best_val": None}
+            continue
         m = (read_manifest(run.model_dir(name)).get("metrics") or {})
         steps[name] = {"steps": m.get("steps"), "seconds": m.get("seconds"),
                        "stopped_early": m.get("stopped_early"), "best_val": m.get("best_val_accuracy")}
     ms = rep["models"]
     return {"teacher": ms["teacher"]["accuracy"], "student": ms["student"]["accuracy"],
-            "baseline": ms["baseline"]["accuracy"], "verdict": rep["verdict"]["deploy"],
+            "baseline": (ms.get("baseline") or {}).get("accuracy"), "verdict": rep["verdict"]["deploy"],
             "test_rows": rep["test_rows"], "train": steps, "wall_s": round(wall, 1)}
 
 
@@ -86,6 +89,8 @@ def main() -> None:
     ap.add_argument("--teacher-schedule", default="fixed", choices=["fixed", "adaptive"])
     ap.add_argument("--variants", default="fixed,adaptive,adaptive+hidden")
     ap.add_argument("--work", type=Path, default=Path("runs/bench_schedule_kd"))
+    ap.add_argument("--run-name", default=None, help="run directory under --work (default: --name)")
+    ap.add_argument("--set", action="append", default=[], help="extra spec override for every variant")
     ap.add_argument("--out", type=Path, default=Path("docs/bench_schedule_kd.md"))
     a = ap.parse_args()
 
@@ -96,8 +101,8 @@ def main() -> None:
     results = {}
     for v in a.variants.split(","):
         overrides = [f"teacher.fit.schedule={a.teacher_schedule}"] + [
-            o.format(w=a.hidden_weight, m=a.min_steps) for o in VARIANTS[v]]
-        wd = a.work / a.name
+            o.format(w=a.hidden_weight, m=a.min_steps) for o in VARIANTS[v]] + a.set
+        wd = a.work / (a.run_name or a.name)
         print(f"=== {a.name}: {v} {overrides}", flush=True)
         results[v] = run_variant(spec_path, wd, overrides)
         print(json.dumps(results[v]), flush=True)
@@ -110,11 +115,16 @@ def main() -> None:
              "|---|---:|---:|---:|---:|---:|---|---|---|"]
     for v, r in results.items():
         tr = r["train"]
+        b = r["baseline"]
+        bs = "—" if b is None else f"{b:.4f}"
+        gap = "—" if b is None else f"{r['student'] - b:+.4f}"
         lines.append(
-            f"| {v} | {r['teacher']:.4f} | {r['student']:.4f} | {r['baseline']:.4f} | "
-            f"{r['student'] / r['teacher']:.3f} | {r['student'] - r['baseline']:+.4f} | {r['verdict']} | "
+            f"| {v} | {r['teacher']:.4f} | {r['student']:.4f} | {bs} | "
+            f"{r['student'] / r['teacher']:.3f} | {gap} | "
+            f"{r['verdict']} | "
             + " / ".join(f"{tr[k]['steps']}{'*' if tr[k]['stopped_early'] else ''}" for k in ("teacher", "student", "baseline"))
-            + " | " + " / ".join(f"{tr[k]['seconds']:.0f}" for k in ("teacher", "student", "baseline")) + " |")
+            + " | " + " / ".join("—" if tr[k]["seconds"] is None else f"{tr[k]['seconds']:.0f}"
+                                 for k in ("teacher", "student", "baseline")) + " |")
     lines += ["", "`*`: stopped early on validation. Seconds on a shared 2-core machine (indicative only).", ""]
     table = "\n".join(lines)
     print(table)
