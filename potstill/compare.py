@@ -29,6 +29,7 @@ from typing import Annotated, Any, Optional, Sequence
 
 import typer
 
+from .curve import curve
 from .errors import PotstillError
 from .paths import COMPARE_DIR, COMPARE_JSON, COMPARE_MD, KEPT, MANIFEST, PREDICTIONS, SOFT, SPLITS, RunPaths
 
@@ -123,6 +124,19 @@ def recommend(rows: list[dict[str, Any]], test_rows: int) -> dict[str, Any]:
     return {"choice": choice, "noise_margin": margin, "reasons": reasons}
 
 
+def fair_min_steps(spec, n_gold: int) -> int | None:
+    """The adaptive step budget of the full gold set: the floor every gold-share variant gets, so
+    a smaller gold set is not simply trained for fewer steps. None for the fixed schedule."""
+    from .schedule import plan_schedule, schedule_fields
+
+    t = spec.train
+    if t.schedule != "adaptive" or n_gold < 1:
+        return None
+    f = {k: v for k, v in schedule_fields(t).items() if k != "schedule"}
+    return plan_schedule(n_gold, t.batch_size, mode="adaptive", epochs=t.epochs,
+                         warmup_ratio=t.warmup_ratio, **f).total_steps
+
+
 def table_rows(c: dict[str, Any]) -> tuple[list[str], list[list[str]]]:
     """compare.json -> (columns, rows of strings), for compare.md and report.html."""
     cols = ["variant", "objective", "gold labels", "teacher labels", "accuracy", "macro-F1",
@@ -156,6 +170,13 @@ def render_markdown(c: dict[str, Any]) -> str:
              "| " + " | ".join(cols) + " |", "|" + "---|" * len(cols)]
     lines += ["| " + " | ".join(r) + " |" for r in rows]
     lines += ["", f"**Recommendation: {rec.get('choice')}**", ""] + [f"- {r}" for r in rec.get("reasons", [])]
+    cross = (c.get("curve") or {}).get("crossover") or {}
+    if cross.get("status") not in (None, "unknown"):
+        lines += ["", f"**Fine-tune or distill, by gold budget:** {cross['message']}."]
+    if c.get("fair_min_steps"):
+        lines += ["", f"Every variant at a gold share below 100% trains for at least {c['fair_min_steps']} "
+                  "optimizer steps, the budget of the full gold set (adaptive schedule, early stopping on "
+                  "validation)."]
     lines += ["", "$ / 1,000 requests: hosting the model at the cost model's default volume; labelling $: "
               "teacher spend recorded in potstill.db for the labels it trains on (gold labels are "
               "assumed already paid for)."]
@@ -277,6 +298,7 @@ def compare(spec_path: str | Path, overrides: Sequence[str] = (), workdir: str |
     base = Path(run.root) / COMPARE_DIR
     rows = []
     n_gold_all = sum(e.gold is not None for e in inputs.train)
+    fair = fair_min_steps(spec, n_gold_all)
     for v in variants:
         out = base / v.name.replace("@", "_share")
         data = None
@@ -286,12 +308,15 @@ def compare(spec_path: str | Path, overrides: Sequence[str] = (), workdir: str |
             n_gold = write_masked_data(run, data, v.gold_share, spec.train.seed)
         vp = VariantPaths(run.root, out=out, data=data)
         log(f"compare: {v.name} ({v.objective}, {v.gold_share:.0%} of the gold labels) -> {out}")
+        # the same step budget at every gold share (schedule.py): a smaller gold set is not
+        # simply trained for fewer steps; early stopping on validation still ends it sooner
+        extra = [f"train.min_steps={fair}"] if fair and v.gold_share < 1.0 else []
         if v.objective == "gold":
             if data is None:
                 _seed_from_main(run, out, "baseline", "gold")
-            man = train_student(spec, vp, "baseline")
+            man = train_student(load_spec(spec_path, [*overrides, *extra]) if extra else spec, vp, "baseline")
         else:
-            s_v = load_spec(spec_path, [*overrides, f"train.objective={v.objective}"])
+            s_v = load_spec(spec_path, [*overrides, *extra, f"train.objective={v.objective}"])
             if data is None:
                 _seed_from_main(run, out, "student", v.objective)
             man = train_student(s_v, vp, "student")
@@ -312,6 +337,7 @@ def compare(spec_path: str | Path, overrides: Sequence[str] = (), workdir: str |
             (0.0 if v.objective == "gold" else None),
             "init_from": man.get("init_from"), "best_val_accuracy": (man.get("metrics") or {}).get("best_val_accuracy"),
             "train_seconds": (man.get("metrics") or {}).get("seconds"), "model_dir": str(out), "fingerprint": fp,
+            "train_steps": (man.get("metrics") or {}).get("steps"),
         })
     t = (report.get("models") or {}).get("teacher")
     doc = {
@@ -321,6 +347,8 @@ def compare(spec_path: str | Path, overrides: Sequence[str] = (), workdir: str |
         "rows": rows, "teacher": {k: t.get(k) for k in ("accuracy", "macro_f1", "latency_ms_p50",
                                                        "throughput_per_s")} if t else None,
         "recommendation": recommend(rows, len(texts)),
+        "curve": curve(rows, len(inputs.labels)),
+        "fair_min_steps": fair,
         "run_dir": str(run.root),
         "note": "teacher agreement uses the test predictions in " + PREDICTIONS if teacher_pred else
         "no teacher predictions on the test split (run `potstill eval`): agreement not measured",

@@ -4,7 +4,7 @@ One setting chooses: a connection URL in the environment. `POTSTILL_DATABASE_URL
 spec can name another variable (`store.url_env`), never the URL itself, so no password lands in
 a spec, a manifest or a log. Unset or empty: the run's `potstill.db` (SQLite, WAL).
 
-`Store(path)` (store.py) asks `database_url()` and returns a `PgStore` (store_pg.py) when a URL is
+`Store(path)` (store.py) asks `database_url()` and returns a `PgStore` (store.py) when a URL is
 set, so every caller of the store gets the shared backend without knowing it. Import does nothing.
 """
 

@@ -246,3 +246,53 @@ def hidden_state_kd(student_states: Sequence[torch.Tensor], teacher_states: Sequ
         err = ((hs.float() - ht.float()) ** 2 * m).sum()
         losses.append(err / (ht.float() ** 2 * m).sum().clamp_min(1e-9))
     return torch.stack(losses).mean()
+
+# intermediate-layer KD for encoder students (TinyBERT, Jiao et al., 2020; MiniLM, Wang et al.,
+# 2020). Hidden-state lists are what Hugging Face returns with output_hidden_states=True:
+# index 0 is the embedding output, index k + 1 the output of transformer layer k.
+
+
+def default_layer_map(student_layers: list[int] | None, n_student: int, n_teacher: int) -> list[tuple[int, int]]:
+    """Pairs (student hidden-state index, teacher hidden-state index) to match, embeddings included.
+
+    With `student.layers` (the layers the student kept from the teacher's stack, DistilBERT-style)
+    student layer i learns from the teacher layer it was cut from: (i + 1, layers[i] + 1). Without
+    (a student of its own depth), the uniform map of TinyBERT: student layer i <- teacher layer
+    round((i + 1) * n_teacher / n_student) - 1. Always (0, 0) for the embeddings.
+    """
+    if student_layers is not None and len(student_layers) == n_student:
+        bad = [l for l in student_layers if not -n_teacher <= l < n_teacher]
+        if bad:
+            raise ValueError(f"student.layers {student_layers}: the teacher has layers 0..{n_teacher - 1}")
+        return [(0, 0)] + [(i + 1, (l % n_teacher) + 1) for i, l in enumerate(student_layers)]
+    return [(0, 0)] + [(i + 1, max(1, round((i + 1) * n_teacher / n_student))) for i in range(n_student)]
+
+
+def hidden_state_loss(student_hidden, teacher_hidden, layer_map, attention_mask: torch.Tensor,
+                      projection=None) -> torch.Tensor:
+    """Mean squared error between mapped hidden states, over real (unpadded) tokens.
+
+    student_hidden: sequence of (B, T, Hs) tensors; teacher_hidden: sequence of (B, T, Ht);
+    layer_map: pairs (student index, teacher index) into those sequences; attention_mask: (B, T),
+    1 for real tokens; projection: a module mapping Hs -> Ht (a learned linear map, TinyBERT's
+    W_h) or None for the identity (then Hs must equal Ht, as for a student cut from the teacher).
+
+        loss = mean over pairs of  sum_{b,t} m_bt * ||P(s_bt) - h_bt||^2 / (Ht * sum_{b,t} m_bt)
+
+    The teacher side carries no gradient.
+    """
+    if not layer_map:
+        raise ValueError("hidden_state_loss needs at least one (student, teacher) layer pair")
+    m = attention_mask.to(torch.float32).unsqueeze(-1)  # (B, T, 1)
+    n_tok = m.sum().clamp_min(1.0)
+    total = attention_mask.new_zeros((), dtype=torch.float32)
+    for si, ti in layer_map:
+        s = student_hidden[si].float()  # (B, T, Hs)
+        if projection is not None:
+            s = projection(s)  # (B, T, Ht)
+        t = teacher_hidden[ti].detach().float()  # (B, T, Ht)
+        if s.shape != t.shape:
+            raise ValueError(f"hidden states {tuple(s.shape)} (student layer {si}) and {tuple(t.shape)} "
+                             f"(teacher layer {ti}) differ: give a projection")
+        total = total + (((s - t) ** 2) * m).sum() / (n_tok * t.shape[-1])
+    return total / len(layer_map)

@@ -25,9 +25,9 @@ def run_all(spec: TaskSpec, workdir: str | Path | None = None) -> dict[str, Any]
         fit_teacher(spec, run)
     label(spec, run)
     filter_stage(spec, run)
-    train_student(spec, run, "student")
-    if spec.train.baseline:
+    if spec.train.baseline:  # first, so the guard (guard.py) can warn before distilling
         train_student(spec, run, "baseline")
+    train_student(spec, run, "student")
     report = evaluate(spec, run)
     from .report import write_report_safely  # local: matplotlib loads only when a report is drawn
 

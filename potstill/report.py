@@ -518,6 +518,28 @@ def plot_funnel(f: dict[str, Any]) -> str:
     return _fig_png(fig)
 
 
+def plot_curve(c: dict[str, Any]) -> str:
+    """The fine-tune-or-distill curve (curve.py) as a data: URI PNG."""
+    plt = _plt()
+    fig, ax = plt.subplots(figsize=(6.4, 3.6))
+    colours = {"gold": "tab:orange", "distill": "tab:blue", "both": "tab:green"}
+    names = {"gold": "gold only (fine-tune)", "distill": "distill (teacher labels)", "both": "both"}
+    for o, pts in (c.get("points") or {}).items():
+        if pts:
+            ax.plot([p[0] for p in pts], [p[1] for p in pts], marker="o", color=colours.get(o),
+                    label=names.get(o, o), linestyle="--" if o == "distill" else "-")
+    x = (c.get("crossover") or {}).get("gold_labels")
+    if x:
+        ax.axvline(x, color="grey", linestyle=":")
+        ax.annotate(f"crossover ≈ {x:,}", (x, ax.get_ylim()[0]), textcoords="offset points",
+                    xytext=(4, 6), color="grey")
+    ax.set_xscale("log")
+    ax.set_xlabel("gold labels (log scale)"), ax.set_ylabel("test accuracy")
+    ax.set_title("Fine-tune or distill? Accuracy against gold labels")
+    ax.legend(loc="lower right")
+    return _fig_png(fig)
+
+
 def plots(data: dict[str, Any]) -> dict[str, str]:
     """Every plot whose data exists, as data: URIs."""
     out = {}
@@ -531,6 +553,9 @@ def plots(data: dict[str, Any]) -> dict[str, str]:
         out["cost"] = plot_cost(data["cost"])
     if data.get("curves"):
         out["curves"] = plot_curves(data["curves"])
+    pts = ((data.get("compare") or {}).get("curve") or {}).get("points") or {}
+    if len(pts.get("gold") or []) >= 2:
+        out["gold_curve"] = plot_curve(data["compare"]["curve"])
     return out
 
 
@@ -638,6 +663,10 @@ def render_html(data: dict[str, Any], images: dict[str, str] | None = None) -> s
                + (f", {n_out} {what}" if n_out is not None else "") + ". "
                f"Run directory <code>{e(data['run_dir'])}</code>.</p>")
 
+    v = rep.get("verdict")
+    if v:
+        out.append(f'<p class="verdict" id="verdict"><strong>Verdict: {e(v["deploy"])}</strong>: {e(v["reason"])}.</p>')
+
     h2("Headline", "headline")
     cols, rows = headline_rows(data)
     out.append(_table_html(cols, rows))
@@ -726,6 +755,10 @@ def render_html(data: dict[str, Any], images: dict[str, str] | None = None) -> s
     h2("Fine-tune or distill?", "compare")
     if data.get("compare"):
         out.append(compare_html(data["compare"]))
+        img("gold_curve", "accuracy against gold labels: gold only, distill, both")
+        cross = (data["compare"].get("curve") or {}).get("crossover") or {}
+        if cross.get("status") not in (None, "unknown"):
+            out.append(f"<p><strong>By gold budget:</strong> {e(cross['message'])}.</p>")
     else:
         missing("compare")
 

@@ -81,6 +81,16 @@ class FitSpec(_Strict):
     batch_size: int = Field(32, ge=1)
     lr: float = Field(1e-4, gt=0)
     max_length: int = Field(64, ge=8)
+    schedule: Literal["adaptive", "fixed"] = "adaptive"
+    """As train.schedule: adaptive takes the length from the data and stops on validation."""
+    min_steps: int = Field(500, ge=0)
+    """adaptive: at least this many optimizer steps, whatever the data size."""
+    max_steps: int | None = Field(5000, ge=1)
+    """adaptive: at most this many optimizer steps; null: no cap."""
+    patience: int | None = Field(3, ge=1)
+    """adaptive: stop after this many validations in a row without a new best; null: never."""
+    eval_every: int | None = Field(None, ge=1)
+    """adaptive: validate every N optimizer steps; null: about 8 times per run."""
 
 
 class TeacherSpec(_Strict):
@@ -232,6 +242,26 @@ class TrainSpec(_Strict):
     """auto: bf16 autocast where the device supports it (it trains faster on recent CPUs too)."""
     checkpoint_every: int = Field(200, ge=1)
     """Save a resumable checkpoint every N optimizer steps (and at each epoch end)."""
+    schedule: Literal["adaptive", "fixed"] = "adaptive"
+    """fixed: `epochs` passes, validation per epoch, no early stopping. adaptive: `epochs` passes
+    clamped to [min_steps, max_steps] optimizer steps (small data gets more passes), validation
+    every `eval_every` steps, early stopping after `patience` validations without a new best; the
+    best checkpoint is kept either way (potstill/schedule.py)."""
+    min_steps: int = Field(500, ge=0)
+    """adaptive: at least this many optimizer steps, whatever the data size."""
+    max_steps: int | None = Field(5000, ge=1)
+    """adaptive: at most this many optimizer steps; null: no cap."""
+    patience: int | None = Field(3, ge=1)
+    """adaptive: stop after this many validations in a row without a new best; null: never."""
+    eval_every: int | None = Field(None, ge=1)
+    """adaptive: validate every N optimizer steps; null: about 8 times per run."""
+    decay: Literal["linear", "cosine"] = "linear"
+    """Learning-rate decay after warm-up."""
+    hidden_weight: float = Field(0.0, ge=0)
+    """Encoder students with a local teacher (teacher.kind fit or hf): weight of the hidden-state
+    loss (TinyBERT-style MSE between student layer i and the teacher layer student.layers[i] it
+    was cut from, embeddings too). Runs the teacher on every training batch; 0 turns it off.
+    Ignored for API teachers and for the gold-only baseline."""
     baseline: bool = True
     """`potstill run` also trains the same student on gold only, as the baseline."""
 

@@ -7,11 +7,14 @@ labels; every call result is committed as it arrives, so a killed run loses only
 from __future__ import annotations
 
 import json
+import re
 import sqlite3
 import threading
 import time
 from pathlib import Path
 from typing import Any, Iterable
+
+from .db import redact
 
 MIGRATIONS: list[str] = [
     # 1: teacher-call cache
@@ -78,7 +81,7 @@ REQUEST_COLUMNS = ("request_id", "created_at", "input", "student_label", "served
 
 class Store:
     """Thread-safe handle on the run's SQLite file; with a PostgreSQL URL (`url`, else
-    $POTSTILL_DATABASE_URL, see db.py) a `PgStore` on that database instead (store_pg.py)."""
+    $POTSTILL_DATABASE_URL, see db.py) a `PgStore` on that database instead (below)."""
 
     def __new__(cls, path: str | Path | None = None, url: str | None = None):
         if cls is Store:
@@ -86,8 +89,6 @@ class Store:
 
             url = url if url is not None else database_url()
             if url:
-                from .store_pg import PgStore
-
                 return PgStore.__new__(PgStore)  # Python then runs PgStore.__init__(path, url)
         return super().__new__(cls)
 
@@ -287,3 +288,249 @@ class Store:
                 f"SELECT {','.join(items)} FROM queue WHERE request_id = ? AND kind != 'feedback' "
                 "ORDER BY id DESC LIMIT 1", (request_id,)).fetchone()
         return dict(zip(items, r)) if r else None
+
+
+# -- PostgreSQL ------------------------------------------------------------------------------
+# The store on PostgreSQL (psycopg 3): the teacher-call cache, the review queue, the feedback
+# and the request log, shared by every process that points at the same database.
+#
+# Same interface and same numbered migrations as the SQLite store (store.py `MIGRATIONS`), with the
+# two dialect differences translated (`INTEGER PRIMARY KEY AUTOINCREMENT` -> `BIGSERIAL PRIMARY
+# KEY`, `REAL` -> `DOUBLE PRECISION`); the applied version is kept in `potstill_schema`, and
+# migrations run under a transaction-scoped advisory lock, so several servers starting at once
+# migrate exactly once. Every write is its own committed transaction (a queue item is durable
+# before the response that caused it goes out, as with SQLite). One connection per process,
+# guarded by a lock; a dropped connection is reopened on the next call (the failed call is
+# not retried, so nothing is written twice).
+#
+# Chosen with `POTSTILL_DATABASE_URL` (see db.py); SQLite stays the default.
+
+# any constant works: it only has to be the same in every potstill process
+_MIGRATION_LOCK = 0x706F7473  # "pots"
+
+
+def pg_migrations() -> list[str]:
+    """store.MIGRATIONS in PostgreSQL's dialect (the list is shared, so versions line up)."""
+    out = []
+    for script in MIGRATIONS:
+        s = re.sub(r"INTEGER PRIMARY KEY AUTOINCREMENT", "BIGSERIAL PRIMARY KEY", script)
+        s = re.sub(r"\bREAL\b", "DOUBLE PRECISION", s)
+        out.append(s)
+    return out
+
+
+class PgStore(Store):
+    """`Store` on a PostgreSQL database (`Store(path, url=...)` returns one)."""
+
+    def __new__(cls, *args: Any, **kwargs: Any) -> "PgStore":
+        return object.__new__(cls)
+
+    def __init__(self, path: str | Path | None = None, url: str | None = None):
+        if url is None:
+            from .db import database_url
+
+            url = database_url()
+        if not url:
+            raise ValueError("PgStore needs a postgresql:// URL (or $POTSTILL_DATABASE_URL)")
+        try:
+            import psycopg  # noqa: F401
+        except ImportError as e:  # pragma: no cover - psycopg is a dependency
+            raise RuntimeError("the PostgreSQL store needs psycopg 3: pip install 'psycopg[binary]'") from e
+        self.path = Path(path) if path is not None else None
+        self.url = url
+        self._lock = threading.Lock()
+        self._db = self._connect()
+        self._migrate()
+
+    def __repr__(self) -> str:
+        return f"PgStore({redact(self.url)})"
+
+    def _connect(self):
+        import psycopg
+
+        try:
+            return psycopg.connect(self.url, autocommit=True, connect_timeout=10)
+        except psycopg.OperationalError as e:
+            # psycopg's message can echo the connection string; say where, never the password
+            raise ConnectionError(f"cannot connect to PostgreSQL at {redact(self.url)}: "
+                                  f"{redact(str(e)).strip()}") from None
+
+    def _run(self, fn):
+        """fn(conn) under the lock. A connection found broken is reopened before the call; a
+        call that fails is never retried (a write may have committed before the break, and a
+        retried queue insert would record an escalation twice)."""
+        with self._lock:
+            if self._db.closed or self._db.broken:
+                self._db = self._connect()
+            return fn(self._db)
+
+    def _migrate(self) -> None:
+        scripts = pg_migrations()
+
+        def go(conn):
+            with conn.transaction():
+                conn.execute("SELECT pg_advisory_xact_lock(%s)", (_MIGRATION_LOCK,))
+                conn.execute("CREATE TABLE IF NOT EXISTS potstill_schema (version INTEGER NOT NULL)")
+                row = conn.execute("SELECT version FROM potstill_schema").fetchone()
+                if row is None:
+                    conn.execute("INSERT INTO potstill_schema VALUES (0)")
+                    version = 0
+                else:
+                    version = row[0]
+                for i, script in enumerate(scripts[version:], start=version + 1):
+                    for stmt in (s.strip() for s in script.split(";")):
+                        if stmt:
+                            conn.execute(stmt)
+                    conn.execute("UPDATE potstill_schema SET version = %s", (i,))
+
+        self._run(go)
+
+    def schema_version(self) -> int:
+        return self._run(lambda c: c.execute("SELECT version FROM potstill_schema").fetchone()[0])
+
+    def close(self) -> None:
+        with self._lock:
+            self._db.close()
+
+    # -- teacher-call cache -------------------------------------------------------------------
+    def get_calls(self, keys: Iterable[str]) -> dict[str, dict[str, Any]]:
+        keys = list(keys)
+        out: dict[str, dict[str, Any]] = {}
+        for i in range(0, len(keys), 500):
+            chunk = keys[i : i + 500]
+            rows = self._run(lambda c: c.execute(
+                "SELECT key, response FROM calls WHERE key = ANY(%s)", (chunk,)).fetchall())
+            for k, resp in rows:
+                out[k] = json.loads(resp)
+        return out
+
+    def put_call(self, key: str, teacher: str, response: dict[str, Any], input_tokens: int = 0,
+                 output_tokens: int = 0, cost_usd: float = 0.0,
+                 latency_ms: float | None = None) -> None:
+        args = (key, teacher, json.dumps(response), input_tokens, output_tokens, cost_usd,
+                latency_ms, time.time())
+        self._run(lambda c: c.execute(
+            "INSERT INTO calls VALUES (%s,%s,%s,%s,%s,%s,%s,%s) ON CONFLICT (key) DO UPDATE SET "
+            "teacher=EXCLUDED.teacher, response=EXCLUDED.response, "
+            "input_tokens=EXCLUDED.input_tokens, output_tokens=EXCLUDED.output_tokens, "
+            "cost_usd=EXCLUDED.cost_usd, latency_ms=EXCLUDED.latency_ms, "
+            "created_at=EXCLUDED.created_at", args))
+
+    def spend(self, teacher: str | None = None) -> dict[str, float]:
+        q = ("SELECT COUNT(*), COALESCE(SUM(input_tokens),0), COALESCE(SUM(output_tokens),0), "
+             "COALESCE(SUM(cost_usd),0) FROM calls")
+        args: tuple[Any, ...] = ()
+        if teacher is not None:
+            q += " WHERE teacher = %s"
+            args = (teacher,)
+        n, tin, tout, cost = self._run(lambda c: c.execute(q, args).fetchone())
+        return {"calls": int(n), "input_tokens": int(tin), "output_tokens": int(tout),
+                "cost_usd": float(cost)}
+
+    def token_stats(self, teacher: str | None = None) -> tuple[int, float | None, float | None]:
+        q = ("SELECT COUNT(*), AVG(input_tokens), AVG(output_tokens) FROM calls "
+             "WHERE (input_tokens > 0 OR output_tokens > 0)")
+        args: tuple[Any, ...] = ()
+        if teacher is not None:
+            q += " AND teacher = %s"
+            args = (teacher,)
+        n, a, b = self._run(lambda c: c.execute(q, args).fetchone())
+        return int(n), (float(a) if a is not None else None), (float(b) if b is not None else None)
+
+    # -- serving: review queue ----------------------------------------------------------------
+    def queue_add(self, item: dict[str, Any]) -> int:
+        row = {k: item.get(k) for k in QUEUE_COLUMNS if k != "id"}
+        row["created_at"] = row["created_at"] or time.time()
+        if row["detail"] is not None and not isinstance(row["detail"], str):
+            row["detail"] = json.dumps(row["detail"], default=str)
+        cols = ",".join(row)
+        q = f"INSERT INTO queue ({cols}) VALUES ({','.join(['%s'] * len(row))}) RETURNING id"
+        return int(self._run(lambda c: c.execute(q, tuple(row.values())).fetchone()[0]))
+
+    def queue_update(self, queue_id: int, **fields: Any) -> None:
+        bad = set(fields) - set(QUEUE_COLUMNS[1:])
+        if bad:
+            raise ValueError(f"unknown queue fields {sorted(bad)}")
+        if "detail" in fields and fields["detail"] is not None and not isinstance(fields["detail"], str):
+            fields["detail"] = json.dumps(fields["detail"], default=str)
+        fields["updated_at"] = time.time()
+        sets = ",".join(f"{k}=%s" for k in fields)
+        self._run(lambda c: c.execute(f"UPDATE queue SET {sets} WHERE id=%s",
+                                      (*fields.values(), queue_id)))
+
+    def queue_items(self, kind: str | None = None, limit: int | None = None,
+                    unused_only: bool = False, after_id: int = 0,
+                    last: int | None = None) -> list[dict[str, Any]]:
+        q = f"SELECT {','.join(QUEUE_COLUMNS)} FROM queue WHERE id > %s"
+        args: list[Any] = [after_id]
+        if kind is not None:
+            q += " AND kind = %s"
+            args.append(kind)
+        if unused_only:
+            q += " AND used_in_round IS NULL"
+        if last is not None:
+            q = f"SELECT * FROM ({q} ORDER BY id DESC LIMIT %s) AS newest ORDER BY id"
+            args.append(last)
+        else:
+            q += " ORDER BY id"
+            if limit is not None:
+                q += " LIMIT %s"
+                args.append(limit)
+        rows = self._run(lambda c: c.execute(q, args).fetchall())
+        out = []
+        for r in rows:
+            d = dict(zip(QUEUE_COLUMNS, r))
+            if d["detail"]:
+                try:
+                    d["detail"] = json.loads(d["detail"])
+                except json.JSONDecodeError:
+                    pass
+            out.append(d)
+        return out
+
+    def queue_counts(self, unused_only: bool = True) -> dict[str, int]:
+        q = "SELECT kind, COUNT(*) FROM queue"
+        if unused_only:
+            q += " WHERE used_in_round IS NULL"
+        rows = self._run(lambda c: c.execute(q + " GROUP BY kind").fetchall())
+        return {k: int(n) for k, n in rows}
+
+    # -- serving: request log -----------------------------------------------------------------
+    def log_requests(self, rows: list[dict[str, Any]]) -> None:
+        if not rows:
+            return
+        vals = []
+        for r in rows:
+            reasons = r.get("reasons")
+            if reasons is not None and not isinstance(reasons, str):
+                reasons = json.dumps(reasons)
+            vals.append(tuple(reasons if k == "reasons" else
+                              (r.get(k) if k != "created_at" else r.get(k) or time.time())
+                              for k in REQUEST_COLUMNS))
+        updates = ",".join(f"{k}=EXCLUDED.{k}" for k in REQUEST_COLUMNS if k != "request_id")
+        q = (f"INSERT INTO requests ({','.join(REQUEST_COLUMNS)}) "
+             f"VALUES ({','.join(['%s'] * len(REQUEST_COLUMNS))}) "
+             f"ON CONFLICT (request_id) DO UPDATE SET {updates}")
+
+        def go(conn):
+            with conn.transaction(), conn.cursor() as cur:
+                cur.executemany(q, vals)
+
+        self._run(go)
+
+    def get_request(self, request_id: str) -> dict[str, Any] | None:
+        r = self._run(lambda c: c.execute(
+            f"SELECT {','.join(REQUEST_COLUMNS)} FROM requests WHERE request_id = %s",
+            (request_id,)).fetchone())
+        if r is None:
+            return None
+        d = dict(zip(REQUEST_COLUMNS, r))
+        if d["reasons"]:
+            d["reasons"] = json.loads(d["reasons"])
+        return d
+
+    def queue_request(self, request_id: str) -> dict[str, Any] | None:
+        r = self._run(lambda c: c.execute(
+            f"SELECT {','.join(QUEUE_COLUMNS)} FROM queue WHERE request_id = %s "
+            "AND kind != 'feedback' ORDER BY id DESC LIMIT 1", (request_id,)).fetchone())
+        return dict(zip(QUEUE_COLUMNS, r)) if r else None

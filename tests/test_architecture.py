@@ -175,3 +175,28 @@ eval: {{latency_samples: 3}}
         assert "long_recall" in report["models"][name] and "accuracy" in report["models"][name]
     assert report["models"]["teacher"]["accuracy"] > 0.6  # the rule is right except on 4 words
     assert "| student |" in (tmp_path / "run/report.md").read_text()
+
+
+def test_every_import_in_the_package_resolves():
+    """Imports inside functions (kept lazy so the CLI starts fast) are not run by importing the
+    package: check each names a module that exists and a name it defines."""
+    import importlib
+
+    mods = _modules()
+    missing = []
+    for mod, p in sorted(mods.items()):
+        pkg = mod if p.name == "__init__.py" else mod.rsplit(".", 1)[0]
+        for n in ast.walk(ast.parse(p.read_text())):
+            if not (isinstance(n, ast.ImportFrom) and n.level):
+                continue
+            base = pkg.split(".")[: len(pkg.split(".")) - (n.level - 1)]
+            target = ".".join(base + ([n.module] if n.module else []))
+            if target not in mods:
+                missing.append(f"{p.relative_to(PKG)}:{n.lineno}: no module {target}")
+                continue
+            names = [a.name for a in n.names if f"{target}.{a.name}" not in mods]
+            if names:
+                m = importlib.import_module(target)
+                missing += [f"{p.relative_to(PKG)}:{n.lineno}: {target} has no {a}" for a in names
+                            if not hasattr(m, a)]
+    assert not missing, "\n".join(missing)

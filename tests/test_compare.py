@@ -103,10 +103,35 @@ def test_compare_on_a_tiny_task(report_task, tmp_path):
     again = compare(spec, [], None, [0.25])
     assert again["rows"] == doc["rows"]
 
+    # the fine-tune-or-distill curve: gold-only at 60 and 240 labels, distill flat, and a verdict
+    pts = doc["curve"]["points"]
+    assert [p[0] for p in pts["gold"]] == [60, 240] and [p[0] for p in pts["distill"]] == [60, 240]
+    assert doc["curve"]["crossover"]["status"] in ("crossover", "gold_everywhere", "distill_everywhere")
+    assert doc["fair_min_steps"] is None  # fixed schedule: no floor
+
     from potstill.report import write_report
 
     page = write_report(run)["html"].read_text()
     assert "Recommendation: " + doc["recommendation"]["choice"] in page and "gold@0.25" in page
+    assert 'id="plot-gold_curve"' in page and "By gold budget:" in page
+
+
+def test_compare_gives_every_gold_share_the_full_step_budget(report_task, tmp_path):
+    """Adaptive schedule: gold@0.25 (60 labels, 8 steps per epoch) trains for as many steps as the
+    full gold set (240 labels) gets, not for a quarter of them."""
+    from potstill.compare import fair_min_steps
+    from potstill.config import load_spec
+
+    spec = copy_run(report_task, tmp_path / "task")
+    run = spec.parent / "runs" / "tiny"
+    sets = ["train.schedule=adaptive", "train.min_steps=10", "train.max_steps=40", "train.patience=null"]
+    assert fair_min_steps(load_spec(spec, sets), 240) == 40  # 3 epochs x 30 steps, capped at 40
+    assert fair_min_steps(load_spec(spec, sets), 60) == 24
+    doc = compare(spec, sets, None, [0.25])
+    assert doc["fair_min_steps"] == 40
+    steps = {r["name"]: r["train_steps"] for r in doc["rows"]}
+    assert steps["gold@0.25"] == steps["gold"] == 40 and steps["both@0.25"] == 40
+    assert "at least 40 optimizer steps" in (run / "compare.md").read_text()
 
 
 def _calls(run):

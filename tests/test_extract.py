@@ -317,10 +317,10 @@ json_schema: {json.dumps(SCHEMA)}
 data: {{train: data/train.jsonl, validation: data/validation.jsonl, test: data/test.jsonl, label_field: fields}}
 teacher:
   kind: fit
-  fit: {{model: {tiny_bert}, epochs: 4, lr: 0.004, batch_size: 8}}
+  fit: {{model: {tiny_bert}, schedule: fixed, epochs: 4, lr: 0.004, batch_size: 8}}
 filters: {{drop_gold_disagreement: false}}
 student: {{model: {tiny_bert}, layers: [0, 3]}}
-train: {{epochs: 3, lr: 0.004, batch_size: 8, precision: fp32, checkpoint_every: 100}}
+train: {{schedule: fixed, epochs: 3, lr: 0.004, batch_size: 8, precision: fp32, checkpoint_every: 100}}
 eval: {{latency_samples: 5}}
 """)
     return tmp_path

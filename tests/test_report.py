@@ -114,6 +114,14 @@ def test_report_from_a_tiny_run(report_task, tmp_path):
 
     head = {r["model"]: r for r in data["headline"]}
     assert set(head) == {"teacher", "student", "baseline"}
+    # the verdict: in report.json with the numbers behind it, on the first lines of report.md/html
+    v = report["verdict"]
+    assert v["deploy"] in ("fine-tune", "distill", "teacher") and v["rows"] == 60
+    assert (v["teacher"], v["student"], v["baseline"]) == tuple(
+        report["models"][k]["accuracy"] for k in ("teacher", "student", "baseline"))
+    assert f"**Verdict: {v['deploy']}**" in "\n".join(out["md"].read_text().splitlines()[:4])
+    page = out["html"].read_text()
+    assert page.index('id="verdict"') < page.index('id="headline"')
     for name, r in head.items():
         m = report["models"][name]
         assert (r["accuracy"], r["macro_f1"], r["latency_ms_p50"]) == (m["accuracy"], m["macro_f1"], m["latency_ms_p50"])

@@ -25,9 +25,9 @@ name: tiny
 data: {{train: data/train.jsonl, validation: data/validation.jsonl, test: data/test.jsonl}}
 teacher:
   kind: fit
-  fit: {{model: {tiny_bert}, epochs: 4, lr: 0.002, batch_size: 8}}
+  fit: {{model: {tiny_bert}, schedule: fixed, epochs: 4, lr: 0.002, batch_size: 8}}
 student: {{model: {tiny_bert}, layers: [0, 3]}}
-train: {{epochs: 3, lr: 0.002, batch_size: 8, precision: fp32, checkpoint_every: 1000}}
+train: {{schedule: fixed, epochs: 3, lr: 0.002, batch_size: 8, precision: fp32, checkpoint_every: 1000}}
 eval: {{latency_samples: 5}}
 serve: {{ood_validation: data/oos_validation.jsonl}}
 """)

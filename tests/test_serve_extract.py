@@ -59,7 +59,7 @@ data: {{train: data/train.jsonl, validation: data/validation.jsonl, test: data/t
 teacher: {{kind: openai, model: fake-teacher, base_url: "http://127.0.0.1:9/v1", max_retries: 0,
            timeout_s: 5}}
 student: {{model: {tiny_bert}, layers: [0, 3]}}
-train: {{objective: gold, epochs: 3, lr: 0.004, batch_size: 8, precision: fp32,
+train: {{schedule: fixed, objective: gold, epochs: 3, lr: 0.004, batch_size: 8, precision: fp32,
          checkpoint_every: 1000, baseline: false}}
 serve: {{batch_window_ms: 5, teacher_timeout_s: 5}}
 """)

@@ -43,7 +43,7 @@ data: {{train: data/train.jsonl, validation: data/validation.jsonl, test: data/t
 teacher: {{kind: openai, model: fake-teacher, base_url: "http://127.0.0.1:9/v1", max_retries: 0,
            timeout_s: 5, price_in: 2.0, price_out: 8.0}}
 student: {{model: {tiny_bert}, layers: [0, 3]}}
-train: {{objective: gold, epochs: 3, lr: 0.002, batch_size: 8, precision: fp32,
+train: {{schedule: fixed, objective: gold, epochs: 3, lr: 0.002, batch_size: 8, precision: fp32,
          checkpoint_every: 1000, baseline: false}}
 serve: {{ood_validation: data/oos_validation.jsonl, ood_test: data/oos_test.jsonl,
          batch_window_ms: 5, teacher_timeout_s: 5}}

@@ -904,6 +904,19 @@ async def _sse(rid: str, created: int, model: str, label: str | None, lp, n: int
     yield "data: [DONE]\n\n"
 
 
+def worker_app_factory():
+    """uvicorn's factory in each worker process."""
+    from .workers import ENV
+
+    logging.basicConfig(level=logging.INFO, format="%(levelname)s: %(message)s")
+    d = json.loads(os.environ[ENV])
+    d["run_dir"] = Path(d["run_dir"])
+    d["db_path"] = Path(d["db_path"]) if d["db_path"] else None
+    app = create_app(ServeConfig(**d))
+    freeze_gc()
+    return app
+
+
 def freeze_gc() -> None:
     """For a process that only serves: the model and its libraries are millions of long-lived
     objects; moved out of the cyclic collector's reach (`gc.freeze`), full collections stop

@@ -63,7 +63,7 @@ class TaggerStudent:
                  threads: int | None = None, device: str = "auto"):
         import torch
 
-        from .students.tagger import load_tagger
+        from ..students.tagger import load_tagger
 
         if threads:
             torch.set_num_threads(threads)
@@ -78,7 +78,7 @@ class TaggerStudent:
         self.max_length = max_length
 
     def predict(self, texts: Sequence[str]) -> list[StudentOutput]:
-        from .students.tagger import predict_tags
+        from ..students.tagger import predict_tags
 
         preds = predict_tags(self.model, self.tokenizer, list(texts), max(len(texts), 1), self.max_length)
         return [output_from(p, self.schema) for p in preds]

@@ -1,14 +1,14 @@
 """`potstill serve RUN --workers N`: N server processes on one port.
 
 uvicorn's own multi-process mode: a supervisor binds the port and starts N worker processes
-(spawned, so nothing of the parent's torch state is shared), each importing `app_factory` here,
+(spawned, so nothing of the parent's torch state is shared), each importing `app.worker_app_factory`,
 which builds the app from the same `ServeConfig` (passed through the environment as JSON) with
 its own student, micro-batcher and store connection. The kernel spreads connections over the
 workers; a worker that dies is restarted by the supervisor.
 
 Shared state: the queue, the request log and the teacher cache live in the run's store: the
 SQLite file (WAL, every write its own transaction, a 30 s busy timeout: concurrent writers wait
-for each other instead of failing) or PostgreSQL (`POTSTILL_DATABASE_URL`, store_pg.py).
+for each other instead of failing) or PostgreSQL (`POTSTILL_DATABASE_URL`, store.py's PgStore).
 Calibration and the ONNX export are made once by the parent (`serve_command` builds the app
 before starting workers), so workers never race to write them.
 
@@ -26,7 +26,6 @@ import dataclasses
 import json
 import logging
 import os
-from pathlib import Path
 from typing import Any
 
 ENV = "POTSTILL_SERVE_CONFIG"
@@ -43,19 +42,6 @@ def config_json(cfg: Any) -> str:
         "db_path": str(cfg.db_path) if cfg.db_path else None, "teacher_share": cfg.teacher_share,
         "model": cfg.model, "routing": cfg.routing, "recalibrate": False,
         "adapters": {k: str(v) for k, v in cfg.adapters.items()}})
-
-
-def app_factory():
-    """uvicorn's factory in each worker process."""
-    from .app import ServeConfig, create_app, freeze_gc
-
-    logging.basicConfig(level=logging.INFO, format="%(levelname)s: %(message)s")
-    d = json.loads(os.environ[ENV])
-    d["run_dir"] = Path(d["run_dir"])
-    d["db_path"] = Path(d["db_path"]) if d["db_path"] else None
-    app = create_app(ServeConfig(**d))
-    freeze_gc()
-    return app
 
 
 def worker_threads(workers: int, cores: int | None = None) -> int:
@@ -82,5 +68,5 @@ def run_workers(cfg: Any, svc: Any, host: str | None, port: int | None, workers:
         pass
     os.environ[ENV] = config_json(dataclasses.replace(cfg, overrides=overrides))
     log.info("starting %d workers on %s:%d", workers, host, port)
-    uvicorn.run("potstill.serve.workers:app_factory", factory=True, workers=workers, host=host,
+    uvicorn.run("potstill.serve.app:worker_app_factory", factory=True, workers=workers, host=host,
                 port=port, log_level=log_level, access_log=access_log, timeout_graceful_shutdown=5)

@@ -26,6 +26,7 @@ from ..students import get_student
 from ..students.hf import percentile
 from ..tasks import get_task
 from ..teachers import answer_cached, make_teacher
+from ..verdict import verdict, verdict_lines
 from .prepare import prepare_inputs
 
 
@@ -81,6 +82,9 @@ def evaluate(spec: TaskSpec, run: RunPaths) -> dict[str, Any]:
     for name, pred in preds.items():
         models[name].update(task.score(gold, pred, labels, None if name == "teacher" else preds["teacher"], spec))
     metric = task.metric_for(spec)
+    v = verdict(models["teacher"][metric], (models.get("student") or {}).get(metric),
+                (models.get("baseline") or {}).get(metric), len(texts))
+    log(f"verdict: {v['deploy']}: {v['reason']}")
     report = {
         "task": spec.name,
         "kind": spec.kind,
@@ -90,12 +94,13 @@ def evaluate(spec: TaskSpec, run: RunPaths) -> dict[str, Any]:
         **task.report_header(labels, spec),
         "models": models,
         "summary": summarise(models, metric),
+        "verdict": v,
         "data": data_section(run, len(inputs.train)),
         "machine": _machine(),
     }
     run.root.mkdir(parents=True, exist_ok=True)
     run.report_json.write_text(json.dumps(report, indent=2))
-    run.report_md.write_text(task.render_markdown(report))
+    run.report_md.write_text(with_verdict(task.render_markdown(report), v))
     write_predictions(run.root / EVAL_DIR, texts, [task.to_json(g) for g in gold],
                       {k: [task.to_json(p) for p in v] for k, v in preds.items()}, extras)
     write_manifest(run.root / EVAL_DIR, "eval", spec, dataset_hash=inputs.dataset_hash,
@@ -103,6 +108,12 @@ def evaluate(spec: TaskSpec, run: RunPaths) -> dict[str, Any]:
                    report=str(run.report_json))
     log("eval: " + ", ".join(f"{k} {metric} {v[metric]:.4f}" for k, v in models.items()))
     return report
+
+
+def with_verdict(markdown: str, v: dict[str, Any] | None) -> str:
+    """report.md with the verdict (fine-tune, distill or keep the teacher) right under its title."""
+    title, _, rest = markdown.partition("\n")
+    return "\n".join([title, "", *verdict_lines(v), rest])
 
 
 def data_section(run: RunPaths, n_train: int) -> dict[str, Any]:

@@ -12,6 +12,7 @@ from ..paths import RunPaths
 from ..spec import TaskSpec
 from ..students import get_student
 from ..tasks import get_task
+from .guard import guard_after_baseline
 from .prepare import prepare_inputs
 
 
@@ -35,4 +36,7 @@ def train_student(spec: TaskSpec, run: RunPaths,
     `out` (default: the run's student/ or baseline/) where the model goes: a round of
     `potstill iterate` trains on its own records into its own folder."""
     inputs = prepare_inputs(spec, run)
-    return get_student(spec.student.kind).train(spec, run, inputs, mode, records=records, out=out)
+    result = get_student(spec.student.kind).train(spec, run, inputs, mode, records=records, out=out)
+    if mode == "baseline" and out is None:  # the guard: is the teacher clearly better than this?
+        guard_after_baseline(spec, run, inputs, result.get("metrics") or {})
+    return result

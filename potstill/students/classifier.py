@@ -8,7 +8,6 @@ plain Hugging Face model directory plus tokenizer; `history.json` holds the trai
 from __future__ import annotations
 
 import json
-import math
 import random
 import shutil
 import time
@@ -18,13 +17,15 @@ from typing import Any, Literal, Sequence
 
 import numpy as np
 import torch
+from torch import nn
 
 from ..data.inputs import Example, Inputs, read_jsonl
 from ..errors import PotstillError
-from ..losses import distill_loss
+from ..losses import distill_loss, hidden_state_loss
 from ..manifest import file_hash, fingerprint, read_manifest, up_to_date, write_manifest
 from ..paths import CHECKPOINTS, HISTORY, KEPT, SOFT, RunPaths
 from ..progress import log, progress
+from ..schedule import EarlyStopping, plan_schedule, schedule_fields
 from ..spec import TaskSpec
 from .base import Student
 from .hf import (
@@ -38,6 +39,7 @@ from .hf import (
     pick_precision,
     resolve_model_path,
 )
+from .hidden_kd import hidden_teacher, hidden_teacher_hash
 
 
 def build_classifier(base: str, labels: list[str], layers: Sequence[int] | None = None,
@@ -113,6 +115,18 @@ class TrainConfig:
     max_length: int = 64
     checkpoint_every: int = 200
     eval_batch_size: int = 128
+    # schedule (potstill/schedule.py): fixed epochs, or a step budget from the data with
+    # validation every `eval_every` steps and early stopping after `patience` validations
+    schedule: str = "fixed"
+    min_steps: int = 0
+    max_steps: int | None = None
+    patience: int | None = None
+    eval_every: int | None = None
+    decay: str = "linear"
+    # intermediate-layer KD (losses.hidden_state_loss) against `teacher` given to train_classifier
+    hidden_weight: float = 0.0
+    layer_map: list[tuple[int, int]] | None = None
+    """(student, teacher) hidden-state index pairs; None: losses.default_layer_map by depth."""
 
 
 def _collate(tokenizer, max_length: int, n_labels: int):
@@ -158,8 +172,15 @@ def train_classifier(
     collate=None,
     loss_fn=None,
     metric_fn=None,
+    teacher=None,
 ) -> dict[str, Any]:
-    """Train `model` on `train_rows`, validate each epoch, keep the best in `out_dir`.
+    """Train `model` on `train_rows`, validate on the schedule's beat (`cfg.schedule`, see
+    schedule.py), keep the best in `out_dir` and restore it into `model` at the end.
+
+    With `teacher` (a local encoder sharing the student's tokenizer) and `cfg.hidden_weight` > 0,
+    the loss adds hidden_weight * losses.hidden_state_loss between the student's hidden states and
+    the teacher's on the same batch, pairs from `cfg.layer_map` (identity projection when the
+    widths match, else a learned linear one, used in training only).
 
     Hooks for other heads (the tagger, students/tagger.py): `collate(rows) -> batch` (with
     `hard`, optional `soft`/`soft_mask` beside the model inputs), `loss_fn(logits, hard, soft,
@@ -190,9 +211,26 @@ def train_classifier(
     n_labels = model.config.num_labels
     collate = collate or _collate(tokenizer, cfg.max_length, n_labels)
 
-    steps_per_epoch = math.ceil(len(train_rows) / (cfg.batch_size * accelerator.num_processes))
-    total_steps = max(1, int(math.ceil(steps_per_epoch * cfg.epochs)))
-    n_epochs = math.ceil(cfg.epochs)
+    sched = plan_schedule(len(train_rows), cfg.batch_size, mode=cfg.schedule, epochs=cfg.epochs,
+                          min_steps=cfg.min_steps, max_steps=cfg.max_steps,
+                          warmup_ratio=cfg.warmup_ratio, decay=cfg.decay, eval_every=cfg.eval_every,
+                          patience=cfg.patience, processes=accelerator.num_processes)
+    steps_per_epoch, total_steps, n_epochs = sched.steps_per_epoch, sched.total_steps, sched.n_epochs
+    if is_main:
+        log(f"{desc}: {sched.describe()}")
+    projection, layer_map = None, None
+    if teacher is not None and cfg.hidden_weight > 0:
+        from ..losses import default_layer_map
+
+        layer_map = cfg.layer_map or default_layer_map(None, model.config.num_hidden_layers,
+                                                       teacher.config.num_hidden_layers)
+        if model.config.hidden_size != teacher.config.hidden_size:
+            torch.manual_seed(cfg.seed)
+            projection = nn.Linear(model.config.hidden_size, teacher.config.hidden_size, bias=False)
+        teacher.eval().requires_grad_(False)
+        teacher.to(accelerator.device)
+    else:
+        teacher = None
 
     # fused AdamW: one kernel for all parameters. On CPU the default (foreach) step took about
     # 9x longer than the fused one for MiniLM-L6, more than forward and backward together.
@@ -203,25 +241,27 @@ def train_classifier(
         {"params": [p for n, p in model.named_parameters() if any(k in n for k in no_decay)],
          "weight_decay": 0.0},
     ]
+    if projection is not None:
+        groups.append({"params": list(projection.parameters()), "weight_decay": 0.0})
     optimizer = torch.optim.AdamW(groups, lr=cfg.lr, fused=True)
-    warmup = int(total_steps * cfg.warmup_ratio)
-    scheduler = torch.optim.lr_scheduler.LambdaLR(
-        optimizer,
-        lambda s: (s + 1) / max(1, warmup) if s < warmup
-        else max(0.0, (total_steps - s) / max(1, total_steps - warmup)),
-    )
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, sched.lr_factor)
     val_loader = DataLoader(val_rows, batch_size=cfg.eval_batch_size, collate_fn=collate)
-    model, optimizer, scheduler, val_loader = accelerator.prepare(model, optimizer, scheduler, val_loader)
+    if projection is not None:
+        model, projection, optimizer, scheduler, val_loader = accelerator.prepare(
+            model, projection, optimizer, scheduler, val_loader)
+    else:
+        model, optimizer, scheduler, val_loader = accelerator.prepare(model, optimizer, scheduler, val_loader)
 
     ckpt = out_dir / CHECKPOINTS
     state_file = ckpt / "progress.json"
     state = {"fingerprint": fingerprint, "epoch": 0, "step_in_epoch": 0, "global_step": 0,
-             "best": -1.0, "history": [], "seconds": 0.0}
+             "best": -1.0, "history": [], "seconds": 0.0, "stopping": None, "stopped_early": False,
+             "best_step": None}
     if state_file.exists():
         saved = json.loads(state_file.read_text())
         if saved.get("fingerprint") == fingerprint:
             accelerator.load_state(str(ckpt / "state"))
-            state = saved
+            state = {"stopping": None, "stopped_early": False, "best_step": None, **saved}
             if is_main:
                 log(f"{desc}: resuming at epoch {state['epoch'] + 1}, step {state['global_step']}/{total_steps}")
         elif is_main:
@@ -242,14 +282,33 @@ def train_classifier(
             tokenizer.save_pretrained(out_dir)
 
     lengths = [len(r.text) for r in train_rows]
+    stopper = EarlyStopping.load(sched.patience, state["stopping"])
     model.train()
     t0 = time.monotonic() - state["seconds"]
     session_t0 = time.monotonic()
     seen = 0  # examples trained in this session (for throughput)
     loss = torch.tensor(float("nan"))
+
+    def validate(epoch: int) -> None:
+        val_acc = (metric_fn or _evaluate)(accelerator, model, val_loader)
+        step = state["global_step"]
+        at = epoch + 1 if sched.mode == "fixed" else round(step / steps_per_epoch, 3)
+        state["history"].append({"epoch": at, "step": step, "val_accuracy": val_acc,
+                                 "loss": float(loss.item())})
+        new_best = stopper.update(val_acc)
+        if is_main:
+            where = f"epoch {epoch + 1}/{n_epochs}" if sched.mode == "fixed" else f"step {step}/{total_steps}"
+            log(f"{desc}: {where}  val accuracy {val_acc:.4f}" + ("  (best so far)" if new_best else ""))
+        if new_best:
+            state["best"], state["best_step"] = val_acc, step
+            save_best()
+        state["stopping"] = stopper.state()
+
     with progress(total_steps, desc, enabled=is_main) as bar:
         bar.advance(state["global_step"])
         for epoch in range(state["epoch"], n_epochs):
+            if state["stopped_early"] or state["global_step"] >= total_steps:
+                break
             # fixed batches per epoch, so a resumed run sees the same ones
             batches = length_grouped_batches(lengths, cfg.batch_size, cfg.seed * 1000 + epoch)
             loader = accelerator.prepare_data_loader(
@@ -258,6 +317,7 @@ def train_classifier(
             skip = state["step_in_epoch"]
             if skip:
                 loader = accelerator.skip_first_batches(loader, skip)
+            validated_at = -1
             for batch in loader:
                 if state["global_step"] >= total_steps:
                     break
@@ -265,7 +325,8 @@ def train_classifier(
                 soft = batch.pop("soft", None)
                 soft_mask = batch.pop("soft_mask", None)
                 with accelerator.autocast():
-                    logits = model(**batch).logits  # (B, C)
+                    out = model(**batch, output_hidden_states=teacher is not None)
+                    logits = out.logits  # (B, C)
                 if loss_fn is not None:
                     loss = loss_fn(logits, hard, soft, soft_mask)
                 elif soft is not None and not bool(soft_mask.all()):
@@ -275,6 +336,11 @@ def train_classifier(
                             + distill_loss(logits, None, hard, cfg.temperature, 0.0, cfg.ce_weight))
                 else:
                     loss = distill_loss(logits, soft, hard, cfg.temperature, cfg.kd_weight, cfg.ce_weight)
+                if teacher is not None:
+                    with torch.no_grad(), accelerator.autocast():
+                        t_hidden = teacher(**batch, output_hidden_states=True).hidden_states
+                    loss = loss + cfg.hidden_weight * hidden_state_loss(
+                        out.hidden_states, t_hidden, layer_map, batch["attention_mask"], projection)
                 accelerator.backward(loss)
                 accelerator.clip_grad_norm_(model.parameters(), 1.0)
                 optimizer.step()
@@ -286,25 +352,33 @@ def train_classifier(
                 if state["global_step"] % 10 == 0:  # .item() syncs a GPU: not every step
                     bar.set_postfix(f"loss {loss.item():.3f}")
                 bar.advance()
+                if sched.eval_every > 0 and sched.eval_due(state["global_step"], False):
+                    validate(epoch)
+                    validated_at = state["global_step"]
+                    if stopper.should_stop:
+                        state["stopped_early"] = True
+                        if is_main:
+                            log(f"{desc}: stopping early at step {state['global_step']}: no gain in "
+                                f"{stopper.bad} validations; best {stopper.best:.4f} at step {state['best_step']}")
+                        break
                 if state["global_step"] % cfg.checkpoint_every == 0:
                     state["seconds"] = time.monotonic() - t0
                     save_checkpoint()
-            val_acc = (metric_fn or _evaluate)(accelerator, model, val_loader)
-            state["history"].append({"epoch": epoch + 1, "step": state["global_step"],
-                                     "val_accuracy": val_acc, "loss": float(loss.item())})
-            if is_main:
-                log(f"{desc}: epoch {epoch + 1}/{n_epochs}  val accuracy {val_acc:.4f}"
-                    + ("  (best so far)" if val_acc > state["best"] else ""))
-            if val_acc > state["best"]:
-                state["best"] = val_acc
-                save_best()
+            if validated_at != state["global_step"] and sched.eval_due(state["global_step"], True):
+                validate(epoch)
             state["epoch"] = epoch + 1
             state["step_in_epoch"] = 0
             state["seconds"] = time.monotonic() - t0
             save_checkpoint()
     seconds = time.monotonic() - t0
+    accelerator.wait_for_everyone()
+    if state["best_step"] is not None and state["best_step"] != state["global_step"]:
+        _restore_best(accelerator.unwrap_model(model), out_dir)
     result = {
         "best_val_accuracy": state["best"],
+        "best_step": state["best_step"],
+        "stopped_early": state["stopped_early"],
+        "schedule": sched.as_dict(),
         "history": state["history"],
         "steps": state["global_step"],
         "seconds": round(seconds, 2),
@@ -319,6 +393,19 @@ def train_classifier(
     accelerator.wait_for_everyone()
     accelerator.free_memory()
     return result
+
+
+def _restore_best(model, out_dir: Path) -> None:
+    """Load the best weights `save_best` wrote to `out_dir` back into `model` (in place)."""
+    from safetensors.torch import load_file
+
+    files = sorted(Path(out_dir).glob("*.safetensors"))
+    state: dict[str, torch.Tensor] = {}
+    for f in files:
+        state.update(load_file(str(f)))
+    if state:
+        own = model.state_dict()
+        model.load_state_dict({k: v.to(own[k].dtype) for k, v in state.items() if k in own}, strict=False)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -374,7 +461,8 @@ def fit_classifier_teacher(spec: TaskSpec, run: RunPaths, inputs: Inputs) -> dic
     model, tok = build_classifier(f.model, inputs.labels, seed=spec.train.seed)
     cfg = TrainConfig(epochs=f.epochs, batch_size=f.batch_size, lr=f.lr, max_length=f.max_length,
                       kd_weight=0.0, ce_weight=1.0, seed=spec.train.seed,
-                      precision=spec.train.precision, checkpoint_every=spec.train.checkpoint_every)
+                      precision=spec.train.precision, checkpoint_every=spec.train.checkpoint_every,
+                      **schedule_fields(f))
     result = train_classifier(model, tok, train_rows, gold_rows(inputs.validation, inputs.labels),
                               run.teacher, cfg, fp, desc="teacher fit")
     return write_manifest(run.teacher, "teacher_fit", spec, fingerprint=fp,
@@ -432,12 +520,16 @@ def train_classifier_student(spec: TaskSpec, run: RunPaths, inputs: Inputs,
     s = spec.student
     init_path = Path(resolve_model_path(init))
     init_weights = file_hash(*sorted(init_path.glob("*.safetensors"))) if init_path.exists() else init
-    fp = fingerprint(mode, objective, data_hash, labels, s.model_dump(), t.model_dump(exclude={"baseline"}),
-                     init, init_weights)
+    teacher_weights = hidden_teacher_hash(spec, run, objective)
+    # the baseline never reads the teacher: its hidden-state weight is not part of what it is
+    skip = {"baseline", "hidden_weight"} if objective == "gold" else {"baseline"}
+    fp = fingerprint(mode, objective, data_hash, labels, s.model_dump(), t.model_dump(exclude=skip),
+                     init, init_weights, *([teacher_weights] if teacher_weights else []))
     if up_to_date(out, fp, "config.json", HISTORY):
         log(f"{mode}: up to date in {out}")
         return read_manifest(out)
     model, tok = build_classifier(init, labels, s.layers, seed=t.seed)
+    teacher, layer_map, _ = hidden_teacher(spec, run, model, tok, objective, init)
     log(f"{mode}: {objective} objective, {len(rows)} rows, init from {init if init != s.model else s.model}"
         f", layers {s.layers if s.layers is not None else 'all'}, {count_params(model) / 1e6:.1f}M params")
     cfg = TrainConfig(epochs=t.epochs, batch_size=t.batch_size, lr=t.lr, weight_decay=t.weight_decay,
@@ -445,8 +537,9 @@ def train_classifier_student(spec: TaskSpec, run: RunPaths, inputs: Inputs,
                       kd_weight=0.0 if objective == "gold" else t.kd_weight,
                       ce_weight=1.0 if objective == "gold" else t.ce_weight,
                       seed=t.seed, precision=t.precision, max_length=s.max_length,
-                      checkpoint_every=t.checkpoint_every)
-    result = train_classifier(model, tok, rows, val_rows, out, cfg, fp, desc=mode)
+                      checkpoint_every=t.checkpoint_every, **schedule_fields(t),
+                      hidden_weight=t.hidden_weight if teacher is not None else 0.0, layer_map=layer_map)
+    result = train_classifier(model, tok, rows, val_rows, out, cfg, fp, desc=mode, teacher=teacher)
     return write_manifest(out, mode, spec, fingerprint=fp, objective=objective, init_from=init,
                           teacher=teacher_identity, dataset_hash=inputs.dataset_hash,
                           train_data_hash=data_hash, parents=parents, params=count_params(model),

@@ -1,6 +1,8 @@
 """Shared Hugging Face helpers for every student kind (and the local teachers built on them):
 model names and paths, layer cutting, precision, batching by length, sizes, timing, and where a
-local teacher's weights are.
+local teacher's weights are. torch loads inside the functions that use it, so the stages and the
+teacher table import this module without paying torch's start-up (a label run against an API
+teacher never needs it).
 """
 
 from __future__ import annotations
@@ -8,11 +10,12 @@ from __future__ import annotations
 import json
 import random
 from pathlib import Path
-from typing import Any, Sequence
+from typing import TYPE_CHECKING, Any, Sequence
 
 import numpy as np
-import torch
-from torch import nn
+
+if TYPE_CHECKING:
+    from torch import nn
 
 from ..errors import MissingOutput, PotstillError
 from ..manifest import file_hash
@@ -52,6 +55,8 @@ def resolve_model_path(name: str) -> str:
 
 def _encoder_layers(model: nn.Module) -> nn.ModuleList:
     """The stack of transformer blocks of an encoder (BERT, RoBERTa, DistilBERT, ELECTRA, ...)."""
+    from torch import nn
+
     n = model.config.num_hidden_layers
     base = model.base_model
     for candidate in ("encoder.layer", "transformer.layer", "layers", "encoder.layers"):
@@ -70,6 +75,8 @@ def _encoder_layers(model: nn.Module) -> nn.ModuleList:
 
 def keep_layers(model: nn.Module, layers: Sequence[int]) -> nn.Module:
     """Keep only `layers` (0-based, in order), like DistilBERT's initialisation from BERT."""
+    from torch import nn
+
     stack = _encoder_layers(model)
     n = len(stack)
     bad = [i for i in layers if not -n <= i < n]
@@ -97,6 +104,8 @@ def pick_precision(precision: str) -> str:
         return "no"
     if precision == "bf16":
         return "bf16"
+    import torch
+
     if torch.cuda.is_available():
         return "bf16" if torch.cuda.is_bf16_supported() else "no"
     try:
@@ -210,6 +219,8 @@ def build_encoder(base: str, names: Sequence[str], head: str, layers: Sequence[i
         "num_labels": len(names), "id2label": dict(enumerate(names)),
         "label2id": {n: i for i, n in enumerate(names)}, "ignore_mismatched_sizes": True,
     }
+    import torch
+
     torch.manual_seed(seed)
     model = getattr(transformers, _HEADS[head]).from_pretrained(path, **kwargs)
     if layers is not None and list(layers) != list(range(model.config.num_hidden_layers)):

@@ -39,6 +39,7 @@ from ..errors import PotstillError
 from ..manifest import file_hash, fingerprint, read_manifest, up_to_date, write_manifest
 from ..paths import HISTORY, KEPT, RunPaths
 from ..progress import log
+from ..schedule import schedule_fields
 from ..spec import TaskSpec
 from ..tasks.align import Span, align_fields
 from .base import Student
@@ -53,6 +54,7 @@ from .hf import (
     percentile,
     resolve_model_path,
 )
+from .hidden_kd import hidden_teacher, hidden_teacher_hash
 
 # ---------------------------------------------------------------------------------------------
 # BIO tags (pure)
@@ -271,14 +273,14 @@ def token_f1_metric(accelerator, model, loader) -> float:
 
 
 def train_tagger(model, tokenizer, train_rows: list[TagRow], val_rows: list[TagRow], out_dir: Path,
-                 cfg: TrainConfig, fingerprint: str, desc: str = "train") -> dict[str, Any]:
+                 cfg: TrainConfig, fingerprint: str, desc: str = "train", teacher=None) -> dict[str, Any]:
     """`train_classifier` with the tagger's hooks; the validation metric (kept under the
     classifier's `best_val_accuracy` key) is token-level tag F1 (`token_f1_metric`)."""
     n_tags = model.config.num_labels
     result = train_classifier(model, tokenizer, train_rows, val_rows, out_dir, cfg, fingerprint, desc,
                               collate=_collate(tokenizer, cfg.max_length, n_tags),
                               loss_fn=tagger_loss(cfg.temperature, cfg.kd_weight, cfg.ce_weight),
-                              metric_fn=token_f1_metric)
+                              metric_fn=token_f1_metric, teacher=teacher)
     result["val_metric"] = "token_tag_f1"
     return result
 
@@ -355,7 +357,8 @@ def fit_tagger_teacher(spec: TaskSpec, run: RunPaths, inputs: Inputs) -> dict[st
         f"({dropped} gold values not found in their text, left out)")
     cfg = TrainConfig(epochs=f.epochs, batch_size=f.batch_size, lr=f.lr, max_length=f.max_length,
                       kd_weight=0.0, ce_weight=1.0, seed=spec.train.seed,
-                      precision=spec.train.precision, checkpoint_every=spec.train.checkpoint_every)
+                      precision=spec.train.precision, checkpoint_every=spec.train.checkpoint_every,
+                      **schedule_fields(f))
     result = train_tagger(model, tok, rows, tag_rows(tok, vt, vs, tags, f.max_length), run.teacher,
                           cfg, fp, desc="teacher fit")
     return write_manifest(run.teacher, "teacher_fit", spec, fingerprint=fp, base_model=f.model,
@@ -437,12 +440,16 @@ def train_tagger_student(spec: TaskSpec, run: RunPaths, inputs: Inputs, mode: Li
     teacher_dir = local_teacher_or_none(spec, run) if objective != "gold" and t.kd_weight > 0 else None
     teacher_weights = (file_hash(*sorted(teacher_dir.glob("*.safetensors")))
                        if teacher_dir is not None and any(teacher_dir.glob("*.safetensors")) else None)
+    hidden_hash = hidden_teacher_hash(spec, run, objective)
     fp = fingerprint(mode, "tagger", objective, data_hash, fields, s.model_dump(),
-                     t.model_dump(exclude={"baseline"}), init, init_weights, teacher_weights)
+                     t.model_dump(exclude={"baseline", "hidden_weight"} if objective == "gold" else {"baseline"}),
+                     init, init_weights, teacher_weights,
+                     *([hidden_hash] if hidden_hash else []))
     if up_to_date(out, fp, "config.json", HISTORY):
         log(f"{mode}: up to date in {out}")
         return read_manifest(out)
     model, tok = build_tagger(init, fields, s.layers, seed=t.seed)
+    hidden, layer_map, _ = hidden_teacher(spec, run, model, tok, objective, init)
     rows: list[TagRow] = tag_rows(tok, texts, spans, tags, s.max_length)
     soft = teacher_soft_tags(teacher_dir, tok, texts, tags, s.max_length) if teacher_dir else None
     if soft is not None:
@@ -457,8 +464,10 @@ def train_tagger_student(spec: TaskSpec, run: RunPaths, inputs: Inputs, mode: Li
                       kd_weight=t.kd_weight if soft is not None else 0.0,
                       ce_weight=t.ce_weight if soft is not None else 1.0,
                       seed=t.seed, precision=t.precision, max_length=s.max_length,
-                      checkpoint_every=t.checkpoint_every)
-    result = train_tagger(model, tok, rows, tag_rows(tok, vt, vs, tags, s.max_length), out, cfg, fp, desc=mode)
+                      checkpoint_every=t.checkpoint_every, **schedule_fields(t),
+                      hidden_weight=t.hidden_weight if hidden is not None else 0.0, layer_map=layer_map)
+    result = train_tagger(model, tok, rows, tag_rows(tok, vt, vs, tags, s.max_length), out, cfg, fp, desc=mode,
+                          teacher=hidden)
     return write_manifest(out, mode, spec, fingerprint=fp, objective=objective, signal=signal,
                           init_from=init, teacher=teacher_identity, dataset_hash=inputs.dataset_hash,
                           train_data_hash=data_hash, parents=parents, params=count_params(model),

@@ -102,6 +102,16 @@ def render_generate_markdown(report: dict[str, Any]) -> str:
         params = f"{m['params'] / 1e6:.1f}M" if m.get("params") else "—"
         rows.append(f"| {name} | {m['exact_match']:.4f} | {m['token_f1']:.4f} | "
                     f"{m.get('agreement_with_teacher', '—')} | {ppl} | {params} |")
+    if report.get("json_fields"):  # answers that are JSON objects: scored like extract
+        rows += ["", "| model | layers | field F1 | valid JSON | object exact match | field F1 vs teacher | "
+                 "p50 ms (batch 1) | tokens/s (batch 1) | answers/s (batched) |",
+                 "|---|---:|---:|---:|---:|---:|---:|---:|---:|"]
+        for name, m in report["models"].items():
+            rows.append(f"| {name} | {m.get('layers', '—')} | {m.get('field_f1', '—')} | {m.get('json_validity', '—')} | "
+                        f"{m.get('exact_match', '—')} | {m.get('field_f1_vs_teacher', '—')} | "
+                        f"{m.get('latency_ms_p50', '—')} | {m.get('gen_tokens_per_s_b1', '—')} | "
+                        f"{m.get('answers_per_s', '—')} |")
+        rows += ["", *(f"- {k}: {v}" for k, v in report.get("summary", {}).items())]
     return "\n".join([f"# potstill report: {report['task']} ({report['kind']})", "",
                       f"Held-out test: {report['test_rows']} rows.", "", *rows, ""])
 

@@ -1,0 +1,109 @@
+"""Adaptive schedules (potstill/schedule.py) and the training loop that runs them."""
+
+import hashlib
+import math
+
+import pytest
+import torch
+from test_student import LABELS, rows
+
+from potstill.schedule import EarlyStopping, plan_schedule
+from potstill.students import classifier as C
+
+
+def test_fixed_schedule_is_the_old_epoch_count():
+    s = plan_schedule(96, 16, mode="fixed", epochs=2, min_steps=1000, max_steps=5)
+    assert (s.total_steps, s.steps_per_epoch, s.eval_every, s.patience) == (12, 6, 0, None)
+    assert s.eval_due(6, epoch_end=True) and not s.eval_due(5, epoch_end=False)
+    # old LambdaLR: linear warm-up, then linear decay to 0
+    s = plan_schedule(1000, 10, mode="fixed", epochs=1, warmup_ratio=0.1)
+    assert s.warmup_steps == 10 and s.lr_factor(0) == pytest.approx(0.1)
+    assert s.lr_factor(10) == pytest.approx(1.0) and s.lr_factor(55) == pytest.approx(0.5)
+
+
+def test_adaptive_budget_scales_with_data_within_floor_and_cap():
+    kw = dict(mode="adaptive", epochs=4, min_steps=500, max_steps=3000)
+    small, mid, big = (plan_schedule(n, 32, **kw) for n in (300, 8000, 100_000))
+    assert small.total_steps == 500 and small.epochs > 4  # floor: small data gets more passes
+    assert mid.total_steps == 4 * math.ceil(8000 / 32)  # in between: the epochs asked for
+    assert big.total_steps == 3000 and big.epochs < 4  # cap
+    assert small.total_steps < mid.total_steps < big.total_steps
+    # validation about 8 times per run, however long an epoch is
+    assert mid.eval_every == math.ceil(mid.total_steps / 8)
+    assert small.eval_every == plan_schedule(40, 32, **kw).eval_every == math.ceil(500 / 8)
+    with pytest.raises(ValueError, match="max_steps"):
+        plan_schedule(100, 8, mode="adaptive", min_steps=50, max_steps=10)
+
+
+def test_cosine_decay_and_eval_beat():
+    s = plan_schedule(320, 32, mode="adaptive", epochs=10, warmup_ratio=0.1, decay="cosine",
+                      eval_every=25, patience=2)
+    assert s.total_steps == 100 and s.warmup_steps == 10
+    assert s.lr_factor(10) == pytest.approx(1.0)
+    assert s.lr_factor(55) == pytest.approx(0.5)
+    assert s.lr_factor(99) < 0.01
+    assert [k for k in range(1, 101) if s.eval_due(k, False)] == [25, 50, 75, 100]
+
+
+def test_early_stopping_counts_validations_without_gain():
+    e = EarlyStopping(patience=2)
+    assert e.update(0.5) and e.update(0.6)
+    assert not e.update(0.6) and not e.should_stop
+    assert not e.update(0.55) and e.should_stop
+    again = EarlyStopping.load(2, e.state())
+    assert again.best == 0.6 and again.should_stop
+    assert not EarlyStopping(None, bad=99).should_stop
+
+
+def _digest(model) -> str:
+    h = hashlib.sha256()
+    for _, p in sorted(model.state_dict().items()):
+        h.update(p.detach().cpu().numpy().tobytes())
+    return h.hexdigest()
+
+
+def test_training_stops_early_and_keeps_the_best_checkpoint(tiny_bert, tmp_path):
+    """A validation score that peaks at the second validation and then falls: training stops after
+    `patience` validations without gain, and the weights saved (and left in the model) are those
+    of the peak."""
+    scores = iter([0.5, 0.9, 0.6, 0.4, 0.3, 0.2, 0.1])
+    seen = []
+
+    def metric(accelerator, model, loader):
+        seen.append(_digest(accelerator.unwrap_model(model)))
+        return next(scores)
+
+    model, tok = C.build_classifier(str(tiny_bert), LABELS, layers=[0, 3])
+    cfg = C.TrainConfig(epochs=1, batch_size=8, lr=3e-3, precision="fp32", checkpoint_every=1000,
+                        schedule="adaptive", min_steps=60, max_steps=200, eval_every=5, patience=2)
+    res = C.train_classifier(model, tok, rows(48, 1), rows(15, 2), tmp_path / "s", cfg, "fp", metric_fn=metric)
+    assert res["stopped_early"] and res["steps"] == 20  # 4 validations, every 5 steps, of 60 planned
+    assert [h["step"] for h in res["history"]] == [5, 10, 15, 20]
+    assert res["best_val_accuracy"] == 0.9 and res["best_step"] == 10
+    assert res["schedule"]["total_steps"] == 60
+    saved, _ = C.load_classifier(tmp_path / "s")
+    assert _digest(saved) == seen[1]  # the checkpoint on disk is the peak's
+    assert _digest(model) == seen[1]  # and it was restored into the model trained
+    assert seen[1] != seen[3]
+
+
+def test_a_model_that_stops_improving_stops(tiny_bert, tmp_path):
+    """Real validation accuracy, learning rate 0: nothing improves after the first validation."""
+    model, tok = C.build_classifier(str(tiny_bert), LABELS, layers=[0, 3])
+    cfg = C.TrainConfig(epochs=1, batch_size=8, lr=1e-12, precision="fp32", checkpoint_every=1000,
+                        schedule="adaptive", min_steps=100, eval_every=4, patience=3)
+    res = C.train_classifier(model, tok, rows(48, 1), rows(15, 2), tmp_path / "s", cfg, "fp")
+    assert res["stopped_early"] and res["steps"] == 16 and len(res["history"]) == 4
+
+
+def test_adaptive_training_learns_on_small_data(tiny_bert, tmp_path):
+    """The floor gives 48 rows (6 steps per epoch) many passes; one epoch alone does not learn."""
+    cfg = dict(batch_size=8, lr=2e-3, precision="fp32", checkpoint_every=1000)
+    torch.manual_seed(0)
+    m, t = C.build_classifier(str(tiny_bert), LABELS, layers=[0, 3])
+    one = C.train_classifier(m, t, rows(48, 1), rows(30, 2), tmp_path / "a", C.TrainConfig(epochs=1, **cfg), "fp")
+    m, t = C.build_classifier(str(tiny_bert), LABELS, layers=[0, 3])
+    ada = C.train_classifier(m, t, rows(48, 1), rows(30, 2), tmp_path / "b",
+                             C.TrainConfig(epochs=1, schedule="adaptive", min_steps=90, patience=3, **cfg), "fp")
+    assert one["steps"] == 6 and ada["steps"] > 6
+    assert ada["best_val_accuracy"] > one["best_val_accuracy"] and ada["best_val_accuracy"] > 0.8
