@@ -853,8 +853,9 @@ def render_markdown(data: dict[str, Any]) -> str:
 def _evaluation_markdown(report: dict[str, Any]) -> str:
     """The evaluation's own report.md text, rendered by its task kind (report.json says which)."""
     from .tasks import get_task
+    from .verdict import with_verdict
 
-    return get_task(report.get("kind") or "classify").render_markdown(report)
+    return with_verdict(get_task(report.get("kind") or "classify").render_markdown(report), report.get("verdict"))
 
 
 def write_report(run_dir: str | Path, *, requests_per_month: float | None = None) -> dict[str, Any]:

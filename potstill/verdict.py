@@ -108,3 +108,9 @@ def verdict_lines(v: dict[str, Any] | None) -> list[str]:
     if not v:
         return []
     return [f"**Verdict: {v['deploy']}**: {v['reason']}."]
+
+
+def with_verdict(markdown: str, v: dict[str, Any] | None) -> str:
+    """report.md with the verdict (fine-tune, distill or keep the teacher) right under its title."""
+    title, _, rest = markdown.partition("\n")
+    return "\n".join([title, "", *verdict_lines(v), rest])

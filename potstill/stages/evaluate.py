@@ -26,7 +26,7 @@ from ..students import get_student
 from ..students.hf import percentile
 from ..tasks import get_task
 from ..teachers import answer_cached, make_teacher
-from ..verdict import verdict, verdict_lines
+from ..verdict import verdict, with_verdict
 from .prepare import prepare_inputs
 
 
@@ -108,12 +108,6 @@ def evaluate(spec: TaskSpec, run: RunPaths) -> dict[str, Any]:
                    report=str(run.report_json))
     log("eval: " + ", ".join(f"{k} {metric} {v[metric]:.4f}" for k, v in models.items()))
     return report
-
-
-def with_verdict(markdown: str, v: dict[str, Any] | None) -> str:
-    """report.md with the verdict (fine-tune, distill or keep the teacher) right under its title."""
-    title, _, rest = markdown.partition("\n")
-    return "\n".join([title, "", *verdict_lines(v), rest])
 
 
 def data_section(run: RunPaths, n_train: int) -> dict[str, Any]:
