@@ -63,22 +63,28 @@ def start(run: Path, port: int, ov: list[str], env: dict, log: Path) -> subproce
 
 
 async def drive(ports: tuple[int, int], texts: list[str], clients: int, kill_after: int,
-                victim: subprocess.Popen) -> tuple[dict[str, dict], int, float]:
+                victim: subprocess.Popen) -> tuple[dict[str, dict], int, float, dict]:
     import httpx
 
     answers: dict[str, dict] = {}
+    failures: collections.Counter = collections.Counter()
     retried = 0
     killed_at = [None]
     pending = collections.deque(enumerate(texts))
     lim = httpx.Limits(max_connections=clients, max_keepalive_connections=clients)
     async with httpx.AsyncClient(timeout=60, limits=lim) as c:
         async def post(port: int, t: str) -> dict | None:
+            who = "A" if port == ports[0] else "B"
             try:
                 r = await c.post(f"http://127.0.0.1:{port}/v1/chat/completions", json={
                     "model": "tiny", "messages": [{"role": "user", "content": t}]})
-            except httpx.HTTPError:
+            except httpx.HTTPError as e:
+                failures[f"{who}: {type(e).__name__}"] += 1
                 return None
-            return r.json() if r.status_code == 200 else None
+            if r.status_code != 200:
+                failures[f"{who}: HTTP {r.status_code}"] += 1
+                return None
+            return r.json()
 
         async def worker() -> None:
             nonlocal retried
@@ -97,7 +103,7 @@ async def drive(ports: tuple[int, int], texts: list[str], clients: int, kill_aft
 
         t0 = time.monotonic()
         await asyncio.gather(*(worker() for _ in range(clients)))
-    return answers, retried, time.monotonic() - t0
+    return answers, retried, time.monotonic() - t0, dict(failures)
 
 
 def main() -> None:
@@ -136,7 +142,7 @@ def main() -> None:
                 sa = start(run, pa, ov, env, tmp / "a.log")
                 sb = start(run, pb, ov, env, tmp / "b.log")
                 try:
-                    answers, retried, secs = asyncio.run(drive(
+                    answers, retried, secs, failures = asyncio.run(drive(
                         (pa, pb), texts, a.clients, a.kill_after or int(0.4 * a.requests), sb))
                 finally:
                     for p in (sa, sb):
@@ -150,12 +156,12 @@ def main() -> None:
     esc = [r for r in rows if r["kind"] == "escalation"]
     per_input = collections.Counter(r["input"] for r in esc)
     teacher_answers = {t for t, g in answers.items() if g["route"] == "teacher"}
-    lost = sorted(t for t in teacher_answers if answers[t]["id"] not in per_request)
     per_request = collections.Counter(r["request_id"] for r in esc)
     dup = {r: n for r, n in per_request.items() if n > 1}  # one request recorded twice: a bug
     # an input B recorded, then died before answering, retried on A: two requests, two rows
     both = {t: n for t, n in per_input.items() if n > 1}
     answered_ids = {g["id"] for g in answers.values()}
+    lost = sorted(t for t in teacher_answers if answers[t]["id"] not in per_request)
     unanswered_rows = sorted(set(per_input) - set(answers))
     result = {
         "command": "python bench/pg_shared_queue.py " + " ".join(sys.argv[1:]),
@@ -169,6 +175,7 @@ def main() -> None:
         "rows_without_answer": len(unanswered_rows), "retried_on_a_after_kill": retried,
         "inputs_recorded_by_both_after_retry": len(both),
         "rows_whose_request_was_answered": sum(1 for r in esc if r["request_id"] in answered_ids),
+        "client_failures": failures,
         "other_rows": dict(collections.Counter(r["kind"] for r in rows if r["kind"] != "escalation")),
     }
     a.out.mkdir(parents=True, exist_ok=True)
