@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import random
 import sys
 import time
@@ -111,8 +112,8 @@ def main(argv: list[str] | None = None) -> int:
              f"prompt: the {'default causal-student' if a.template == 'causal' else 'old two-format'} template; "
              f"test: {len(test)} rows ({n_spam} spam). Majority class (ham): accuracy {maj['accuracy']}, "
              f"macro-F1 {maj['macro_f1']}.", "",
-             "Timings on a shared 2-core machine under heavy load from other jobs (load average 6-10): "
-             "compare the rows with each other, not with other tables.", "",
+             f"Load average at the end of the run: {', '.join(f'{x:.1f}' for x in os.getloadavg())} "
+             f"on {os.cpu_count()} cores: timings are only comparable with runs under the same load.", "",
              "| lr | accuracy | macro-F1 | no label | loss first → last | train tokens/s | train s | "
              "generate s | some answers |", "|---:|---:|---:|---:|---:|---:|---:|---:|---|"]
     for r in results:
