@@ -220,9 +220,6 @@ class TrainSpec(_Strict):
     forgetting, relative to the spec folder; its held-out tail measures perplexity vs the base."""
     general_ratio: float = Field(0.0, ge=0, lt=1)
     """Share of training rows drawn from general_data."""
-    hidden_weight: float = Field(0.0, ge=0)
-    """logit_kd into a depth-pruned causal student: weight of hidden-state KD (each kept block
-    against the teacher block it was initialised from; losses.hidden_state_kd)."""
     kd_chunk: int = Field(128, ge=0)
     """Causal LM: positions per chunk of the loss at supervised positions (no (B, T, V) logits);
     0 computes full logits."""
@@ -259,10 +256,12 @@ class TrainSpec(_Strict):
     decay: Literal["linear", "cosine"] = "linear"
     """Learning-rate decay after warm-up."""
     hidden_weight: float = Field(0.0, ge=0)
-    """Encoder students with a local teacher (teacher.kind fit or hf): weight of the hidden-state
-    loss (TinyBERT-style MSE between student layer i and the teacher layer student.layers[i] it
-    was cut from, embeddings too). Runs the teacher on every training batch; 0 turns it off.
-    Ignored for API teachers and for the gold-only baseline."""
+    """Weight of hidden-state distillation from a local teacher; 0 turns it off. Encoder students
+    (teacher.kind fit or hf): TinyBERT-style MSE between student layer i and the teacher layer
+    student.layers[i] it was cut from, embeddings too (losses.hidden_state_loss). A depth-pruned
+    causal student under logit_kd: each kept block against the teacher block it was initialised
+    from (losses.hidden_state_kd). Runs the teacher on every training batch; ignored for API
+    teachers and for the gold-only baseline."""
     baseline: bool = True
     """`potstill run` also trains the same student on gold only, as the baseline."""
 

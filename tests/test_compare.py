@@ -80,7 +80,9 @@ def test_compare_on_a_tiny_task(report_task, tmp_path):
             == (run / "baseline" / "model.safetensors").read_bytes())
     assert rows["distill"]["init_from"] == str(run / "teacher")
     assert (rows["gold"]["gold_labels"], rows["gold"]["teacher_labels"]) == (240, 0)
-    assert (rows["distill"]["gold_labels"], rows["distill"]["teacher_labels"]) == (0, 240)
+    kept = json.loads((run / "filtered" / "filter_report.json").read_text())["kept"]
+    assert kept >= 230  # the fitted teacher is right on nearly every training row
+    assert (rows["distill"]["gold_labels"], rows["distill"]["teacher_labels"]) == (0, kept)
     assert rows["gold@0.25"]["gold_labels"] == 60 and rows["both@0.25"]["gold_labels"] == 60
     man = json.loads((run / "compare" / "gold_share0.25" / "manifest.json").read_text())
     assert man["objective"] == "gold" and man["dataset_hash"] != report_spec(run)["dataset_hash"]
