@@ -82,9 +82,9 @@ def evaluate(spec: TaskSpec, run: RunPaths) -> dict[str, Any]:
     for name, pred in preds.items():
         models[name].update(task.score(gold, pred, labels, None if name == "teacher" else preds["teacher"], spec))
     metric = task.metric_for(spec)
-    v = verdict(models["teacher"][metric], (models.get("student") or {}).get(metric),
-                (models.get("baseline") or {}).get(metric), len(texts))
-    log(f"verdict: {v['deploy']}: {v['reason']}")
+    deploy = verdict(models["teacher"][metric], (models.get("student") or {}).get(metric),
+                     (models.get("baseline") or {}).get(metric), len(texts))
+    log(f"verdict: {deploy['deploy']}: {deploy['reason']}")
     report = {
         "task": spec.name,
         "kind": spec.kind,
@@ -94,19 +94,19 @@ def evaluate(spec: TaskSpec, run: RunPaths) -> dict[str, Any]:
         **task.report_header(labels, spec),
         "models": models,
         "summary": summarise(models, metric),
-        "verdict": v,
+        "verdict": deploy,
         "data": data_section(run, len(inputs.train)),
         "machine": _machine(),
     }
     run.root.mkdir(parents=True, exist_ok=True)
     run.report_json.write_text(json.dumps(report, indent=2))
-    run.report_md.write_text(with_verdict(task.render_markdown(report), v))
+    run.report_md.write_text(with_verdict(task.render_markdown(report), deploy))
     write_predictions(run.root / EVAL_DIR, texts, [task.to_json(g) for g in gold],
-                      {k: [task.to_json(p) for p in v] for k, v in preds.items()}, extras)
+                      {k: [task.to_json(p) for p in ps] for k, ps in preds.items()}, extras)
     write_manifest(run.root / EVAL_DIR, "eval", spec, dataset_hash=inputs.dataset_hash,
                    parents={k: str(run.model_dir(k)) for k in models if k != "teacher"},
                    report=str(run.report_json))
-    log("eval: " + ", ".join(f"{k} {metric} {v[metric]:.4f}" for k, v in models.items()))
+    log("eval: " + ", ".join(f"{k} {metric} {m[metric]:.4f}" for k, m in models.items()))
     return report
 
 
