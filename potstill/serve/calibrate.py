@@ -651,3 +651,27 @@ def threshold_on_validation(student: Any, spec: TaskSpec, run: RunPaths, *, path
     tmp.write_text(json.dumps(cal, indent=2))
     tmp.replace(path)
     return cal
+
+
+def threshold_routing(student: Any, spec: TaskSpec, run: RunPaths, *, routing: bool,
+                      teacher_share: float | None, path: Path, settings: dict[str, Any],
+                      recalibrate: bool, batch: int,
+                      choose: Callable[[list[Any], list[str | None], float], dict[str, Any]],
+                      what: str) -> tuple[Any, dict[str, Any] | None, Any, dict[str, Any] | None]:
+    """(student, calibration doc, Policy, operating point) for a student routed on one confidence
+    threshold (a tagger, a causal LM): no gate without routing, the hand-set
+    `serve.confidence_threshold` when there is one, else `threshold_on_validation` for the teacher
+    share (`settings` gains it)."""
+    from .router import Policy
+
+    sv = spec.serve
+    if not routing:
+        return student, None, Policy(), None
+    hs = frozenset(sv.high_stakes)
+    if sv.confidence_threshold is not None:
+        return student, None, Policy(sv.confidence_threshold, None, hs, sv.high_stakes_prob), None
+    share = sv.teacher_share if teacher_share is None else teacher_share
+    cal = threshold_on_validation(student, spec, run, path=path, settings={**settings, "teacher_share": share},
+                                  recalibrate=recalibrate, batch=batch, choose=choose, what=what)
+    point = cal["operating_point"]
+    return student, cal, Policy(point["confidence_threshold"], None, hs, sv.high_stakes_prob), point

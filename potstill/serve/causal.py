@@ -53,7 +53,7 @@ import numpy as np
 
 from ..errors import MissingOutput, PotstillError
 from ..tasks import get_task
-from .router import Policy, Router, StudentOutput, student_version
+from .router import Router, StudentOutput, student_version
 
 log = logging.getLogger("potstill.serve")
 
@@ -312,7 +312,7 @@ def build_causal_student(spec, run, recalibrate: bool = True, teacher_share: flo
                          adapters: dict[str, str | Path] | None = None):
     """(view of the run's own adapter, calibration doc, Policy, operating point) for a run whose
     student is a causal LM; `adapters` (served name -> directory) are loaded beside it."""
-    from .calibrate import threshold_on_validation
+    from .calibrate import threshold_routing
 
     sv = spec.serve
     model_dir = run.student if model == "student" else run.model_dir(model)
@@ -332,21 +332,12 @@ def build_causal_student(spec, run, recalibrate: bool = True, teacher_share: flo
     for n, p in (adapters or {}).items():
         host.load_adapter(n, p)
     student = host.view(name)
-    if not routing:
-        return student, None, Policy(), None
-    hs = frozenset(sv.high_stakes)
-    if sv.confidence_threshold is not None:
-        return student, None, Policy(sv.confidence_threshold, None, hs, sv.high_stakes_prob), None
-    share = sv.teacher_share if teacher_share is None else teacher_share
-    path = run.root / CAUSAL_CALIBRATION
-    settings = {"logprob_confidence": sv.logprob_confidence, "teacher_share": share,
-                "model": model, "max_new_tokens": spec.student.max_new_tokens}
-    cal = threshold_on_validation(
-        student, spec, run, path=path, settings=settings, recalibrate=recalibrate, batch=16,
-        choose=lambda outs, golds, share: calibrate_threshold(outs, golds, share, spec.kind),
-        what="causal student")
-    point = cal["operating_point"]
-    return student, cal, Policy(point["confidence_threshold"], None, hs, sv.high_stakes_prob), point
+    return threshold_routing(
+        student, spec, run, routing=routing, teacher_share=teacher_share, path=run.root / CAUSAL_CALIBRATION,
+        settings={"logprob_confidence": sv.logprob_confidence, "model": model,
+                  "max_new_tokens": spec.student.max_new_tokens},
+        recalibrate=recalibrate, batch=16, what="causal student",
+        choose=lambda outs, golds, share: calibrate_threshold(outs, golds, share, spec.kind))
 
 
 def _input_labels(run, missing_ok: bool = False) -> list[str]:

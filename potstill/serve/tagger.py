@@ -36,7 +36,7 @@ from typing import Any, Sequence
 from ..answers import canonical_json, validate_fields
 from ..errors import MissingOutput
 from ..students.tagger import Prediction
-from .router import Policy, StudentOutput, student_version
+from .router import StudentOutput, student_version
 
 log = logging.getLogger("potstill.serve")
 
@@ -114,7 +114,7 @@ def build_extract_student(spec, run, recalibrate: bool = True, teacher_share: fl
                           model: str = "student", routing: bool = True):
     """(TaggerStudent, calibration doc, Policy, operating point) for an extract run's `model`
     (student, teacher or baseline: each a tagger directory)."""
-    from .calibrate import Deployment, threshold_on_validation
+    from .calibrate import Deployment, threshold_routing
 
     sv = spec.serve
     dep = Deployment.of(run, spec, model)
@@ -122,16 +122,7 @@ def build_extract_student(spec, run, recalibrate: bool = True, teacher_share: fl
         raise MissingOutput(f"{dep.model_dir}: no trained tagger {model}; run `potstill train` first")
     student = TaggerStudent(dep.model_dir, spec.json_schema, max_length=dep.max_length,
                             threads=sv.threads, device=sv.device)
-    if not routing:
-        return student, None, Policy(), None
-    hs = frozenset(sv.high_stakes)
-    if sv.confidence_threshold is not None:
-        return student, None, Policy(sv.confidence_threshold, None, hs, sv.high_stakes_prob), None
-    share = sv.teacher_share if teacher_share is None else teacher_share
-    path = run.root / EXTRACT_CALIBRATION
-    settings = {"teacher_share": share, "model": model, "max_length": dep.max_length,
-                "json_schema": spec.json_schema}
-    cal = threshold_on_validation(student, spec, run, path=path, settings=settings,
-                                  recalibrate=recalibrate, batch=64, choose=extract_threshold, what="tagger")
-    point = cal["operating_point"]
-    return student, cal, Policy(point["confidence_threshold"], None, hs, sv.high_stakes_prob), point
+    return threshold_routing(
+        student, spec, run, routing=routing, teacher_share=teacher_share, path=run.root / EXTRACT_CALIBRATION,
+        settings={"model": model, "max_length": dep.max_length, "json_schema": spec.json_schema},
+        recalibrate=recalibrate, batch=64, choose=extract_threshold, what="tagger")
