@@ -58,3 +58,16 @@ def test_potstill_error_subclasses_cover_input_spec_and_budget():
 
     for cls in (SpecError, InputError, BudgetExceeded):
         assert issubclass(cls, PotstillError)
+
+
+def test_labelling_through_an_api_does_not_load_torch():
+    """`potstill label` against an API teacher starts without importing torch (seconds of
+    start-up that a fail-fast labelling run cannot afford): stages and the teacher table load it
+    only inside the functions that run a local model."""
+    import subprocess
+
+    code = ("import sys, potstill.cli; from potstill.stages.label import label; "
+            "from potstill.teachers import make_teacher; print('torch' in sys.modules)")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.strip() == "False"
