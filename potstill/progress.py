@@ -62,8 +62,10 @@ def progress(total: int, desc: str, enabled: bool = True) -> Iterator[_Bar]:
 
 
 def log(msg: str) -> None:
-    """A line of progress on stderr; silent on the non-main ranks of a multi-process launch."""
+    """A line of progress on stderr; silent on the non-main ranks of a multi-process launch.
+    Plain text: brackets in a message (an endpoint's error, a file name) are never read as rich
+    markup."""
     from .manifest import is_main_process
 
     if is_main_process():
-        console.print(msg, highlight=False)
+        console.print(msg, highlight=False, markup=False)

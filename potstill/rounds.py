@@ -75,7 +75,8 @@ def cases_from_queue(items: Sequence[dict[str, Any]], labels: Sequence[str],
     teacher's label when it differs from the answer the user saw. Other items (escalations,
     degraded answers, disagreements) take the teacher's answer from `answers` (by input), else the
     teacher label the queue kept. Inputs of the held-out splits are never trained on: the gate set
-    must stay unseen.
+    must stay unseen. A skip's reason is a fixed sentence, then any detail of the item in
+    parentheses (see `skip_summary`, which counts them by the sentence).
     """
     label_set = set(labels)
     cases: dict[str, Case] = {}
@@ -89,16 +90,17 @@ def cases_from_queue(items: Sequence[dict[str, Any]], labels: Sequence[str],
         text = item["input"]
         detail = item.get("detail")
         if isinstance(detail, dict) and detail.get("adapter"):
-            skip(item, f"answered by the added adapter {detail['adapter']!r}, not this run's student")
+            skip(item, f"answered by an added adapter, not this run's student (adapter {detail['adapter']!r})")
             continue
         if text in held_out:
-            skip(item, "in a held-out split (validation or test)")
+            skip(item, "in a held-out split, validation or test: held-out texts are never trained "
+                       "on, so the gate stays unseen")
             continue
         fb = item.get("feedback")
         prior = cases.get(text)
         if item["kind"] == "feedback" and fb and fb != "wrong":
             if fb not in label_set:
-                skip(item, f"feedback label {fb!r} is not a task label")
+                skip(item, f"feedback names no task label ({fb!r})")
                 continue
             ids = prior.queue_ids if prior else []
             cases[text] = Case(text, fb, None, "feedback", ids + [item["id"]])
@@ -121,6 +123,18 @@ def cases_from_queue(items: Sequence[dict[str, Any]], labels: Sequence[str],
         ids = prior.queue_ids if prior else []
         cases[text] = Case(text, label, probs, source, ids + [item["id"]])
     return list(cases.values()), skipped
+
+
+def skip_summary(skipped: Sequence[dict[str, Any]]) -> str:
+    """Skipped queue items counted by reason, most frequent first: `25 × in a held-out split,
+    ...`. A reason's parenthesised detail (a label, an error) is left out so that items skipped
+    for the same reason count together; "N skipped" alone does not say what to fix."""
+    counts: dict[str, int] = {}
+    for s in skipped:
+        key = str(s["reason"]).split(" (", 1)[0]
+        counts[key] = counts.get(key, 0) + 1
+    ranked = sorted(counts.items(), key=lambda kv: -kv[1])  # stable: ties keep first appearance
+    return ", ".join(f"{n} × {reason}" for reason, n in ranked)
 
 
 def should_promote(candidate: float, deployed: float, margin: float) -> bool:
@@ -315,9 +329,9 @@ def iterate(spec: TaskSpec, run: RunPaths, margin: float = 0.0, gate: str = "tes
     answers = _teacher_answers(spec, run, need_teacher, labels)
     cases, skipped = cases_from_queue(items, labels, answers, held_out)
     if len(cases) < min_cases:
-        raise PotstillError(f"{len(cases)} usable queue case(s) ({len(items)} unused queue items, "
-                         f"{len(skipped)} skipped); a round needs at least {min_cases} "
-                         "(--min-cases)")
+        raise PotstillError(f"{len(cases)} usable queue case(s) from {len(items)} unused queue "
+                            "item(s)" + (f"; skipped: {skip_summary(skipped)}" if skipped else "")
+                            + f"; a round needs at least {min_cases} (--min-cases)")
 
     base_n = state["deployed"]
     n = max(r["round"] for r in state["rounds"]) + 1
@@ -336,7 +350,8 @@ def iterate(spec: TaskSpec, run: RunPaths, margin: float = 0.0, gate: str = "tes
                    round=n, built_on=base_n, rows=len(rows), from_queue=len(cases),
                    skipped=len(skipped))
     log(f"iterate: round {n}: {len(rows)} records (round {base_n}'s, with {len(cases)} queue "
-        f"case(s)); {len(skipped)} queue item(s) skipped")
+        f"case(s)); {len(skipped)} queue item(s) skipped"
+        + (f": {skip_summary(skipped)}" if skipped else ""))
 
     objective = spec.train.objective if spec.train.objective != "gold" else "both"
     round_spec = spec.model_copy(update={"train": spec.train.model_copy(update={"objective": objective})})

@@ -23,7 +23,9 @@ from __future__ import annotations
 
 import asyncio
 import json
+import math
 import time
+from decimal import ROUND_CEILING, ROUND_FLOOR, ROUND_HALF_EVEN, Decimal
 from pathlib import Path
 from typing import Annotated, Any, Optional
 
@@ -149,7 +151,8 @@ def queue_list_command(
         t.add_row(str(it["id"]), time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(it["created_at"])),
                   it["kind"], it["reason"], _short(it["input"]), it["student_label"] or "—",
                   it["teacher_label"] or "—", it["served_label"] or "—", it["route"] or "—",
-                  _num(it["confidence"]), _num(it["ood_score"]), it["feedback"] or "")
+                  _num(it["confidence"], ROUND_FLOOR), _num(it["ood_score"], ROUND_CEILING),
+                  it["feedback"] or "")
     c.print(t)
 
 
@@ -158,5 +161,16 @@ def _short(s: str | None, n: int = 60) -> str:
     return s if len(s) <= n else s[: n - 1] + "…"
 
 
-def _num(x: float | None) -> str:
-    return "—" if x is None else f"{x:.3g}"
+def _num(x: float | None, rounding: str = ROUND_HALF_EVEN, digits: int = 3) -> str:
+    """`x` to `digits` significant digits, rounded the given way. A confidence is rounded down
+    and an OOD score up, so neither is shown past a threshold it did not pass: 0.8996 under a
+    0.90 confidence threshold was escalated, and shows as 0.899, not 0.9."""
+    if x is None:
+        return "—"
+    if not math.isfinite(x):
+        return str(x)
+    d = Decimal(repr(float(x)))  # the shortest decimal that is this float: no binary noise
+    if d == 0:
+        return "0"
+    q = d.quantize(Decimal(1).scaleb(d.adjusted() - digits + 1), rounding=rounding)
+    return f"{q:g}"

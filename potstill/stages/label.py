@@ -8,6 +8,7 @@ NaN rows where the teacher gave none).
 
 from __future__ import annotations
 
+import re
 from collections import Counter
 from contextlib import ExitStack
 from typing import Any
@@ -85,13 +86,51 @@ def label(spec: TaskSpec, run: RunPaths, teacher: Teacher | None = None) -> dict
     log(f"label: {labelled}/{len(rows)} labelled by {teacher.identity} "
         f"({summary['cached']} from cache, {spend['calls']} new calls, "
         f"{summary['errors']} failed, ${spend['cost_usd']:.4f})")
+    errors = [r["error"] for r in rows if r["error"]]
+    if errors:
+        log("label: " + failure_summary(errors))
     if rows and labelled == 0:
-        errs = Counter(r["error"] for r in rows if r["error"])
-        why = (f"{sum(errs.values())} teacher errors, e.g. {errs.most_common(1)[0][0]!r}" if errs
+        why = (failure_summary(errors) if errors
                else "no answer named a known label, e.g. " + repr(_clip(str(rows[0]["raw"]), 160)))
         raise PotstillError(f"label: none of the {len(rows)} inputs was labelled ({why}); "
                             f"records are in {run.labels / RECORDS}")
     return summary
+
+
+def failure_type(error: str) -> str:
+    """A short name for what kind of failure a teacher error string is, the same for every input
+    that failed the same way: "HTTP 429", "timed out", "connection error", "malformed
+    response"... The last attempt decides (a row retried is "HTTP 500 (x2); then timed out ..."),
+    a batch's "batch ID: " prefix is dropped, and the name is what comes before the first ":" or
+    " (" (a teacher's own error, e.g. "ValueError: ...", keeps its exception class)."""
+    e = " ".join(error.split())
+    if e.startswith("batch ") and ": " in e:
+        e = e.split(": ", 1)[1]
+    e = e.split("; then ")[-1]
+    if e.startswith("timed out"):  # "timed out after 30s": the seconds are not the kind
+        return "timed out"
+    return _clip(re.split(r":| \(", e, maxsplit=1)[0].strip() or "unknown error", 40)
+
+
+def failure_summary(errors: list[str], most: int = 5) -> str:
+    """Teacher errors grouped by `failure_type`, most frequent first, each with its count and
+    its first message: `12 teacher failures: 9 × HTTP 429 ('HTTP 429: Too Many Requests ...'),
+    3 × timed out ('timed out after 30s ...')`. "N failed" alone does not say whether to wait
+    (rate limits), raise a timeout, or fix the prompt or the key. At most `most` kinds are
+    named; the rest are counted."""
+    first: dict[str, str] = {}
+    counts: Counter[str] = Counter()
+    for e in errors:
+        kind = failure_type(e)
+        first.setdefault(kind, e)
+        counts[kind] += 1
+    ranked = counts.most_common()  # ties keep the order of first appearance
+    parts = [f"{n} × {kind} ({_clip(' '.join(first[kind].split()), 160)!r})" for kind, n in ranked[:most]]
+    if len(ranked) > most:
+        rest = ranked[most:]
+        parts.append(f"{sum(n for _, n in rest)} more of {len(rest)} other kind(s)")
+    n = len(errors)
+    return f"{n} teacher failure{'s' if n != 1 else ''}: " + ", ".join(parts)
 
 
 def _clip(s: str, n: int) -> str:
