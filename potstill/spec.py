@@ -48,7 +48,7 @@ peft's usual range — those two not measured here."""
 
 
 class _Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+    model_config = ConfigDict(extra="forbid", validate_assignment=True, use_attribute_docstrings=True)
 
 
 class DataSpec(_Strict):
