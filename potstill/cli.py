@@ -24,6 +24,9 @@ SetOpt = Annotated[Optional[list[str]], typer.Option(
     "--set", help="Override a spec field, e.g. --set train.epochs=3 --set student.layers=[0,5]. Repeatable.")]
 WorkdirOpt = Annotated[Optional[Path], typer.Option(
     "--workdir", "-w", help="Run directory (default: runs/<name> beside the spec).")]
+NoCheckOpt = Annotated[bool, typer.Option(
+    "--no-check", help="Skip the check before spending (`potstill check`: data, gold, API key, one "
+    "test call, estimated cost).")]
 
 
 def examples_dir() -> Path:
@@ -40,30 +43,80 @@ def _load(spec: Path, overrides: list[str] | None, workdir: Path | None):
 @app.command()
 def init(
     directory: Annotated[Path, typer.Argument(help="Folder to create for the task.")],
-    example: Annotated[str, typer.Option(help="Bundled example to copy (see examples/).")] = "clinc150",
+    example: Annotated[Optional[str], typer.Option(
+        help="Bundled example to copy (see examples/; default clinc150 when --data is not given).")] = None,
+    data: Annotated[Optional[Path], typer.Option(
+        help="Your inputs (JSONL, CSV or Parquet); labels optional: the teacher labels them.")] = None,
+    gold: Annotated[Optional[Path], typer.Option(
+        help="Labelled rows to measure on (split into validation and test). Without it, labelled rows "
+        "of --data are held out.")] = None,
+    teacher: Annotated[str, typer.Option(help="openai (any OpenAI-compatible endpoint), fit or hf.")] = "openai",
+    labels: Annotated[Optional[str], typer.Option(
+        help="Comma-separated labels, e.g. ham,spam (default: those in your gold rows).")] = None,
+    schema: Annotated[Optional[Path], typer.Option(
+        help="A JSON schema file (object of string fields): an extract task instead of classify.")] = None,
+    model: Annotated[Optional[str], typer.Option(
+        help="The teacher model (openai: the model name, default gpt-4o-mini; hf: a local classifier).")] = None,
+    base_url: Annotated[Optional[str], typer.Option(
+        help="OpenAI-compatible endpoint (default https://api.openai.com/v1).")] = None,
+    api_key_env: Annotated[str, typer.Option(help="Environment variable holding the API key.")] = "OPENAI_API_KEY",
+    price_in: Annotated[Optional[float], typer.Option(help="$ per million input tokens.")] = None,
+    price_out: Annotated[Optional[float], typer.Option(help="$ per million output tokens.")] = None,
+    text_field: Annotated[str, typer.Option(help="Column holding the text.")] = "text",
+    label_field: Annotated[str, typer.Option(help="Column holding the gold label (or JSON object).")] = "label",
     force: Annotated[bool, typer.Option(help="Overwrite an existing folder.")] = False,
 ):
-    """Create a ready task folder from a bundled example: spec, data and the data's licence."""
-    src = examples_dir() / example
-    if not (src / "potstill.yaml").exists():
-        have = sorted(p.name for p in examples_dir().glob("*") if (p / "potstill.yaml").exists())
-        raise typer.BadParameter(f"no example {example!r}; bundled examples: {', '.join(have) or 'none'}")
+    """Create a ready task folder: from your own data and teacher (--data), or a bundled example.
+
+    With --data: a spec for your inputs and an API teacher (or fit / hf), gold only where you
+    have it (--gold, or the labelled rows of --data, held out as validation and test), every
+    choice commented. Without: a copy of a bundled example (spec, data and the data's licence).
+    """
     if directory.exists() and any(directory.iterdir()) and not force:
         raise typer.BadParameter(f"{directory} exists and is not empty (use --force to overwrite)")
-    shutil.copytree(src, directory, dirs_exist_ok=True, ignore=shutil.ignore_patterns("runs", "__pycache__"))
-    typer.echo(f"created {directory}/ from example {example!r}; next: potstill run {directory}/potstill.yaml")
+    if data is None:
+        if gold is not None or schema is not None or labels is not None:
+            raise typer.BadParameter("--gold, --labels and --schema describe your own data: give --data too")
+        example = example or "clinc150"
+        src = examples_dir() / example
+        if not (src / "potstill.yaml").exists():
+            have = sorted(p.name for p in examples_dir().glob("*") if (p / "potstill.yaml").exists())
+            raise typer.BadParameter(f"no example {example!r}; bundled examples: {', '.join(have) or 'none'}")
+        shutil.copytree(src, directory, dirs_exist_ok=True, ignore=shutil.ignore_patterns("runs", "__pycache__"))
+        typer.echo(f"created {directory}/ from example {example!r}; next: potstill run {directory}/potstill.yaml")
+        return
+    if example is not None:
+        raise typer.BadParameter("--example copies a bundled example; --data starts from your own data: pick one")
+    from .errors import PotstillError
+    from .scaffold import init_from_data
+
+    if not data.exists():
+        raise PotstillError(f"--data {data}: no such file")
+    if gold is not None and not gold.exists():
+        raise PotstillError(f"--gold {gold}: no such file")
+    spec_path = init_from_data(
+        directory, data, gold=gold, teacher=teacher, schema=schema, model=model, base_url=base_url,
+        labels=[x.strip() for x in labels.split(",") if x.strip()] if labels else None,
+        api_key_env=api_key_env, price_in=price_in, price_out=price_out, text_field=text_field,
+        label_field=label_field)
+    typer.echo(f"created {spec_path} (every choice is commented there)")
+    if teacher == "openai":
+        typer.echo(f"next: export {api_key_env}=...   (the key is read from it, never stored)")
+    typer.echo(f"next: potstill check {spec_path}   (data, gold, key, one test call, estimated cost)")
+    typer.echo(f"then: potstill run {spec_path}")
 
 
 @app.command()
-def run(spec: SpecArg, set: SetOpt = None, workdir: WorkdirOpt = None,
+def run(spec: SpecArg, set: SetOpt = None, workdir: WorkdirOpt = None, no_check: NoCheckOpt = False,
         mlflow: Annotated[bool, typer.Option("--mlflow", help="Log the spec, metrics and report files to MLflow.")] = False,
         mlflow_uri: Annotated[Optional[str], typer.Option(
             "--mlflow-uri", help="MLflow tracking URI (default: a folder store in RUN_DIR/mlruns).")] = None):
     """Run the whole flow: inputs -> teacher -> label -> filter -> student + baseline -> evaluation.
 
-    Finished stages whose inputs did not change are skipped, and teacher calls come from the
-    cache, so a second run costs nothing. Prints the evaluation table at the end and writes
-    report.html + report.md (see `potstill report`).
+    Starts with `potstill check` (data, gold, API key, one test call, estimated cost) and stops
+    there when something would fail. Finished stages whose inputs did not change are skipped,
+    and teacher calls come from the cache, so a second run costs nothing. Prints the evaluation
+    table and what to do next at the end, and writes report.html + report.md (see `potstill report`).
     """
     from .config import load_spec, run_paths
     from .pipeline import run_all
@@ -73,8 +126,12 @@ def run(spec: SpecArg, set: SetOpt = None, workdir: WorkdirOpt = None,
 
         require_mlflow()  # before hours of work, not after
     s = load_spec(spec, set or [])
+    if not no_check:
+        from .check import run_check
+
+        run_check(s, run_paths(s, workdir))
     report = run_all(s, workdir)
-    _print_report(report)
+    _print_report(report, run_paths(s, workdir).root)
     if mlflow:
         from .tracking import log_run_dir
 
@@ -93,11 +150,18 @@ def teacher_fit(spec: SpecArg, set: SetOpt = None, workdir: WorkdirOpt = None):
 
 
 @app.command()
-def label(spec: SpecArg, set: SetOpt = None, workdir: WorkdirOpt = None):
-    """Label the training inputs with the teacher (cached; a killed run resumes)."""
+def label(spec: SpecArg, set: SetOpt = None, workdir: WorkdirOpt = None, no_check: NoCheckOpt = False):
+    """Label the training inputs with the teacher (cached; a killed run resumes).
+
+    Starts with `potstill check` and stops there when something would fail.
+    """
     from .stages.label import label as label_stage
 
     s, r = _load(spec, set, workdir)
+    if not no_check:
+        from .check import run_check
+
+        run_check(s, r)
     label_stage(s, r)
 
 
@@ -137,10 +201,11 @@ def eval_cmd(spec: SpecArg, set: SetOpt = None, workdir: WorkdirOpt = None):
     from .stages.evaluate import evaluate
 
     s, r = _load(spec, set, workdir)
-    _print_report(evaluate(s, r))
+    _print_report(evaluate(s, r), r.root)
 
 
 # commands that live beside their stage; their modules import nothing heavy at load time
+from .check import check_command  # noqa: E402
 from .compare import compare_command  # noqa: E402
 from .cost_cli import cost_command  # noqa: E402
 from .export import export_command  # noqa: E402
@@ -149,8 +214,10 @@ from .rounds import iterate_command, rollback_command  # noqa: E402
 from .serve.app import serve_command  # noqa: E402
 from .serve.calibrate import calibrate_command  # noqa: E402
 from .serve.queue import queue_list_command  # noqa: E402
+from .spec_explain import spec_command  # noqa: E402
 from .synth import synth_command  # noqa: E402
 
+app.command("check")(check_command)
 app.command("cost")(cost_command)
 app.command("export")(export_command)
 app.command("report")(report_command)
@@ -160,14 +227,16 @@ app.command("serve")(serve_command)
 app.command("iterate")(iterate_command)
 app.command("rollback")(rollback_command)
 app.command("synth")(synth_command)
+app.command("spec")(spec_command)
 queue_app = typer.Typer(help="The review queue: escalations, degraded answers, disagreements, feedback.",
                         no_args_is_help=True)
 app.add_typer(queue_app, name="queue")
 queue_app.command("list")(queue_list_command)
 
 
-def _print_report(report: dict) -> None:
-    """The evaluation table, rendered by the report's own task kind (report.json says which)."""
+def _print_report(report: dict, run_dir: Path) -> None:
+    """The evaluation table, rendered by the report's own task kind (report.json says which),
+    then the verdict and what to do next."""
     from rich.console import Console
     from rich.table import Table
 
@@ -185,6 +254,13 @@ def _print_report(report: dict) -> None:
     c.print(t)
     for k, v in report.get("summary", {}).items():
         c.print(f"  {k.replace('_', ' ')}: {v}")
+    from .paths import CALIBRATION_JSON
+    from .verdict import next_steps, next_steps_lines
+
+    nxt = next_steps(report, str(run_dir), report.get("spec_file"),
+                     calibrated=(run_dir / CALIBRATION_JSON).exists())
+    for line in next_steps_lines(nxt):
+        c.print(line, highlight=False, soft_wrap=True)
 
 
 def main() -> None:

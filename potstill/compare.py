@@ -240,6 +240,58 @@ def write_masked_data(run: RunPaths, dest: Path, share: float, seed: int) -> int
     return len(keep)
 
 
+def write_gold_data(run: RunPaths, dest: Path, gold_file: Path, spec, labels: Sequence[str],
+                    held_out: set[str]) -> int:
+    """`compare --gold FILE`: copy inputs/ and filtered/ to `dest` with the gold labels of FILE
+    (labelled rows, the spec's field mapping) as the training gold. Rows of FILE whose text is in
+    the validation or test split are left out (the comparison stays on unseen rows); a training
+    input that FILE labels takes its label, and FILE's other rows are added to the training split
+    (the gold-only model trains on them; the teacher-labelled records are unchanged). Returns the
+    number of gold labels used."""
+    from .data.inputs import InputError, load_examples, normalise, read_jsonl, write_jsonl
+    from .manifest import file_hash, fingerprint
+    from .progress import log
+
+    rows = load_examples(gold_file, spec.data, require_label=True)
+    if spec.kind == "classify":
+        bad = next((e for e in rows if e.gold not in labels), None)
+        if bad is not None:
+            raise InputError(f"{gold_file}: row {bad.id}: label {bad.gold!r} is not one of the task's "
+                             f"labels ({', '.join(labels[:8])}{', ...' if len(labels) > 8 else ''})")
+    gold = {normalise(e.text): e for e in rows if normalise(e.text) not in held_out}
+    if len(rows) > len(gold):
+        log(f"compare: {len(rows) - len(gold)} row(s) of {gold_file} are in the validation or test "
+            "split (or repeat a text) and are left out")
+    if not gold:
+        raise InputError(f"{gold_file}: no labelled row outside the validation and test splits")
+    src_in, src_f = run.inputs, run.filtered
+    (dest / "inputs").mkdir(parents=True, exist_ok=True)
+    (dest / "filtered").mkdir(parents=True, exist_ok=True)
+    for name in SPLITS:
+        if name != "train":
+            shutil.copyfile(src_in / f"{name}.jsonl", dest / "inputs" / f"{name}.jsonl")
+    shutil.copyfile(src_in / "labels.json", dest / "inputs" / "labels.json")
+    train, seen = [], set()
+    for r in read_jsonl(src_in / "train.jsonl"):
+        g = gold.get(normalise(r["text"]))
+        seen.add(normalise(r["text"]))
+        train.append({**r, "label": g.gold if g else None})
+    train += [{"id": f"gold:{e.id}", "text": e.text, "label": e.gold}
+              for k, e in gold.items() if k not in seen]
+    write_jsonl(dest / "inputs" / "train.jsonl", train)
+    m = json.loads((src_in / MANIFEST).read_text())
+    m["dataset_hash"] = fingerprint(m.get("dataset_hash"), "gold_file", file_hash(Path(gold_file)))
+    m["gold_file"] = {"path": str(gold_file), "gold_labels": len(gold)}
+    (dest / "inputs" / MANIFEST).write_text(json.dumps(m, indent=2))
+    write_jsonl(dest / "filtered" / KEPT, [
+        {**r, "gold": g.gold if (g := gold.get(normalise(r["text"]))) else None}
+        for r in read_jsonl(src_f / KEPT)])
+    for name in (SOFT, MANIFEST, "filter_report.json"):
+        if (src_f / name).exists():
+            shutil.copyfile(src_f / name, dest / "filtered" / name)
+    return len(gold)
+
+
 def _seed_from_main(run: RunPaths, out: Path, which: str, objective: str) -> None:
     """Start `out` from a copy of the run's own model when it was trained the same way; the
     fingerprint check in train_student then decides whether it is really up to date."""
@@ -252,16 +304,19 @@ def _seed_from_main(run: RunPaths, out: Path, which: str, objective: str) -> Non
 
 
 def compare(spec_path: str | Path, overrides: Sequence[str] = (), workdir: str | Path | None = None,
-            gold_shares: Sequence[float] = ()) -> dict[str, Any]:
-    """Train and evaluate every variant of `plan(gold_shares)`; write compare.json/.md."""
+            gold_shares: Sequence[float] = (), gold_file: str | Path | None = None) -> dict[str, Any]:
+    """Train and evaluate every variant of `plan(gold_shares)`; write compare.json/.md. With
+    `gold_file`, the gold-using variants take their gold labels from that file instead of the
+    training split (`write_gold_data`)."""
     from .config import load_spec, run_paths
     from .cost import hosting_cost_per_1k
+    from .data.inputs import normalise
     from .paths import PREDICTIONS
     from .progress import log
     from .stages.filter import filter_stage
     from .stages.label import label
     from .stages.prepare import prepare_inputs
-    from .stages.train import fit_teacher, train_student
+    from .stages.train import fit_teacher, missing_training_gold, train_student
     from .students import get_student
     from .tasks import get_task
 
@@ -270,6 +325,10 @@ def compare(spec_path: str | Path, overrides: Sequence[str] = (), workdir: str |
     run = run_paths(spec, workdir)
     # the main run's data stages: each is skipped when up to date, labels come from the cache
     inputs = prepare_inputs(spec, run)
+    if gold_file is None and (why := missing_training_gold(spec, inputs)):
+        raise PotstillError(f"compare: {why.split(';')[0]}. Pass --gold FILE: labelled rows (the "
+                            "spec's text and label fields) to fine-tune on, to see how many labels "
+                            "fine-tuning would need")
     if spec.teacher.kind == "fit":
         fit_teacher(spec, run)
     label(spec, run)
@@ -297,27 +356,34 @@ def compare(spec_path: str | Path, overrides: Sequence[str] = (), workdir: str |
     old = _previous_rows(run)
     base = Path(run.root) / COMPARE_DIR
     rows = []
-    n_gold_all = sum(e.gold is not None for e in inputs.train)
+    gold_dir = None
+    if gold_file is not None:
+        gold_dir = base / "data_gold"
+        n_gold_all = write_gold_data(run, gold_dir, Path(gold_file), spec, inputs.labels,
+                                     {normalise(e.text) for e in inputs.validation + inputs.test})
+    else:
+        n_gold_all = sum(e.gold is not None for e in inputs.train)
     fair = fair_min_steps(spec, n_gold_all)
     for v in variants:
         out = base / v.name.replace("@", "_share")
-        data = None
+        data = gold_dir if v.objective != "distill" else None  # distill reads no gold
         n_gold = n_gold_all
         if v.gold_share < 1.0:
             data = base / f"data_share{v.gold_share:g}"
-            n_gold = write_masked_data(run, data, v.gold_share, spec.train.seed)
+            n_gold = write_masked_data(VariantPaths(run.root, data=gold_dir), data, v.gold_share,
+                                       spec.train.seed)
         vp = VariantPaths(run.root, out=out, data=data)
         log(f"compare: {v.name} ({v.objective}, {v.gold_share:.0%} of the gold labels) -> {out}")
         # the same step budget at every gold share (schedule.py): a smaller gold set is not
         # simply trained for fewer steps; early stopping on validation still ends it sooner
         extra = [f"train.min_steps={fair}"] if fair and v.gold_share < 1.0 else []
         if v.objective == "gold":
-            if data is None:
+            if data is None and gold_dir is None:
                 _seed_from_main(run, out, "baseline", "gold")
             man = train_student(load_spec(spec_path, [*overrides, *extra]) if extra else spec, vp, "baseline")
         else:
             s_v = load_spec(spec_path, [*overrides, *extra, f"train.objective={v.objective}"])
-            if data is None:
+            if data is None and gold_dir is None:
                 _seed_from_main(run, out, "student", v.objective)
             man = train_student(s_v, vp, "student")
         fp = man.get("fingerprint")
@@ -349,6 +415,7 @@ def compare(spec_path: str | Path, overrides: Sequence[str] = (), workdir: str |
         "recommendation": recommend(rows, len(texts)),
         "curve": curve(rows, len(inputs.labels)),
         "fair_min_steps": fair,
+        "gold_file": str(gold_file) if gold_file is not None else None,
         "run_dir": str(run.root),
         "note": "teacher agreement uses the test predictions in " + PREDICTIONS if teacher_pred else
         "no teacher predictions on the test split (run `potstill eval`): agreement not measured",
@@ -395,6 +462,10 @@ def compare_command(
     gold_share: Annotated[Optional[list[float]], typer.Option(
         "--gold-share", help="Also train gold and both with only this share of the gold labels "
         "(a seeded subset). Repeatable, e.g. --gold-share 0.25 --gold-share 0.1.")] = None,
+    gold: Annotated[Optional[Path], typer.Option(
+        "--gold", help="A labelled file (the spec's text and label fields) whose labels the gold "
+        "and both variants train on instead of the training split's: for a run whose training "
+        "inputs have no gold. Rows in the validation or test split are left out.")] = None,
     mlflow: Annotated[bool, typer.Option("--mlflow", help="Log the spec, metrics and compare files to MLflow.")] = False,
     mlflow_uri: Annotated[Optional[str], typer.Option(
         "--mlflow-uri", help="MLflow tracking URI (default: a folder store in RUN_DIR/mlruns).")] = None,
@@ -410,7 +481,7 @@ def compare_command(
 
     if mlflow:
         require_mlflow()
-    doc = compare(spec, set or [], workdir, gold_share or [])
+    doc = compare(spec, set or [], workdir, gold_share or [], gold)
     cols, rows = table_rows(doc)
     t = Table(title=f"{doc['task']}: gold vs distill vs both on {doc['test_rows']} test rows")
     for c in cols:

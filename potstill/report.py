@@ -53,6 +53,7 @@ from .paths import (
     STUDENT_LOGITS,
     RunPaths,
 )
+from .verdict import next_steps, with_verdict
 
 MODELS = ("teacher", "student", "baseline")
 N_BINS = 15
@@ -178,7 +179,7 @@ def build_report(run_dir: str | Path, *, requests_per_month: float | None = None
     cal_path = run.root / CALIBRATION_JSON
     cal = _read_json(cal_path) if cal_path.exists() else None
     if cal is None:
-        missing["routing"] = "run `potstill calibrate RUN_DIR` for the routing trade-off"
+        missing["routing"] = f"run `potstill calibrate {run.root}` for the routing trade-off"
 
     # cost: the model in cost.py, fed by the run's files
     x = None
@@ -205,7 +206,7 @@ def build_report(run_dir: str | Path, *, requests_per_month: float | None = None
     else:
         data["errors"] = None
         missing["errors"] = (f"no {PREDICTIONS}: rerun `potstill eval` (it writes the test predictions), "
-                             "or `potstill report RUN_DIR --predict` to compute them from the saved models")
+                             f"or `potstill report {run.root} --predict` to compute them from the saved models")
     if kind == "classify":
         data["reliability"] = reliability_section(run, cal)
     if kind == "classify" and data["reliability"] is None:
@@ -219,8 +220,22 @@ def build_report(run_dir: str | Path, *, requests_per_month: float | None = None
     cmp_path = run.root / COMPARE_JSON
     data["compare"] = _read_json(cmp_path) if cmp_path.exists() else None
     if data["compare"] is None:
-        missing["compare"] = "run `potstill compare SPEC --workdir RUN_DIR` for gold vs distill vs both"
+        missing["compare"] = _compare_hint(run, report)
     return data
+
+
+def _compare_hint(run: RunPaths, report: dict[str, Any]) -> str:
+    """How to get the fine-tune-or-distill table for this run directory: a command that can run
+    here (without training gold, `compare` needs a labelled file of its own)."""
+    cmd = f"potstill compare {report.get('spec_file') or 'SPEC'} --workdir {run.root}"
+    try:
+        with_gold = (_read_json(run.inputs / MANIFEST).get("counts") or {}).get("train_with_gold")
+    except (OSError, ValueError, AttributeError):
+        with_gold = None
+    if with_gold == 0:
+        return (f"the training split has no gold labels: `{cmd} --gold FILE` (a labelled file) trains "
+                "gold vs distill vs both to show how many labels fine-tuning would need")
+    return f"run `{cmd}` for gold vs distill vs both"
 
 
 def _teacher_kind(run: RunPaths) -> str | None:
@@ -341,13 +356,23 @@ def routing_section(cal: dict[str, Any]) -> dict[str, Any]:
     op = cal.get("operating_point") or {}
     out = {"validation": pts(cal.get("table")), "operating_point": {k: op.get(k) for k in (
         "teacher_share", "hybrid_accuracy", "oos_caught", "teacher_share_with_oos", "confidence_threshold",
-        "ood_threshold")}, "explanation": op.get("explanation"),
+        "ood_threshold", "teacher_assumed_right")}, "explanation": op.get("explanation"),
         "validation_rows": (cal.get("validation") or {}).get("rows"),
         "student_accuracy": (cal.get("validation") or {}).get("student_accuracy"),
         "teacher_accuracy": (cal.get("validation") or {}).get("teacher_accuracy")}
     if (cal.get("test") or {}).get("table"):
         out["test"] = pts(cal["test"]["table"])
     return out
+
+
+def _assumed_note(rt: dict[str, Any]) -> str | None:
+    """The routing plot's hybrid accuracy is an upper bound when escalated validation rows had no
+    teacher answer (counted right): say so beside it."""
+    n = (rt.get("operating_point") or {}).get("teacher_assumed_right")
+    if not n:
+        return None
+    return (f"Hybrid accuracy is an upper bound: {n} escalated validation row(s) had no cached teacher "
+            "answer and count as answered right (`potstill calibrate --ask-teacher` measures them).")
 
 
 def lineage(run: RunPaths) -> list[dict[str, Any]]:
@@ -632,7 +657,7 @@ h1{font-size:1.6em}h2{font-size:1.25em;margin-top:1.8em;border-bottom:1px solid 
 table{border-collapse:collapse;margin:.6em 0;font-size:.9em}
 th,td{border:1px solid #ddd;padding:.25em .55em;vertical-align:top}th{background:#f4f4f4;text-align:left}
 td.num{text-align:right;font-variant-numeric:tabular-nums}
-.missing{color:#777;font-style:italic}.plot{max-width:100%;height:auto;display:block;margin:.5em 0}
+.missing{color:#777;font-style:italic}.next{border-left:4px solid #2a6;padding:.2em .8em;margin:.8em 0}.plot{max-width:100%;height:auto;display:block;margin:.5em 0}
 code{background:#f4f4f4;padding:0 .2em}table.small{font-size:.75em}td{overflow-wrap:break-word}
 """
 
@@ -666,6 +691,12 @@ def render_html(data: dict[str, Any], images: dict[str, str] | None = None) -> s
     v = rep.get("verdict")
     if v:
         out.append(f'<p class="verdict" id="verdict"><strong>Verdict: {e(v["deploy"])}</strong>: {e(v["reason"])}.</p>')
+    nxt = next_steps(rep, data["run_dir"], rep.get("spec_file"),
+                     calibrated=(Path(data["run_dir"]) / CALIBRATION_JSON).exists())
+    if nxt:
+        out.append('<div class="next" id="what-next"><p><strong>What next: ' + e(nxt["decision"])
+                   + "</strong>.<br>Because: " + e(nxt["because"]) + ".</p><ul>"
+                   + "".join(f"<li><code>{e(c)}</code></li>" for c in nxt["next"]) + "</ul></div>")
 
     h2("Headline", "headline")
     cols, rows = headline_rows(data)
@@ -725,7 +756,7 @@ def render_html(data: dict[str, Any], images: dict[str, str] | None = None) -> s
         if "after" in rel:
             txt += f", after {rel['after']['ece']:.4f} (T = {rel['temperature']:.4g} from {rel['temperature_source']})"
         else:
-            txt += "; run `potstill calibrate RUN_DIR` for the temperature-scaled curve"
+            txt += f"; run `potstill calibrate {data['run_dir']}` for the temperature-scaled curve"
         out.append(f"<p>{e(txt)}; {N_BINS} equal-width bins.</p>")
     else:
         missing("reliability")
@@ -736,6 +767,8 @@ def render_html(data: dict[str, Any], images: dict[str, str] | None = None) -> s
         img("routing", "hybrid accuracy and out-of-scope caught against teacher share")
         if rt.get("explanation"):
             out.append(f"<p>{e(rt['explanation'])}</p>")
+        if _assumed_note(rt):
+            out.append(f'<p class="missing">{e(_assumed_note(rt))}</p>')
     else:
         missing("routing")
 
@@ -802,7 +835,7 @@ def compare_html(c: dict[str, Any]) -> str:
 def render_markdown(data: dict[str, Any]) -> str:
     """report.md: the evaluation's table and data summary, then the sections this report adds."""
     miss = data["missing"]
-    lines = [_evaluation_markdown(data["report"]).rstrip(), ""]
+    lines = [_evaluation_markdown(data["report"], data["run_dir"]).rstrip(), ""]
     cols, rows = headline_rows(data)
     lines += ["## Headline (with size and cost)", "", "| " + " | ".join(cols) + " |",
               "|---|" + "---:|" * (len(cols) - 1)] + ["| " + " | ".join(r) + " |" for r in rows] + [""]
@@ -838,6 +871,8 @@ def render_markdown(data: dict[str, Any]) -> str:
     lines += ["", "## Routing", ""]
     rt = data.get("routing")
     lines.append(rt["explanation"] if rt and rt.get("explanation") else f"_{miss.get('routing', 'no operating point')}_")
+    if rt and _assumed_note(rt):
+        lines += ["", f"_{_assumed_note(rt)}_"]
     lines.append("")
     if data.get("compare"):
         from .compare import render_markdown as cmp_md
@@ -850,12 +885,15 @@ def render_markdown(data: dict[str, Any]) -> str:
     return "\n".join(lines) + "\n"
 
 
-def _evaluation_markdown(report: dict[str, Any]) -> str:
-    """The evaluation's own report.md text, rendered by its task kind (report.json says which)."""
+def _evaluation_markdown(report: dict[str, Any], run_dir: str) -> str:
+    """The evaluation's own report.md text, rendered by its task kind (report.json says which),
+    with the verdict and the "what next" block on top."""
     from .tasks import get_task
-    from .verdict import with_verdict
 
-    return with_verdict(get_task(report.get("kind") or "classify").render_markdown(report), report.get("verdict"))
+    nxt = next_steps(report, run_dir, report.get("spec_file"),
+                     calibrated=(Path(run_dir) / CALIBRATION_JSON).exists())
+    return with_verdict(get_task(report.get("kind") or "classify").render_markdown(report),
+                        report.get("verdict"), nxt)
 
 
 def write_report(run_dir: str | Path, *, requests_per_month: float | None = None) -> dict[str, Any]:
@@ -879,7 +917,7 @@ def write_report_safely(run_dir: str | Path) -> Path | None:
         out = write_report(run_dir)
     except Exception as e:  # noqa: BLE001 - plotting must not sink a finished evaluation
         log(f"report: not written ({type(e).__name__}: {e}); report.json is intact, "
-            "retry with `potstill report RUN_DIR`")
+            f"retry with `potstill report {run_dir}`")
         return None
     log(f"report: {out['html']}")
     return out["html"]

@@ -110,7 +110,58 @@ def verdict_lines(v: dict[str, Any] | None) -> list[str]:
     return [f"**Verdict: {v['deploy']}**: {v['reason']}."]
 
 
-def with_verdict(markdown: str, v: dict[str, Any] | None) -> str:
-    """report.md with the verdict (fine-tune, distill or keep the teacher) right under its title."""
+def with_verdict(markdown: str, v: dict[str, Any] | None, nxt: dict[str, Any] | None = None) -> str:
+    """report.md with the verdict (fine-tune, distill or keep the teacher) right under its title,
+    then the "what next" block (`next_steps`) when given."""
     title, _, rest = markdown.partition("\n")
-    return "\n".join([title, "", *verdict_lines(v), rest])
+    block = next_steps_lines(nxt)
+    return "\n".join([title, "", *verdict_lines(v), *([""] + block if block else []), rest])
+
+
+DECISIONS = {
+    "distill": "deploy the student, with the teacher as safety net for the inputs it doubts",
+    "teacher": "keep the teacher: no small model comes close enough yet",
+    "fine-tune": "fine-tune instead: the small model trained on your gold labels does as well",
+}
+
+
+def next_steps(report: dict[str, Any], run_dir: str, spec: str | None = None, *,
+               calibrated: bool = False) -> dict[str, Any] | None:
+    """The "what next" block: the decision from the verdict, the numbers behind it, and the next
+    commands, each one that can run on this run directory (`spec`: the spec file, when known).
+    None when the report has no verdict."""
+    v = report.get("verdict")
+    if not v:
+        return None
+    metric = report.get("metric", "accuracy")
+    nums = [f"teacher {_pct(v['teacher'])}"]
+    if v.get("student") is not None:
+        nums.append(f"student {_pct(v['student'])}")
+    if v.get("baseline") is not None:
+        nums.append(f"gold-only baseline {_pct(v['baseline'])}")
+    speed = (report.get("summary") or {}).get("latency_speedup")
+    because = (f"{metric} on {v['rows']} {v.get('split', 'test')} rows: " + ", ".join(nums)
+               + f" (noise margin ±{_pct(v['noise_margin'])})"
+               + (f"; the student answers {speed}x faster (p50)" if speed else ""))
+    if report.get("baseline_skipped"):
+        because += f"; no baseline: {report['baseline_skipped'].split(';')[0]}"
+    spec_arg = spec or "SPEC"
+    cal = [] if calibrated else [f"potstill calibrate {run_dir} --teacher-share 0.10"]
+    if v["deploy"] == "distill":
+        cmds = cal + [f"potstill serve {run_dir}"]
+    elif v["deploy"] == "fine-tune":
+        cmds = [f"potstill calibrate {run_dir} --model baseline", f"potstill serve {run_dir} --model baseline"]
+    else:
+        cmds = cal + [f"potstill serve {run_dir}   # route: the student answers what it is sure of",
+                      f"potstill run {spec_arg} --set data.augment=2   # or more inputs: data.unlabelled, "
+                      "potstill synth"]
+    return {"decision": DECISIONS.get(v["deploy"], v["deploy"]), "deploy": v["deploy"],
+            "because": because, "next": cmds}
+
+
+def next_steps_lines(block: dict[str, Any] | None) -> list[str]:
+    """The block as plain lines for the console and report.md."""
+    if not block:
+        return []
+    return [f"What next: {block['decision']}.", f"  because: {block['because']}.",
+            *[f"  next: {c}" for c in block["next"]]]

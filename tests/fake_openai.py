@@ -47,7 +47,8 @@ Behaviour knobs (all keyword arguments):
 - Faults: `faults_by_request={arrival_no: fault}` (1-based), `faults_by_text={text: [fault or
   None, ...]}` (the k-th request for that text plays the k-th entry), or `fault_fn(arrival_no,
   text, attempt_for_text) -> fault | None`. A fault is a `Fault` or one of the kind strings:
-  "429" (with Retry-After), "500", "400", "401" / "403" (the key refused), "hang" (sleep `hang_s`, longer than a client timeout, then
+  "429" (with Retry-After), "500", "400", "401" / "403" (the key refused),
+  "404" (OpenAI's answer to a model it does not have: model_not_found), "hang" (sleep `hang_s`, longer than a client timeout, then
   answer), "malformed" (200 with a truncated JSON body), "no_choices" (200, valid JSON, no
   choices) or "drop" (close the connection without answering).
 """
@@ -64,7 +65,7 @@ import uuid
 from dataclasses import dataclass
 from typing import Any, Callable, Sequence
 
-FAULT_KINDS = ("429", "500", "400", "401", "403", "hang", "malformed", "no_choices", "drop")
+FAULT_KINDS = ("429", "500", "400", "401", "403", "404", "hang", "malformed", "no_choices", "drop")
 
 
 @dataclass(frozen=True)
@@ -387,6 +388,11 @@ class FakeOpenAI:
             if fault.kind == "400":
                 rec.status = 400
                 await self._write(writer, 400, _error("bad request", "invalid_request_error"))
+                return True
+            if fault.kind == "404":
+                rec.status = 404
+                await self._write(writer, 404, _error("The model does not exist or you do not have "
+                                                      "access to it.", "model_not_found"))
                 return True
             if fault.kind in ("401", "403"):
                 rec.status = int(fault.kind)

@@ -44,7 +44,7 @@ def test_issue_command_through_the_cli_parser(chat_spec, monkeypatch):
 
     seen = {}
     monkeypatch.setattr(potstill.pipeline, "run_all", lambda s, w: seen.setdefault("spec", s) and {})
-    args = ["run", str(chat_spec)] + [a for o in ISSUE_OVERRIDES for a in ("--set", o)]
+    args = ["run", str(chat_spec), "--no-check"] + [a for o in ISSUE_OVERRIDES for a in ("--set", o)]
     CliRunner().invoke(app, args)
     assert seen["spec"].student.kind == "causal_lm" and seen["spec"].train.objective == "logit_kd"
 

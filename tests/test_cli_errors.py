@@ -46,7 +46,7 @@ def test_ctrl_c_says_work_is_kept(monkeypatch, capsys, tmp_path):
         raise KeyboardInterrupt
 
     monkeypatch.setattr("potstill.stages.label.label", interrupted)
-    code, err = _run_main(monkeypatch, capsys, ["label", str(_spec(tmp_path))])
+    code, err = _run_main(monkeypatch, capsys, ["label", str(_spec(tmp_path)), "--no-check"])
     assert code == 130
     assert "interrupted" in err and "rerun to resume" in err
 

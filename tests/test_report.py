@@ -190,7 +190,7 @@ def test_missing_sections_say_what_to_run(report_task, tmp_path):
     assert "--predict" in data["missing"]["errors"]
     assert "potstill.db" in data["missing"]["cost"]
     page = render_html(data)
-    assert "potstill calibrate RUN_DIR" in page and len(_images(page)) == 2  # funnel + curves
+    assert f"potstill calibrate {run}" in page and len(_images(page)) == 2  # funnel + curves: a command for this run
     with pytest.raises(FileNotFoundError, match="report.json"):
         build_report(tmp_path / "nowhere")
 

@@ -18,7 +18,16 @@ import numpy as np
 
 from ..errors import PotstillError
 from ..manifest import read_manifest, write_manifest
-from ..paths import EVAL_DIR, FILTER_REPORT, MANIFEST, PREDICTIONS, STUDENT_LABELS, STUDENT_LOGITS, RunPaths
+from ..paths import (
+    CALIBRATION_JSON,
+    EVAL_DIR,
+    FILTER_REPORT,
+    MANIFEST,
+    PREDICTIONS,
+    STUDENT_LABELS,
+    STUDENT_LOGITS,
+    RunPaths,
+)
 from ..progress import log, progress
 from ..spec import TaskSpec
 from ..store import Store
@@ -26,7 +35,7 @@ from ..students import get_student
 from ..students.hf import percentile
 from ..tasks import get_task
 from ..teachers import answer_cached, make_teacher
-from ..verdict import verdict, with_verdict
+from ..verdict import next_steps, verdict, with_verdict
 from .prepare import prepare_inputs
 
 
@@ -91,16 +100,19 @@ def evaluate(spec: TaskSpec, run: RunPaths) -> dict[str, Any]:
         "student_kind": spec.student.kind,
         "metric": metric,
         "test_rows": len(texts),
+        "spec_file": str(spec.source) if spec.source else None,
         **task.report_header(labels, spec),
         "models": models,
         "summary": summarise(models, metric),
         "verdict": deploy,
+        **({"baseline_skipped": _why_no_baseline(spec, inputs)} if "baseline" not in models else {}),
         "data": data_section(run, len(inputs.train)),
         "machine": _machine(),
     }
     run.root.mkdir(parents=True, exist_ok=True)
     run.report_json.write_text(json.dumps(report, indent=2))
-    run.report_md.write_text(with_verdict(task.render_markdown(report), deploy))
+    run.report_md.write_text(with_verdict(task.render_markdown(report), deploy, next_steps(
+        report, str(run.root), report["spec_file"], calibrated=(run.root / CALIBRATION_JSON).exists())))
     write_predictions(run.root / EVAL_DIR, texts, [task.to_json(g) for g in gold],
                       {k: [task.to_json(p) for p in ps] for k, ps in preds.items()}, extras)
     write_manifest(run.root / EVAL_DIR, "eval", spec, dataset_hash=inputs.dataset_hash,
@@ -108,6 +120,12 @@ def evaluate(spec: TaskSpec, run: RunPaths) -> dict[str, Any]:
                    report=str(run.report_json))
     log("eval: " + ", ".join(f"{k} {metric} {m[metric]:.4f}" for k, m in models.items()))
     return report
+
+
+def _why_no_baseline(spec: TaskSpec, inputs) -> str:
+    from .train import baseline_skip_reason
+
+    return baseline_skip_reason(spec, inputs) or "not trained yet (`potstill train SPEC --baseline`)"
 
 
 def data_section(run: RunPaths, n_train: int) -> dict[str, Any]:

@@ -116,10 +116,17 @@ def agreement(a: Sequence[Any], b: Sequence[Any]) -> float:
 
 
 def summary_lines(report: dict[str, Any], metric: str, label: str) -> list[str]:
-    """The three summary bullets of report.md: student/teacher, speed-up, student − baseline."""
+    """The summary bullets of report.md: student/teacher, speed-up, student − baseline (or why
+    there is no baseline). A number that was not measured is left out, never printed as None."""
     s = report.get("summary") or {}
     if not s:
         return []
-    return [f"- student / teacher {label}: {s.get(f'student_over_teacher_{metric}')}",
-            f"- student latency speed-up (p50): {s.get('latency_speedup')}x",
-            f"- student − baseline {label}: {s.get(f'student_minus_baseline_{metric}')}", ""]
+    out = [f"- student / teacher {label}: {s[f'student_over_teacher_{metric}']}"
+           ] if s.get(f"student_over_teacher_{metric}") is not None else []
+    if s.get("latency_speedup") is not None:
+        out.append(f"- student latency speed-up (p50): {s['latency_speedup']}x")
+    if s.get(f"student_minus_baseline_{metric}") is not None:
+        out.append(f"- student − baseline {label}: {s[f'student_minus_baseline_{metric}']}")
+    elif report.get("baseline_skipped"):
+        out.append(f"- no gold-only baseline: {report['baseline_skipped']}")
+    return out + [""]

@@ -26,7 +26,7 @@ from ..answers import Answer, canonical_json, clean_fields, parse_answer, schema
 from ..data.inputs import InputError, Splits, normalise
 from ..spec import FilterSpec, TaskSpec
 from .align import align_fields
-from .base import input_checks
+from .base import input_checks, summary_lines
 
 Obj = dict[str, Any]
 
@@ -179,12 +179,9 @@ def render_markdown(report: dict[str, Any]) -> str:
              f"Held-out test: {report['test_rows']} rows, {report['fields']} fields.", "",
              "| " + " | ".join(head) + " |", "|---|" + "---:|" * (len(head) - 1)]
     lines += ["| " + " | ".join(r) + " |" for r in rows]
-    s, d = report["summary"], report["data"]
+    d = report["data"]
     lines.append("")
-    if s:
-        lines += [f"- student / teacher field F1: {s.get('student_over_teacher_field_f1')}",
-                  f"- student latency speed-up (p50): {s.get('latency_speedup')}x",
-                  f"- student − baseline field F1: {s.get('student_minus_baseline_field_f1')}", ""]
+    lines += summary_lines(report, "field_f1", "field F1")
     lines += ["## Per field (F1, support)", "", "| field | " + " | ".join(report["models"]) + " | support |",
               "|---|" + "---:|" * (len(report["models"]) + 1)]
     first = next(iter(report["models"].values()))
