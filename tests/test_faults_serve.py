@@ -244,3 +244,53 @@ def test_too_many_messages_are_refused_before_validation(tiny_run, tmp_path):
         ok = httpx.post(f"{base}/v1/chat/completions", json={**many, "messages": many["messages"][:8]})
     assert r.status_code == 400 and r.json()["error"]["code"] == "too_many_messages"
     assert ok.status_code == 200
+
+
+def test_a_large_classify_batch_matches_its_template_off_the_event_loop(tiny_run, tmp_path, monkeypatch):
+    """256 inputs of 4,000 characters are a million characters of template matching: it ran on
+    the event loop (the /health probe waited 64 ms behind 200 of them in bench/faults.py)."""
+    import threading
+
+    import potstill.serve.app as serve_app
+
+    seen: list[str] = []
+    real = serve_app.extract_input
+
+    def spy(message, patterns):
+        seen.append(threading.current_thread().name)
+        return real(message, patterns)
+
+    monkeypatch.setattr(serve_app, "extract_input", spy)
+    app = make_app(tiny_run, tmp_path / "q.db", teacher=None)
+    with live_server(app) as base, httpx.Client(base_url=base, timeout=60) as c:
+        assert c.post("/v1/classify", json={"inputs": ["what is my balance"]}).status_code == 200
+        small = set(seen)
+        seen.clear()
+        assert c.post("/v1/classify", json={"inputs": ["what is my balance " * 200] * 30}).status_code == 200
+    assert small == {"test-uvicorn"}  # a small body: no thread hop
+    assert "test-uvicorn" not in seen and len(seen) == 30
+
+
+def test_the_served_classifier_tokenizes_only_what_the_model_reads(tiny_run):
+    """A fast tokenizer tokenizes a whole text before it truncates: 4,000 characters cost ~60x
+    the work of the 64 tokens the model reads. The served student cuts texts first, with the same
+    result."""
+    from potstill.serve.router import ClassifierStudent
+    from potstill.students.hf import CHARS_PER_TOKEN_BOUND
+
+    st = ClassifierStudent(tiny_run / "student", max_length=16)
+    tok, lengths = st.tokenizer, []
+
+    class Spy:
+        def __call__(self, texts, **kw):
+            lengths.extend(len(t) for t in texts)
+            return tok(texts, **kw)
+
+    long = "what is my balance please " * 160  # 4,160 characters
+    full = tok([long], truncation=True, max_length=16)["input_ids"]
+    st.tokenizer = Spy()
+    logits, _ = st.forward([long, "send money to mom"])
+    assert max(lengths) <= 16 * CHARS_PER_TOKEN_BOUND  # was 4,160
+    st.tokenizer = tok
+    assert tok([long[: 16 * CHARS_PER_TOKEN_BOUND]], truncation=True, max_length=16)["input_ids"] == full
+    assert (st.forward([long, "send money to mom"])[0] == logits).all()

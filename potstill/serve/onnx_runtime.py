@@ -71,13 +71,16 @@ class OnnxClassifierStudent(ClassifierStudent):
 
     def forward(self, texts: Sequence[str], batch_size: int = 64) -> tuple[np.ndarray, np.ndarray]:
         """(logits (N, C), embeddings (N, D)) float32, batches formed by length."""
+        from ..students.hf import clip_for_tokenizer
+
         order = sorted(range(len(texts)), key=lambda i: len(texts[i]))
         logits = np.zeros((len(texts), len(self.labels)), np.float32)
         emb: np.ndarray | None = None
         for s in range(0, len(order), batch_size):
             idx = order[s : s + batch_size]
-            enc = self.tokenizer([texts[i] for i in idx], padding=True, truncation=True,
-                                 max_length=self.max_length, return_tensors="np")
+            enc = self.tokenizer(clip_for_tokenizer([texts[i] for i in idx], self.max_length),
+                                 padding=True, truncation=True, max_length=self.max_length,
+                                 return_tensors="np")
             feed = {n: enc[n].astype(np.int64) for n in self.input_names}
             lg, h = self.session.run(["logits", "hidden"], feed)  # (B, C), (B, T, D)
             if self.embedding == "mean":

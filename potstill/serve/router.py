@@ -112,14 +112,17 @@ class ClassifierStudent:
         """(logits (N, C), embeddings (N, D)) float32, batches formed by length."""
         import torch
 
+        from ..students.hf import clip_for_tokenizer
+
         order = sorted(range(len(texts)), key=lambda i: len(texts[i]))
         logits = np.zeros((len(texts), len(self.labels)), np.float32)
         emb: np.ndarray | None = None
         with torch.inference_mode():
             for s in range(0, len(order), batch_size):
                 idx = order[s : s + batch_size]
-                enc = self.tokenizer([texts[i] for i in idx], padding=True, truncation=True,
-                                     max_length=self.max_length, return_tensors="pt").to(self.device)
+                enc = self.tokenizer(clip_for_tokenizer([texts[i] for i in idx], self.max_length),
+                                     padding=True, truncation=True, max_length=self.max_length,
+                                     return_tensors="pt").to(self.device)
                 out = self.model(**enc, output_hidden_states=True)
                 h = out.hidden_states[-1]  # (B, T, D)
                 if self.embedding == "mean":
