@@ -48,7 +48,8 @@ def _time(predict_one, predict_many, texts: Sequence[str], n_single: int, seed: 
 def evaluate_onnx(spec: TaskSpec, run: RunPaths, which: str = "student",
                   runtimes: Sequence[str] = ("torch", "onnx", "onnx_int8")) -> dict[str, Any]:
     """Rows {runtime: metrics} for the run's classifier `which` (see module doc); exports the ONNX
-    graphs first when missing or stale."""
+    graphs first when missing or stale. `predictions` ({runtime: labels of the test texts}) is
+    returned too (for `potstill eval`'s scoring), not written to onnx_eval.json."""
     import torch
 
     from .onnx_export import onnx_dir, session
@@ -59,7 +60,10 @@ def evaluate_onnx(spec: TaskSpec, run: RunPaths, which: str = "student",
     from .tasks.classify import accuracy, macro_f1
 
     if spec.student.kind != "classifier":
-        raise ValueError(f"ONNX evaluation is for encoder classifier students, not {spec.student.kind!r}")
+        from .errors import PotstillError
+
+        raise PotstillError(f"ONNX evaluation (eval.runtimes) is for encoder classifier students, not "
+                            f"{spec.student.kind!r}")
     inputs = prepare_inputs(spec, run)
     if not inputs.test:
         raise ValueError("no test split: set data.test to a gold-labelled file")
@@ -115,7 +119,7 @@ def evaluate_onnx(spec: TaskSpec, run: RunPaths, which: str = "student",
             rows[rt]["agreement_with_torch"] = round(agreement(preds[rt], preds["torch"]), 4)
     result = {"which": which, "n_test": len(texts), "threads": threads, "rows": rows}
     (run.root / RESULT).write_text(json.dumps(result, indent=2))
-    return result
+    return {**result, "predictions": preds}
 
 
 def markdown(result: dict[str, Any]) -> str:

@@ -253,11 +253,13 @@ def headline(report: dict[str, Any], x: CostInputs | None, teacher_kind: str | N
     from .cost import teacher_cost_per_request
 
     rows = []
-    for name in MODELS:
+    extra = [k for k in (report.get("models") or {}) if k not in MODELS]  # eval.runtimes rows
+    for name in [*MODELS, *extra]:
         m = (report.get("models") or {}).get(name)
         if not m:
             continue
-        if m.get("size_mb") is None and run is not None and (run.model_dir(name) / "config.json").exists():
+        if m.get("size_mb") is None and run is not None and name in MODELS and \
+                (run.model_dir(name) / "config.json").exists():
             m = {**m, "size_mb": round(sum(f.stat().st_size for f in run.model_dir(name).rglob("*")
                                            if f.is_file()) / 2**20, 2)}  # a fitted teacher: its folder
         cost, basis = None, None

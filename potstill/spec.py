@@ -271,6 +271,10 @@ class EvalSpec(_Strict):
     latency_samples_generate: int = Field(8, ge=1)
     """Causal LMs: single answers timed at batch 1 (each is a whole greedy generation)."""
     batch_size: int = Field(64, ge=1)
+    runtimes: list[Literal["onnx", "onnx_int8"]] = Field(default_factory=list)
+    """Encoder classifier students: also evaluate the student on ONNX Runtime (fp32, and dynamic
+    int8), each as its own row of the report (`student_onnx`, `student_onnx_int8`): what the
+    fast runtime costs in accuracy and buys in latency (onnx_eval.py; needs the onnx extra)."""
     threads: int | None = Field(1, ge=1)
     """Torch threads for evaluation and timing. 1 (the default) gives per-core figures that other
     load on the machine disturbs least (torch's threads spin-wait when a core is taken);

@@ -156,6 +156,28 @@ def test_export_command_and_serving_and_evaluation_on_onnx(tiny_run, tmp_path):
     assert json.loads((run / "onnx_eval.json").read_text())["rows"] == rows
     assert "| onnx_int8 |" in markdown(result)
 
+    # `potstill eval` with eval.runtimes: each runtime is its own row of the report, scored like the rest
+    from fake_openai import FakeOpenAI
+    from test_serve_support import LABELS
+
+    from potstill.stages.evaluate import evaluate
+
+    with FakeOpenAI(label_fn=lambda t: "balance", labels=LABELS) as url:
+        spec = spec.model_copy(update={
+            "eval": spec.eval.model_copy(update={"runtimes": ["onnx", "onnx_int8"]}),
+            "teacher": spec.teacher.model_copy(update={"base_url": url})})
+        report = evaluate(spec, rp)
+    m = report["models"]
+    assert m["student_onnx"]["accuracy"] == m["student"]["accuracy"]
+    assert m["student_onnx"]["agreement_with_student"] == 1.0
+    assert m["student_onnx_int8"]["runtime"] == "onnx_int8" and m["student_onnx_int8"]["latency_ms_p50"] > 0
+    assert "agreement_with_teacher" in m["student_onnx_int8"]
+    assert "| student_onnx_int8 |" in (run / "report.md").read_text()
+    from potstill.report import write_report
+
+    html = Path(write_report(run)["html"]).read_text()
+    assert "student_onnx_int8" in html  # a headline row of its own
+
 
 def test_runtime_is_for_classifier_students():
     from potstill.spec import TaskSpec

@@ -88,6 +88,8 @@ def evaluate(spec: TaskSpec, run: RunPaths) -> dict[str, Any]:
         info.update({"objective": m.get("objective"), "init_from": m.get("init_from"),
                      "train_seconds": m.get("metrics", {}).get("seconds")})
         models[name] = info
+    if spec.eval.runtimes and "student" in models:  # the same student on ONNX Runtime, own rows
+        _runtime_rows(spec, run, preds, models)
     for name, pred in preds.items():
         models[name].update(task.score(gold, pred, labels, None if name == "teacher" else preds["teacher"], spec))
     metric = task.metric_for(spec)
@@ -116,10 +118,27 @@ def evaluate(spec: TaskSpec, run: RunPaths) -> dict[str, Any]:
     write_predictions(run.root / EVAL_DIR, texts, [task.to_json(g) for g in gold],
                       {k: [task.to_json(p) for p in ps] for k, ps in preds.items()}, extras)
     write_manifest(run.root / EVAL_DIR, "eval", spec, dataset_hash=inputs.dataset_hash,
-                   parents={k: str(run.model_dir(k)) for k in models if k != "teacher"},
+                   parents={k: str(run.model_dir(k)) for k in ("student", "baseline") if k in models},
                    report=str(run.report_json))
     log("eval: " + ", ".join(f"{k} {metric} {m[metric]:.4f}" for k, m in models.items()))
     return report
+
+
+def _runtime_rows(spec: TaskSpec, run: RunPaths, preds: dict[str, list[Any]],
+                  models: dict[str, dict[str, Any]]) -> None:
+    """`eval.runtimes`: the student on ONNX Runtime as rows `student_<runtime>`, scored like the
+    others (onnx_eval.py exports the graphs when missing or stale and times them)."""
+    from ..onnx_eval import evaluate_onnx
+    from ..tasks.base import agreement
+
+    res = evaluate_onnx(spec, run, "student", runtimes=list(spec.eval.runtimes))
+    for rt, row in res["rows"].items():
+        preds[f"student_{rt}"] = res["predictions"][rt]
+        models[f"student_{rt}"] = {"params": models["student"].get("params"), "runtime": rt,
+                                   **{k: row[k] for k in ("size_mb", "latency_ms_p50", "latency_ms_p95",
+                                                          "throughput_per_s")},
+                                   "agreement_with_student": round(agreement(res["predictions"][rt],
+                                                                             preds["student"]), 4)}
 
 
 def _why_no_baseline(spec: TaskSpec, inputs) -> str:
