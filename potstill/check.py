@@ -69,8 +69,10 @@ class CheckReport:
         return [f.line() for f in self.findings]
 
 
-def check(spec: TaskSpec, run: RunPaths, *, call: bool = True) -> CheckReport:
-    """Check the spec against its data and its teacher; `call=False` makes no teacher call."""
+def check(spec: TaskSpec, run: RunPaths, *, call: bool = True, need_test: bool = True) -> CheckReport:
+    """Check the spec against its data and its teacher; `call=False` makes no teacher call.
+    `need_test=False` (`potstill label`, which evaluates nothing) lets a spec without a test
+    split pass, with a note."""
     from .stages.prepare import prepare_inputs
 
     rep = CheckReport()
@@ -86,8 +88,8 @@ def check(spec: TaskSpec, run: RunPaths, *, call: bool = True) -> CheckReport:
             f"{len(inputs.train)} training inputs ({n_gold} with gold), {len(inputs.validation)} "
             f"validation and {len(inputs.test)} test rows with gold")
     if not inputs.test:
-        rep.add("fail", "data", "no test split: set data.test to a file with gold answers (the "
-                "evaluation measures teacher, student and baseline on it)")
+        rep.add("fail" if need_test else "note", "data", "no test split: set data.test to a file "
+                "with gold answers (the evaluation measures teacher, student and baseline on it)")
     _gold_plan(spec, inputs, rep, n_gold)
     if spec.teacher.kind != "openai":
         how = " (served over HTTP by a local potstill server)" if spec.teacher.over_http else ""
@@ -224,12 +226,12 @@ def _duration(s: float) -> str:
     return f"{s:.0f} s" if s < 90 else f"{s / 60:.0f} min" if s < 5400 else f"{s / 3600:.1f} h"
 
 
-def run_check(spec: TaskSpec, run: RunPaths, *, call: bool = True) -> CheckReport:
+def run_check(spec: TaskSpec, run: RunPaths, *, call: bool = True, need_test: bool = True) -> CheckReport:
     """The check as `run` and `label` do it first: print the findings; stop (PotstillError)
     before anything is labelled or trained when one fails."""
     from .progress import log
 
-    rep = check(spec, run, call=call)
+    rep = check(spec, run, call=call, need_test=need_test)
     for line in rep.lines():
         log(f"check: {line}")
     if rep.failures:

@@ -161,7 +161,7 @@ def label(spec: SpecArg, set: SetOpt = None, workdir: WorkdirOpt = None, no_chec
     if not no_check:
         from .check import run_check
 
-        run_check(s, r)
+        run_check(s, r, need_test=False)  # labelling needs no test split; `run` does
     label_stage(s, r)
 
 

@@ -48,8 +48,6 @@ def write_manifest(directory: Path, stage: str, spec: Any, **fields: Any) -> dic
 
     Only the main process writes; other ranks of a multi-process launch get the document back.
     """
-    import torch  # local: keep `import potstill.manifest` cheap
-
     doc = {
         "stage": stage,
         "created_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
@@ -59,7 +57,7 @@ def write_manifest(directory: Path, stage: str, spec: Any, **fields: Any) -> dic
         "versions": {
             "potstill": __version__,
             "python": platform.python_version(),
-            "torch": torch.__version__,
+            "torch": _version("torch"),  # not torch.__version__: importing torch costs seconds
             "transformers": _version("transformers"),
         },
         "git_commit": git_commit(),

@@ -119,8 +119,9 @@ def load_examples(path: Path, data: DataSpec, require_label: bool = False,
     if label_expected and not label_seen:  # a renamed or missing column: no gold anywhere, say so
         from ..progress import log
 
-        log(f"warning: {path}: no row has the label field {data.label_field!r} (data.label_field); "
-            "its rows have no gold label")
+        log(f"note: {path}: no row has the label field {data.label_field!r} (data.label_field), so its "
+            "rows have no gold label: fine for inputs the teacher labels; if they should have labels, "
+            "check the field's name")
     return out
 
 
