@@ -681,12 +681,11 @@ def report(res: dict[str, Any], cmd: str) -> str:
         f"| hostile corpus: 100% 4xx in OpenAI's error shape | {H['answered_4xx']}/{H['requests']} 4xx, {H['openai_shaped']}/{H['requests']} shaped, largest error body {H['largest_error_body']} B | {goal(H['answered_4xx'] == H['requests'] == H['openai_shaped'])} |",
         f"| no request blocks the event loop > 50 ms (/health during the corpus) | max {fmt(H['health_during_max_ms'])} ms, p99 {fmt(H['health_during_p99_ms'])} ms over {H['health_probes_during']} probes (idle: max {fmt(H['health_idle_max_ms'])} ms) | {goal(H['health_during_max_ms'] is not None and H['health_during_max_ms'] < 50)} |",
         "",
-        "Reading the table: the labelling goals are about the command; its wall time here is "
-        f"mostly start-up ({fmt(F[0].get('startup_s'))} s to import the CLI's modules alone, torch "
-        "among them, on this loaded machine): it comes from the CLI importing torch through "
-        "`potstill.loop` before any stage runs, not from the labelling; the labelling "
-        f"itself stopped after {fmt(F[0].get('gave_up_after_s'))} s on refused connections and at "
-        f"the first 401 ({F[1]['requests']} requests were in flight). The serving latency goal is "
+        "Reading the table: the labelling goals are about the command as a user runs it: "
+        "`potstill label` starts with the check before spending (`potstill check`), which makes "
+        f"one test call and stops there ({F[1]['requests']} request(s) reached the endpoint on the "
+        f"401); start-up ({fmt(F[0].get('startup_s'))} s) is importing the CLI and the stages. The "
+        "serving latency goal is "
         "met by a single client; with 64 clients on 2 shared cores every request, escalated or "
         "not, queues behind the student's forward passes (section 3 has both side by side). The "
         "/health probe's worst case and the requests in flight at that moment are in section 4.",
@@ -705,7 +704,7 @@ def report(res: dict[str, Any], cmd: str) -> str:
         "",
         "## 2. Labelling against a teacher that cannot answer (64 inputs, max_retries 5)",
         "",
-        "| case | exit | wall s | start-up s | gave up after s | requests seen | last line of stderr |",
+        "| case | exit | wall s | start-up s | labelling gave up after s | requests seen | last line of stderr |",
         "|---|---|---|---|---|---|---|",
     ]
     for f in F:
@@ -714,10 +713,9 @@ def report(res: dict[str, Any], cmd: str) -> str:
     lines += [
         "",
         "Start-up is `python -c \"import potstill.cli, potstill.pipeline, potstill.stages.label\"` timed "
-        "alone: the CLI imports torch through `potstill.pipeline` before any stage runs (seconds on "
-        "this shared machine). `gave up after` is the labelling's own figure. The last stderr "
-        "line is the exception (the CLI's handler for `PotstillError` is being rewritten on "
-        "`main`; today it prints a traceback whose last line is the reason).",
+        "alone. `labelling gave up after` is the labelling stage's own figure when it is the one "
+        "that stops (—: the check stopped the command before labelling began). The last stderr "
+        "line is the CLI's one-line `error:` with the reason.",
         "",
         f"## 3. Serving: {S['clients']} clients, teacher failing half the time ({S['phase1_s']:g} s), then down ({S['phase2_s']:g} s)",
         "",
