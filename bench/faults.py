@@ -32,7 +32,7 @@ Parts:
    small body; plus valid but hostile requests (prompts crafted against the template matcher,
    full-size batches) that must be answered. /health is probed every 10 ms throughout.
 
-    nice -n 10 .venv/bin/python bench/faults.py              # about 3-5 minutes on 2 shared cores
+    nice -n 10 .venv/bin/python bench/faults.py              # about 2-6 minutes on 2 cores, depending on load
     nice -n 10 .venv/bin/python bench/faults.py --quick      # smaller counts, for development
 """
 
@@ -655,9 +655,9 @@ def report(res: dict[str, Any], cmd: str) -> str:
     lines = [
         "# Reliability: faults, bad input and hostile callers",
         "",
-        f"From `{cmd}` ({res['when']}, {res['machine']}; took {res['took_s']:.0f} s). The machine was "
-        "shared with other work (2 cores, several engineers' jobs): latencies are upper bounds of "
-        "what an idle machine gives. Models are tiny (built from a config); the teacher is "
+        f"From `{cmd}` ({res['when']}, {res['machine']}; took {res['took_s']:.0f} s; load average "
+        f"{res.get('load_before', '?')} when it started: latencies move with other work on the "
+        "machine, and a loaded machine gives upper bounds). Models are tiny (built from a config); the teacher is "
         "`tests/fake_openai.py` with injected faults; `potstill label` and the server run as child "
         "processes on 127.0.0.1. Raw figures: `docs/reliability.json`."
         + ("".join(f" Part(s) {', '.join(r['parts'])} rerun alone with `--only` at {r['when']}."
@@ -793,7 +793,8 @@ def main() -> None:
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
     t0 = time.monotonic()
     res: dict[str, Any] = {"when": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
-                           "machine": f"{platform.machine()}, {os.cpu_count()} CPUs, Python {platform.python_version()}"}
+                           "machine": f"{platform.machine()}, {os.cpu_count()} CPUs, Python {platform.python_version()}",
+                           "load_before": round(os.getloadavg()[0], 2)}
     only = set(args.only.split(","))
     with (contextlib.nullcontext(tempfile.mkdtemp(prefix="potstill-faults-")) if args.keep
           else tempfile.TemporaryDirectory(prefix="potstill-faults-")) as tmp:
@@ -834,7 +835,7 @@ def main() -> None:
         args.out.write_text(report(old, old["command"]))
         print(f"updated {saved} and {args.out}")
     if only == {"label", "fail", "serve", "hostile"}:
-        res["command"] = "nice -n 10 .venv/bin/python bench/faults.py" + (" --quick" if args.quick else "")
+        res["command"] = ".venv/bin/python bench/faults.py" + (" --quick" if args.quick else "")
         args.out.parent.mkdir(parents=True, exist_ok=True)
         (args.out.parent / "reliability.json").write_text(json.dumps(res, indent=1, default=str))
         md = report(res, res["command"])
