@@ -47,7 +47,6 @@ import platform
 import random
 import re
 import signal
-import socket
 import sqlite3
 import subprocess
 import sys
@@ -60,20 +59,11 @@ from typing import Any
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "tests"))
+sys.path.insert(0, str(ROOT / "bench"))
+
+from serve_load import LAUNCH, free_port, pct  # noqa: E402  (one copy of the server launcher)
 
 LABELS = ["balance", "transfer", "weather"]
-
-LAUNCH = """
-import json, sys
-from pathlib import Path
-import uvicorn
-from potstill.serve.app import ServeConfig, create_app, freeze_gc
-cfg = json.loads(sys.argv[1])
-app = create_app(ServeConfig(Path(cfg["run"]), overrides=cfg["overrides"], db_path=Path(cfg["db"]),
-                             teacher=None if cfg["no_teacher"] else "auto"))
-freeze_gc()
-uvicorn.run(app, host="127.0.0.1", port=cfg["port"], log_level="warning", access_log=False)
-"""
 
 PROBE = """
 import http.client, sys, time, os
@@ -87,22 +77,6 @@ with open(out, "w") as f:
         f.write(f"{t0:.6f} {time.time() - t0:.6f} {r.status}\\n"); f.flush()
         time.sleep(0.01)
 """
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def pct(xs: list[float], q: float) -> float | None:
-    if not xs:
-        return None
-    xs = sorted(xs)
-    k = (len(xs) - 1) * q / 100
-    lo = int(k)
-    hi = min(lo + 1, len(xs) - 1)
-    return xs[lo] + (xs[hi] - xs[lo]) * (k - lo)
 
 
 def child_env(**extra: str) -> dict[str, str]:

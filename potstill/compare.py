@@ -25,7 +25,7 @@ import random
 import shutil
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Annotated, Any, Optional, Sequence
+from typing import Annotated, Any, Callable, Optional, Sequence
 
 import typer
 
@@ -213,31 +213,43 @@ def write_masked_data(run: RunPaths, dest: Path, share: float, seed: int) -> int
     """Copy inputs/ and filtered/ to `dest`, keeping the gold label of a seeded `share` of the
     training rows only. The inputs manifest keeps its fingerprint (so prepare_inputs sees it as up
     to date) and gets a dataset hash of its own. Returns the number of gold labels kept."""
+    from .data.inputs import read_jsonl
+
+    train = read_jsonl(run.inputs / "train.jsonl")
+    keep = gold_subset([r["id"] for r in train if r.get("label") is not None], share, seed)
+    _write_variant_data(run, dest, [{**r, "label": r["label"] if r["id"] in keep else None} for r in train],
+                        lambda r: r.get("gold") if r["id"] in keep else None,
+                        ("gold_share", share, seed),
+                        {"gold_share": {"share": share, "seed": seed, "gold_labels": len(keep)}})
+    return len(keep)
+
+
+def _write_variant_data(run: RunPaths, dest: Path, train: list[dict[str, Any]],
+                        kept_gold: Callable[[dict[str, Any]], Any], hash_parts: tuple,
+                        note: dict[str, Any]) -> None:
+    """`dest/inputs` and `dest/filtered`: the run's, except the training rows `train` (their
+    `label` is the gold a variant may use) and each kept record's gold from `kept_gold(record)`.
+    The inputs manifest keeps its fingerprint (so prepare_inputs sees it as up to date), gets a
+    dataset hash of its own from `hash_parts`, and records `note`."""
     from .data.inputs import read_jsonl, write_jsonl
     from .manifest import fingerprint
 
     src_in, src_f = run.inputs, run.filtered
-    train = read_jsonl(src_in / "train.jsonl")
-    keep = gold_subset([r["id"] for r in train if r.get("label") is not None], share, seed)
     (dest / "inputs").mkdir(parents=True, exist_ok=True)
     (dest / "filtered").mkdir(parents=True, exist_ok=True)
     for name in SPLITS:
         if name != "train":
             shutil.copyfile(src_in / f"{name}.jsonl", dest / "inputs" / f"{name}.jsonl")
     shutil.copyfile(src_in / "labels.json", dest / "inputs" / "labels.json")
-    write_jsonl(dest / "inputs" / "train.jsonl",
-                [{**r, "label": r["label"] if r["id"] in keep else None} for r in train])
+    write_jsonl(dest / "inputs" / "train.jsonl", train)
     m = json.loads((src_in / MANIFEST).read_text())
-    m["dataset_hash"] = fingerprint(m.get("dataset_hash"), "gold_share", share, seed)
-    m["gold_share"] = {"share": share, "seed": seed, "gold_labels": len(keep)}
+    m["dataset_hash"] = fingerprint(m.get("dataset_hash"), *hash_parts)
+    m.update(note)
     (dest / "inputs" / MANIFEST).write_text(json.dumps(m, indent=2))
-    kept = read_jsonl(src_f / KEPT)
-    write_jsonl(dest / "filtered" / KEPT, [{**r, "gold": r.get("gold") if r["id"] in keep else None}
-                                           for r in kept])
+    write_jsonl(dest / "filtered" / KEPT, [{**r, "gold": kept_gold(r)} for r in read_jsonl(src_f / KEPT)])
     for name in (SOFT, MANIFEST, "filter_report.json"):
         if (src_f / name).exists():
             shutil.copyfile(src_f / name, dest / "filtered" / name)
-    return len(keep)
 
 
 def write_gold_data(run: RunPaths, dest: Path, gold_file: Path, spec, labels: Sequence[str],
@@ -248,8 +260,8 @@ def write_gold_data(run: RunPaths, dest: Path, gold_file: Path, spec, labels: Se
     input that FILE labels takes its label, and FILE's other rows are added to the training split
     (the gold-only model trains on them; the teacher-labelled records are unchanged). Returns the
     number of gold labels used."""
-    from .data.inputs import InputError, load_examples, normalise, read_jsonl, write_jsonl
-    from .manifest import file_hash, fingerprint
+    from .data.inputs import InputError, load_examples, normalise, read_jsonl
+    from .manifest import file_hash
     from .progress import log
 
     rows = load_examples(gold_file, spec.data, require_label=True)
@@ -264,31 +276,17 @@ def write_gold_data(run: RunPaths, dest: Path, gold_file: Path, spec, labels: Se
             "split (or repeat a text) and are left out")
     if not gold:
         raise InputError(f"{gold_file}: no labelled row outside the validation and test splits")
-    src_in, src_f = run.inputs, run.filtered
-    (dest / "inputs").mkdir(parents=True, exist_ok=True)
-    (dest / "filtered").mkdir(parents=True, exist_ok=True)
-    for name in SPLITS:
-        if name != "train":
-            shutil.copyfile(src_in / f"{name}.jsonl", dest / "inputs" / f"{name}.jsonl")
-    shutil.copyfile(src_in / "labels.json", dest / "inputs" / "labels.json")
     train, seen = [], set()
-    for r in read_jsonl(src_in / "train.jsonl"):
+    for r in read_jsonl(run.inputs / "train.jsonl"):
         g = gold.get(normalise(r["text"]))
         seen.add(normalise(r["text"]))
         train.append({**r, "label": g.gold if g else None})
     train += [{"id": f"gold:{e.id}", "text": e.text, "label": e.gold}
               for k, e in gold.items() if k not in seen]
-    write_jsonl(dest / "inputs" / "train.jsonl", train)
-    m = json.loads((src_in / MANIFEST).read_text())
-    m["dataset_hash"] = fingerprint(m.get("dataset_hash"), "gold_file", file_hash(Path(gold_file)))
-    m["gold_file"] = {"path": str(gold_file), "gold_labels": len(gold)}
-    (dest / "inputs" / MANIFEST).write_text(json.dumps(m, indent=2))
-    write_jsonl(dest / "filtered" / KEPT, [
-        {**r, "gold": g.gold if (g := gold.get(normalise(r["text"]))) else None}
-        for r in read_jsonl(src_f / KEPT)])
-    for name in (SOFT, MANIFEST, "filter_report.json"):
-        if (src_f / name).exists():
-            shutil.copyfile(src_f / name, dest / "filtered" / name)
+    _write_variant_data(run, dest, train,
+                        lambda r: g.gold if (g := gold.get(normalise(r["text"]))) else None,
+                        ("gold_file", file_hash(Path(gold_file))),
+                        {"gold_file": {"path": str(gold_file), "gold_labels": len(gold)}})
     return len(gold)
 
 

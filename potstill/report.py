@@ -178,6 +178,7 @@ def build_report(run_dir: str | Path, *, requests_per_month: float | None = None
                             "missing": missing}
     cal_path = run.root / CALIBRATION_JSON
     cal = _read_json(cal_path) if cal_path.exists() else None
+    data["next_steps"] = next_steps(report, str(run.root), report.get("spec_file"), calibrated=cal is not None)
     if cal is None:
         missing["routing"] = f"run `potstill calibrate {run.root}` for the routing trade-off"
 
@@ -693,8 +694,7 @@ def render_html(data: dict[str, Any], images: dict[str, str] | None = None) -> s
     v = rep.get("verdict")
     if v:
         out.append(f'<p class="verdict" id="verdict"><strong>Verdict: {e(v["deploy"])}</strong>: {e(v["reason"])}.</p>')
-    nxt = next_steps(rep, data["run_dir"], rep.get("spec_file"),
-                     calibrated=(Path(data["run_dir"]) / CALIBRATION_JSON).exists())
+    nxt = data.get("next_steps")
     if nxt:
         out.append('<div class="next" id="what-next"><p><strong>What next: ' + e(nxt["decision"])
                    + "</strong>.<br>Because: " + e(nxt["because"]) + ".</p><ul>"
@@ -837,7 +837,7 @@ def compare_html(c: dict[str, Any]) -> str:
 def render_markdown(data: dict[str, Any]) -> str:
     """report.md: the evaluation's table and data summary, then the sections this report adds."""
     miss = data["missing"]
-    lines = [_evaluation_markdown(data["report"], data["run_dir"]).rstrip(), ""]
+    lines = [_evaluation_markdown(data["report"], data.get("next_steps")).rstrip(), ""]
     cols, rows = headline_rows(data)
     lines += ["## Headline (with size and cost)", "", "| " + " | ".join(cols) + " |",
               "|---|" + "---:|" * (len(cols) - 1)] + ["| " + " | ".join(r) + " |" for r in rows] + [""]
@@ -887,13 +887,11 @@ def render_markdown(data: dict[str, Any]) -> str:
     return "\n".join(lines) + "\n"
 
 
-def _evaluation_markdown(report: dict[str, Any], run_dir: str) -> str:
+def _evaluation_markdown(report: dict[str, Any], nxt: dict[str, Any] | None) -> str:
     """The evaluation's own report.md text, rendered by its task kind (report.json says which),
     with the verdict and the "what next" block on top."""
     from .tasks import get_task
 
-    nxt = next_steps(report, run_dir, report.get("spec_file"),
-                     calibrated=(Path(run_dir) / CALIBRATION_JSON).exists())
     return with_verdict(get_task(report.get("kind") or "classify").render_markdown(report),
                         report.get("verdict"), nxt)
 

@@ -53,24 +53,29 @@ def resolve_model_path(name: str) -> str:
     return name  # a hub id: transformers resolves it (and fails clearly offline)
 
 
-def _encoder_layers(model: nn.Module) -> nn.ModuleList:
-    """The stack of transformer blocks of an encoder (BERT, RoBERTa, DistilBERT, ELECTRA, ...)."""
+def layer_stack(root: Any, n: int, paths: Sequence[str]) -> nn.ModuleList | None:
+    """The ModuleList of `n` transformer blocks under `root`: the first of the dotted `paths` that
+    holds one, else the first ModuleList of that length anywhere in it (other architectures)."""
     from torch import nn
 
-    n = model.config.num_hidden_layers
-    base = model.base_model
-    for candidate in ("encoder.layer", "transformer.layer", "layers", "encoder.layers"):
-        obj: Any = base
-        for part in candidate.split("."):
+    for path in paths:
+        obj: Any = root
+        for part in path.split("."):
             obj = getattr(obj, part, None)
             if obj is None:
                 break
         if isinstance(obj, nn.ModuleList) and len(obj) == n:
             return obj
-    for mod in base.modules():  # any other architecture: the first ModuleList of the right length
-        if isinstance(mod, nn.ModuleList) and len(mod) == n:
-            return mod
-    raise PotstillError(f"cannot find the transformer layers of {type(model).__name__}")
+    return next((m for m in root.modules() if isinstance(m, nn.ModuleList) and len(m) == n), None)
+
+
+def _encoder_layers(model: nn.Module) -> nn.ModuleList:
+    """The stack of transformer blocks of an encoder (BERT, RoBERTa, DistilBERT, ELECTRA, ...)."""
+    stack = layer_stack(model.base_model, model.config.num_hidden_layers,
+                        ("encoder.layer", "transformer.layer", "layers", "encoder.layers"))
+    if stack is None:
+        raise PotstillError(f"cannot find the transformer layers of {type(model).__name__}")
+    return stack
 
 
 def keep_layers(model: nn.Module, layers: Sequence[int]) -> nn.Module:

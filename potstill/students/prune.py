@@ -64,20 +64,14 @@ def select_layers(spec: Any, n_layers: int) -> list[int] | None:
 def decoder_layers(model: nn.Module) -> nn.ModuleList:
     """The decoder block list of a causal LM (Llama, Mistral, Qwen, GPT-NeoX, GPT-2 ...), peft
     wrappers included: the ModuleList whose length is config.num_hidden_layers."""
+    from .hf import layer_stack
+
     base = model.get_base_model() if hasattr(model, "get_base_model") else model
-    n = base.config.num_hidden_layers
-    for path in ("model.layers", "model.decoder.layers", "transformer.h", "gpt_neox.layers"):
-        obj: Any = base
-        for part in path.split("."):
-            obj = getattr(obj, part, None)
-            if obj is None:
-                break
-        if isinstance(obj, nn.ModuleList) and len(obj) == n:
-            return obj
-    for mod in base.modules():
-        if isinstance(mod, nn.ModuleList) and len(mod) == n:
-            return mod
-    raise ValueError(f"cannot find the decoder layers of {type(base).__name__}")
+    stack = layer_stack(base, base.config.num_hidden_layers,
+                        ("model.layers", "model.decoder.layers", "transformer.h", "gpt_neox.layers"))
+    if stack is None:
+        raise ValueError(f"cannot find the decoder layers of {type(base).__name__}")
+    return stack
 
 
 def prune_decoder(model: nn.Module, layers: Sequence[int]) -> nn.Module:
