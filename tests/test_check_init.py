@@ -138,3 +138,14 @@ def test_the_baseline_skips_itself_without_training_gold(tmp_path, capsys):
     assert out["skipped"].startswith("the training split has no gold labels")
     assert not (run_paths(spec).baseline / "config.json").exists()
     assert "baseline: skipped: the training split has no gold labels" in capsys.readouterr().err
+
+
+def test_label_checks_without_a_test_split_run_does_not(tmp_path):
+    """`potstill label` evaluates nothing, so its check lets a spec without a test split pass;
+    `run` (and `potstill check`) stop on it."""
+    write_jsonl(tmp_path / "train.jsonl", make_rows(60, 1))
+    (tmp_path / "potstill.yaml").write_text("name: t\ndata: {train: train.jsonl}\nteacher: {kind: fit}\n")
+    spec = load_spec(tmp_path / "potstill.yaml")
+    assert [f.text for f in check(spec, run_paths(spec), need_test=True).failures][0].startswith("no test split")
+    rep = check(spec, run_paths(spec), need_test=False)
+    assert not rep.failures and any(f.level == "note" and "no test split" in f.text for f in rep.findings)

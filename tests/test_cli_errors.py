@@ -71,3 +71,17 @@ def test_labelling_through_an_api_does_not_load_torch():
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
     assert out.returncode == 0, out.stderr
     assert out.stdout.strip() == "False"
+
+
+def test_writing_a_manifest_does_not_load_torch(tmp_path):
+    """Every stage writes a manifest, `potstill check` first of all: it records torch's version
+    from the package metadata; importing torch for it cost seconds before the first stage."""
+    import subprocess
+
+    code = ("import sys; from pathlib import Path; from potstill.spec import TaskSpec; "
+            "from potstill.manifest import write_manifest; "
+            f"m = write_manifest(Path({str(tmp_path)!r}), 'inputs', TaskSpec(name='t', data={{'train': 'x.jsonl'}})); "
+            "print('torch' in sys.modules, bool(m['versions']['torch']))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.strip() == "False True"
