@@ -1,7 +1,13 @@
-"""SQLite store (WAL): the teacher-call cache, with numbered migrations.
+"""The store: the teacher-call cache, the review queue, the feedback and the request log, with
+numbered migrations, on SQLite (the default) or PostgreSQL (`PgStore`, below).
 
-One file per run directory. WAL lets readers (a report, a second process) look while a writer
-labels; every call result is committed as it arrives, so a killed run loses only calls in flight.
+SQLite: one file per run directory, in WAL mode, so readers (a report, a second process) can look
+while a writer labels; every call result is committed as it arrives, so a killed run loses only
+calls in flight.
+
+Each operation is written once, in `Store`, with `?` placeholders, on top of a handful of
+primitives (`_run`, `_fetch`, `_write`, `_write_many`, `_insert`, `_upsert`) that `PgStore`
+overrides with PostgreSQL's forms; the migrations are the other thing each backend does its own way.
 """
 
 from __future__ import annotations
@@ -12,7 +18,7 @@ import sqlite3
 import threading
 import time
 from pathlib import Path
-from typing import Any, Iterable
+from typing import Any, Callable, Iterable, Sequence
 
 from .db import redact
 
@@ -72,6 +78,8 @@ MIGRATIONS: list[str] = [
     """,
 ]
 
+CALL_COLUMNS = ("key", "teacher", "response", "input_tokens", "output_tokens", "cost_usd",
+                "latency_ms", "created_at")
 QUEUE_COLUMNS = ("id", "created_at", "kind", "reason", "request_id", "input", "student_label",
                  "teacher_label", "served_label", "route", "confidence", "ood_score", "feedback",
                  "student_version", "detail", "updated_at", "used_in_round")
@@ -79,9 +87,20 @@ REQUEST_COLUMNS = ("request_id", "created_at", "input", "student_label", "served
                    "teacher_label", "route", "reasons", "confidence", "ood_score", "student_version")
 
 
+def _marks(n: int) -> str:
+    return ",".join("?" * n)
+
+
+def _json_text(value: Any) -> Any:
+    """A queue item's `detail` as JSON text; None and strings as they are."""
+    return value if value is None or isinstance(value, str) else json.dumps(value, default=str)
+
+
 class Store:
     """Thread-safe handle on the run's SQLite file; with a PostgreSQL URL (`url`, else
     $POTSTILL_DATABASE_URL, see db.py) a `PgStore` on that database instead (below)."""
+
+    path: Path | None
 
     def __new__(cls, path: str | Path | None = None, url: str | None = None):
         if cls is Store:
@@ -97,7 +116,7 @@ class Store:
         self.path = Path(path)
         self.path.parent.mkdir(parents=True, exist_ok=True)
         self._lock = threading.Lock()
-        self._db = sqlite3.connect(self.path, check_same_thread=False, timeout=30)
+        self._db: Any = sqlite3.connect(self.path, check_same_thread=False, timeout=30)
         self._db.execute("PRAGMA journal_mode=WAL")
         self._db.execute("PRAGMA synchronous=NORMAL")
         self._migrate()
@@ -118,16 +137,53 @@ class Store:
     def __exit__(self, *exc: object) -> None:
         self.close()
 
+    # -- the backend's primitives: one connection, one lock; each write committed on its own ---
+    # SQL comes in with `?` placeholders (PgStore translates them).
+    def _run(self, fn: Callable[[Any], Any]) -> Any:
+        """fn(connection) under the lock."""
+        with self._lock:
+            return fn(self._db)
+
+    def _fetch(self, sql: str, args: Sequence[Any] = ()) -> list[Any]:
+        return self._run(lambda c: c.execute(sql, args).fetchall())
+
+    def _write(self, sql: str, args: Sequence[Any] = ()) -> None:
+        def go(c: Any) -> None:
+            c.execute(sql, args)
+            c.commit()
+
+        self._run(go)
+
+    def _write_many(self, sql: str, rows: list[tuple[Any, ...]]) -> None:
+        """Every row in one transaction."""
+        def go(c: Any) -> None:
+            c.executemany(sql, rows)
+            c.commit()
+
+        self._run(go)
+
+    def _insert(self, sql: str, args: Sequence[Any]) -> int:
+        """Run an INSERT into a table with an `id` column; the new row's id."""
+        def go(c: Any) -> int:
+            cur = c.execute(sql, args)
+            c.commit()
+            return int(cur.lastrowid)
+
+        return self._run(go)
+
+    def _upsert(self, table: str, columns: Sequence[str], key: str) -> str:
+        """INSERT of every column that replaces the row with the same `key`."""
+        return f"INSERT OR REPLACE INTO {table} ({','.join(columns)}) VALUES ({_marks(len(columns))})"
+
     # -- teacher-call cache -------------------------------------------------------------------
     def get_calls(self, keys: Iterable[str]) -> dict[str, dict[str, Any]]:
         keys = list(keys)
         out: dict[str, dict[str, Any]] = {}
-        with self._lock:
-            for i in range(0, len(keys), 500):
-                chunk = keys[i : i + 500]
-                q = f"SELECT key, response FROM calls WHERE key IN ({','.join('?' * len(chunk))})"
-                for k, resp in self._db.execute(q, chunk):
-                    out[k] = json.loads(resp)
+        for i in range(0, len(keys), 500):
+            chunk = keys[i : i + 500]
+            for k, resp in self._fetch(
+                    f"SELECT key, response FROM calls WHERE key IN ({_marks(len(chunk))})", chunk):
+                out[k] = json.loads(resp)
         return out
 
     def put_call(
@@ -140,24 +196,21 @@ class Store:
         cost_usd: float = 0.0,
         latency_ms: float | None = None,
     ) -> None:
-        with self._lock:
-            self._db.execute(
-                "INSERT OR REPLACE INTO calls VALUES (?,?,?,?,?,?,?,?)",
-                (key, teacher, json.dumps(response), input_tokens, output_tokens, cost_usd,
-                 latency_ms, time.time()),
-            )
-            self._db.commit()
+        self._write(self._upsert("calls", CALL_COLUMNS, "key"),
+                    (key, teacher, json.dumps(response), input_tokens, output_tokens, cost_usd,
+                     latency_ms, time.time()))
 
     def spend(self, teacher: str | None = None) -> dict[str, float]:
         """Recorded calls, tokens and dollars, for one teacher identity or all."""
-        q = "SELECT COUNT(*), COALESCE(SUM(input_tokens),0), COALESCE(SUM(output_tokens),0), COALESCE(SUM(cost_usd),0) FROM calls"
+        q = ("SELECT COUNT(*), COALESCE(SUM(input_tokens),0), COALESCE(SUM(output_tokens),0), "
+             "COALESCE(SUM(cost_usd),0) FROM calls")
         args: tuple[Any, ...] = ()
         if teacher is not None:
             q += " WHERE teacher = ?"
             args = (teacher,)
-        with self._lock:
-            n, tin, tout, cost = self._db.execute(q, args).fetchone()
-        return {"calls": n, "input_tokens": tin, "output_tokens": tout, "cost_usd": cost}
+        n, tin, tout, cost = self._fetch(q, args)[0]
+        return {"calls": int(n), "input_tokens": int(tin), "output_tokens": int(tout),
+                "cost_usd": float(cost)}
 
     def token_stats(self, teacher: str | None = None) -> tuple[int, float | None, float | None]:
         """(calls that recorded tokens, mean input tokens, mean output tokens), for one teacher
@@ -168,9 +221,8 @@ class Store:
         if teacher is not None:
             q += " AND teacher = ?"
             args = (teacher,)
-        with self._lock:
-            n, a, b = self._db.execute(q, args).fetchone()
-        return int(n), a, b
+        n, a, b = self._fetch(q, args)[0]
+        return int(n), (float(a) if a is not None else None), (float(b) if b is not None else None)
 
     # -- serving: review queue ----------------------------------------------------------------
     def queue_add(self, item: dict[str, Any]) -> int:
@@ -178,27 +230,20 @@ class Store:
         before returning, so it survives a kill. Returns its id."""
         row = {k: item.get(k) for k in QUEUE_COLUMNS if k != "id"}
         row["created_at"] = row["created_at"] or time.time()
-        if row["detail"] is not None and not isinstance(row["detail"], str):
-            row["detail"] = json.dumps(row["detail"], default=str)
-        cols = ",".join(row)
-        with self._lock:
-            cur = self._db.execute(
-                f"INSERT INTO queue ({cols}) VALUES ({','.join('?' * len(row))})", tuple(row.values()))
-            self._db.commit()
-            return int(cur.lastrowid)
+        row["detail"] = _json_text(row["detail"])
+        return self._insert(f"INSERT INTO queue ({','.join(row)}) VALUES ({_marks(len(row))})",
+                            tuple(row.values()))
 
     def queue_update(self, queue_id: int, **fields: Any) -> None:
         """Fill in fields of a queued item later (e.g. the teacher's late answer)."""
         bad = set(fields) - set(QUEUE_COLUMNS[1:])
         if bad:
             raise ValueError(f"unknown queue fields {sorted(bad)}")
-        if "detail" in fields and fields["detail"] is not None and not isinstance(fields["detail"], str):
-            fields["detail"] = json.dumps(fields["detail"], default=str)
+        if "detail" in fields:
+            fields["detail"] = _json_text(fields["detail"])
         fields["updated_at"] = time.time()
         sets = ",".join(f"{k}=?" for k in fields)
-        with self._lock:
-            self._db.execute(f"UPDATE queue SET {sets} WHERE id=?", (*fields.values(), queue_id))
-            self._db.commit()
+        self._write(f"UPDATE queue SET {sets} WHERE id=?", (*fields.values(), queue_id))
 
     def queue_items(self, kind: str | None = None, limit: int | None = None,
                     unused_only: bool = False, after_id: int = 0,
@@ -213,17 +258,15 @@ class Store:
         if unused_only:
             q += " AND used_in_round IS NULL"
         if last is not None:
-            q = f"SELECT * FROM ({q} ORDER BY id DESC LIMIT ?) ORDER BY id"
+            q = f"SELECT * FROM ({q} ORDER BY id DESC LIMIT ?) AS newest ORDER BY id"
             args.append(last)
         else:
             q += " ORDER BY id"
             if limit is not None:
                 q += " LIMIT ?"
                 args.append(limit)
-        with self._lock:
-            rows = self._db.execute(q, args).fetchall()
         out = []
-        for r in rows:
+        for r in self._fetch(q, args):
             d = dict(zip(QUEUE_COLUMNS, r))
             if d["detail"]:
                 try:
@@ -238,12 +281,12 @@ class Store:
         q = "SELECT kind, COUNT(*) FROM queue"
         if unused_only:
             q += " WHERE used_in_round IS NULL"
-        with self._lock:
-            return dict(self._db.execute(q + " GROUP BY kind").fetchall())
+        return {k: int(n) for k, n in self._fetch(q + " GROUP BY kind")}
 
     # -- serving: request log -----------------------------------------------------------------
     def log_requests(self, rows: list[dict[str, Any]]) -> None:
-        """Insert answered requests (keys from REQUEST_COLUMNS) in one transaction."""
+        """Insert answered requests (keys from REQUEST_COLUMNS) in one transaction; a request id
+        logged again replaces the earlier row."""
         if not rows:
             return
         vals = []
@@ -254,54 +297,43 @@ class Store:
             vals.append(tuple(reasons if k == "reasons" else
                               (r.get(k) if k != "created_at" else r.get(k) or time.time())
                               for k in REQUEST_COLUMNS))
-        with self._lock:
-            self._db.executemany(
-                f"INSERT OR REPLACE INTO requests ({','.join(REQUEST_COLUMNS)}) "
-                f"VALUES ({','.join('?' * len(REQUEST_COLUMNS))})", vals)
-            self._db.commit()
+        self._write_many(self._upsert("requests", REQUEST_COLUMNS, "request_id"), vals)
 
     def get_request(self, request_id: str) -> dict[str, Any] | None:
-        with self._lock:
-            r = self._db.execute(
-                f"SELECT {','.join(REQUEST_COLUMNS)} FROM requests WHERE request_id = ?",
-                (request_id,)).fetchone()
-        if r is None:
+        rows = self._fetch(f"SELECT {','.join(REQUEST_COLUMNS)} FROM requests WHERE request_id = ?",
+                           (request_id,))
+        if not rows:
             return None
-        d = dict(zip(REQUEST_COLUMNS, r))
+        d = dict(zip(REQUEST_COLUMNS, rows[0]))
         if d["reasons"]:
             d["reasons"] = json.loads(d["reasons"])
         return d
 
     def feedback_for(self, request_id: str) -> list[tuple[int, str]]:
         """(queue id, answer) of every feedback item naming `request_id`, oldest first."""
-        with self._lock:
-            rows = self._db.execute(
-                "SELECT id, feedback FROM queue WHERE request_id = ? AND kind = 'feedback' "
-                "ORDER BY id", (request_id,)).fetchall()
+        rows = self._fetch("SELECT id, feedback FROM queue WHERE request_id = ? AND kind = 'feedback' "
+                           "ORDER BY id", (request_id,))
         return [(int(i), f) for i, f in rows]
 
     def queue_request(self, request_id: str) -> dict[str, Any] | None:
         """The newest non-feedback queue item of a request (its input and answers), or None."""
-        items = [c for c in QUEUE_COLUMNS]
-        with self._lock:
-            r = self._db.execute(
-                f"SELECT {','.join(items)} FROM queue WHERE request_id = ? AND kind != 'feedback' "
-                "ORDER BY id DESC LIMIT 1", (request_id,)).fetchone()
-        return dict(zip(items, r)) if r else None
+        rows = self._fetch(f"SELECT {','.join(QUEUE_COLUMNS)} FROM queue WHERE request_id = ? "
+                           "AND kind != 'feedback' ORDER BY id DESC LIMIT 1", (request_id,))
+        return dict(zip(QUEUE_COLUMNS, rows[0])) if rows else None
 
 
 # -- PostgreSQL ------------------------------------------------------------------------------
-# The store on PostgreSQL (psycopg 3): the teacher-call cache, the review queue, the feedback
-# and the request log, shared by every process that points at the same database.
+# The store on PostgreSQL (psycopg 3), shared by every process that points at the same database.
 #
-# Same interface and same numbered migrations as the SQLite store (store.py `MIGRATIONS`), with the
-# two dialect differences translated (`INTEGER PRIMARY KEY AUTOINCREMENT` -> `BIGSERIAL PRIMARY
-# KEY`, `REAL` -> `DOUBLE PRECISION`); the applied version is kept in `potstill_schema`, and
-# migrations run under a transaction-scoped advisory lock, so several servers starting at once
-# migrate exactly once. Every write is its own committed transaction (a queue item is durable
-# before the response that caused it goes out, as with SQLite). One connection per process,
-# guarded by a lock; a dropped connection is reopened on the next call (the failed call is
-# not retried, so nothing is written twice).
+# Same operations (Store's) and same numbered migrations as on SQLite, with the dialect
+# differences translated: `?` -> `%s` placeholders, `INSERT OR REPLACE` -> `ON CONFLICT DO
+# UPDATE`, `lastrowid` -> `RETURNING id`, and in the schema `INTEGER PRIMARY KEY AUTOINCREMENT` ->
+# `BIGSERIAL PRIMARY KEY`, `REAL` -> `DOUBLE PRECISION`. The applied version is kept in
+# `potstill_schema`, and migrations run under a transaction-scoped advisory lock, so several
+# servers starting at once migrate exactly once. Every write is its own committed transaction (a
+# queue item is durable before the response that caused it goes out, as with SQLite). One
+# connection per process, guarded by a lock; a dropped connection is reopened on the next call
+# (the failed call is not retried, so nothing is written twice).
 #
 # Chosen with `POTSTILL_DATABASE_URL` (see db.py); SQLite stays the default.
 
@@ -317,6 +349,11 @@ def pg_migrations() -> list[str]:
         s = re.sub(r"\bREAL\b", "DOUBLE PRECISION", s)
         out.append(s)
     return out
+
+
+def _pg(sql: str) -> str:
+    """Store's `?` placeholders as psycopg's `%s` (no SQL here has a literal `?` or `%`)."""
+    return sql.replace("?", "%s")
 
 
 class PgStore(Store):
@@ -345,7 +382,7 @@ class PgStore(Store):
     def __repr__(self) -> str:
         return f"PgStore({redact(self.url)})"
 
-    def _connect(self):
+    def _connect(self) -> Any:
         import psycopg
 
         try:
@@ -355,19 +392,10 @@ class PgStore(Store):
             raise ConnectionError(f"cannot connect to PostgreSQL at {redact(self.url)}: "
                                   f"{redact(str(e)).strip()}") from None
 
-    def _run(self, fn):
-        """fn(conn) under the lock. A connection found broken is reopened before the call; a
-        call that fails is never retried (a write may have committed before the break, and a
-        retried queue insert would record an escalation twice)."""
-        with self._lock:
-            if self._db.closed or self._db.broken:
-                self._db = self._connect()
-            return fn(self._db)
-
     def _migrate(self) -> None:
         scripts = pg_migrations()
 
-        def go(conn):
+        def go(conn: Any) -> None:
             with conn.transaction():
                 conn.execute("SELECT pg_advisory_xact_lock(%s)", (_MIGRATION_LOCK,))
                 conn.execute("CREATE TABLE IF NOT EXISTS potstill_schema (version INTEGER NOT NULL)")
@@ -386,151 +414,35 @@ class PgStore(Store):
         self._run(go)
 
     def schema_version(self) -> int:
-        return self._run(lambda c: c.execute("SELECT version FROM potstill_schema").fetchone()[0])
+        return int(self._fetch("SELECT version FROM potstill_schema")[0][0])
 
-    def close(self) -> None:
+    # -- the primitives, PostgreSQL's way (autocommit: each statement commits on its own) -----
+    def _run(self, fn: Callable[[Any], Any]) -> Any:
+        """fn(conn) under the lock. A connection found broken is reopened before the call; a
+        call that fails is never retried (a write may have committed before the break, and a
+        retried queue insert would record an escalation twice)."""
         with self._lock:
-            self._db.close()
+            if self._db.closed or self._db.broken:
+                self._db = self._connect()
+            return fn(self._db)
 
-    # -- teacher-call cache -------------------------------------------------------------------
-    def get_calls(self, keys: Iterable[str]) -> dict[str, dict[str, Any]]:
-        keys = list(keys)
-        out: dict[str, dict[str, Any]] = {}
-        for i in range(0, len(keys), 500):
-            chunk = keys[i : i + 500]
-            rows = self._run(lambda c: c.execute(
-                "SELECT key, response FROM calls WHERE key = ANY(%s)", (chunk,)).fetchall())
-            for k, resp in rows:
-                out[k] = json.loads(resp)
-        return out
+    def _fetch(self, sql: str, args: Sequence[Any] = ()) -> list[Any]:
+        return self._run(lambda c: c.execute(_pg(sql), args).fetchall())
 
-    def put_call(self, key: str, teacher: str, response: dict[str, Any], input_tokens: int = 0,
-                 output_tokens: int = 0, cost_usd: float = 0.0,
-                 latency_ms: float | None = None) -> None:
-        args = (key, teacher, json.dumps(response), input_tokens, output_tokens, cost_usd,
-                latency_ms, time.time())
-        self._run(lambda c: c.execute(
-            "INSERT INTO calls VALUES (%s,%s,%s,%s,%s,%s,%s,%s) ON CONFLICT (key) DO UPDATE SET "
-            "teacher=EXCLUDED.teacher, response=EXCLUDED.response, "
-            "input_tokens=EXCLUDED.input_tokens, output_tokens=EXCLUDED.output_tokens, "
-            "cost_usd=EXCLUDED.cost_usd, latency_ms=EXCLUDED.latency_ms, "
-            "created_at=EXCLUDED.created_at", args))
+    def _write(self, sql: str, args: Sequence[Any] = ()) -> None:
+        self._run(lambda c: c.execute(_pg(sql), args))
 
-    def spend(self, teacher: str | None = None) -> dict[str, float]:
-        q = ("SELECT COUNT(*), COALESCE(SUM(input_tokens),0), COALESCE(SUM(output_tokens),0), "
-             "COALESCE(SUM(cost_usd),0) FROM calls")
-        args: tuple[Any, ...] = ()
-        if teacher is not None:
-            q += " WHERE teacher = %s"
-            args = (teacher,)
-        n, tin, tout, cost = self._run(lambda c: c.execute(q, args).fetchone())
-        return {"calls": int(n), "input_tokens": int(tin), "output_tokens": int(tout),
-                "cost_usd": float(cost)}
-
-    def token_stats(self, teacher: str | None = None) -> tuple[int, float | None, float | None]:
-        q = ("SELECT COUNT(*), AVG(input_tokens), AVG(output_tokens) FROM calls "
-             "WHERE (input_tokens > 0 OR output_tokens > 0)")
-        args: tuple[Any, ...] = ()
-        if teacher is not None:
-            q += " AND teacher = %s"
-            args = (teacher,)
-        n, a, b = self._run(lambda c: c.execute(q, args).fetchone())
-        return int(n), (float(a) if a is not None else None), (float(b) if b is not None else None)
-
-    # -- serving: review queue ----------------------------------------------------------------
-    def queue_add(self, item: dict[str, Any]) -> int:
-        row = {k: item.get(k) for k in QUEUE_COLUMNS if k != "id"}
-        row["created_at"] = row["created_at"] or time.time()
-        if row["detail"] is not None and not isinstance(row["detail"], str):
-            row["detail"] = json.dumps(row["detail"], default=str)
-        cols = ",".join(row)
-        q = f"INSERT INTO queue ({cols}) VALUES ({','.join(['%s'] * len(row))}) RETURNING id"
-        return int(self._run(lambda c: c.execute(q, tuple(row.values())).fetchone()[0]))
-
-    def queue_update(self, queue_id: int, **fields: Any) -> None:
-        bad = set(fields) - set(QUEUE_COLUMNS[1:])
-        if bad:
-            raise ValueError(f"unknown queue fields {sorted(bad)}")
-        if "detail" in fields and fields["detail"] is not None and not isinstance(fields["detail"], str):
-            fields["detail"] = json.dumps(fields["detail"], default=str)
-        fields["updated_at"] = time.time()
-        sets = ",".join(f"{k}=%s" for k in fields)
-        self._run(lambda c: c.execute(f"UPDATE queue SET {sets} WHERE id=%s",
-                                      (*fields.values(), queue_id)))
-
-    def queue_items(self, kind: str | None = None, limit: int | None = None,
-                    unused_only: bool = False, after_id: int = 0,
-                    last: int | None = None) -> list[dict[str, Any]]:
-        q = f"SELECT {','.join(QUEUE_COLUMNS)} FROM queue WHERE id > %s"
-        args: list[Any] = [after_id]
-        if kind is not None:
-            q += " AND kind = %s"
-            args.append(kind)
-        if unused_only:
-            q += " AND used_in_round IS NULL"
-        if last is not None:
-            q = f"SELECT * FROM ({q} ORDER BY id DESC LIMIT %s) AS newest ORDER BY id"
-            args.append(last)
-        else:
-            q += " ORDER BY id"
-            if limit is not None:
-                q += " LIMIT %s"
-                args.append(limit)
-        rows = self._run(lambda c: c.execute(q, args).fetchall())
-        out = []
-        for r in rows:
-            d = dict(zip(QUEUE_COLUMNS, r))
-            if d["detail"]:
-                try:
-                    d["detail"] = json.loads(d["detail"])
-                except json.JSONDecodeError:
-                    pass
-            out.append(d)
-        return out
-
-    def queue_counts(self, unused_only: bool = True) -> dict[str, int]:
-        q = "SELECT kind, COUNT(*) FROM queue"
-        if unused_only:
-            q += " WHERE used_in_round IS NULL"
-        rows = self._run(lambda c: c.execute(q + " GROUP BY kind").fetchall())
-        return {k: int(n) for k, n in rows}
-
-    # -- serving: request log -----------------------------------------------------------------
-    def log_requests(self, rows: list[dict[str, Any]]) -> None:
-        if not rows:
-            return
-        vals = []
-        for r in rows:
-            reasons = r.get("reasons")
-            if reasons is not None and not isinstance(reasons, str):
-                reasons = json.dumps(reasons)
-            vals.append(tuple(reasons if k == "reasons" else
-                              (r.get(k) if k != "created_at" else r.get(k) or time.time())
-                              for k in REQUEST_COLUMNS))
-        updates = ",".join(f"{k}=EXCLUDED.{k}" for k in REQUEST_COLUMNS if k != "request_id")
-        q = (f"INSERT INTO requests ({','.join(REQUEST_COLUMNS)}) "
-             f"VALUES ({','.join(['%s'] * len(REQUEST_COLUMNS))}) "
-             f"ON CONFLICT (request_id) DO UPDATE SET {updates}")
-
-        def go(conn):
-            with conn.transaction(), conn.cursor() as cur:
-                cur.executemany(q, vals)
+    def _write_many(self, sql: str, rows: list[tuple[Any, ...]]) -> None:
+        def go(c: Any) -> None:
+            with c.transaction(), c.cursor() as cur:
+                cur.executemany(_pg(sql), rows)
 
         self._run(go)
 
-    def get_request(self, request_id: str) -> dict[str, Any] | None:
-        r = self._run(lambda c: c.execute(
-            f"SELECT {','.join(REQUEST_COLUMNS)} FROM requests WHERE request_id = %s",
-            (request_id,)).fetchone())
-        if r is None:
-            return None
-        d = dict(zip(REQUEST_COLUMNS, r))
-        if d["reasons"]:
-            d["reasons"] = json.loads(d["reasons"])
-        return d
+    def _insert(self, sql: str, args: Sequence[Any]) -> int:
+        return int(self._fetch(sql + " RETURNING id", args)[0][0])
 
-    def queue_request(self, request_id: str) -> dict[str, Any] | None:
-        r = self._run(lambda c: c.execute(
-            f"SELECT {','.join(QUEUE_COLUMNS)} FROM queue WHERE request_id = %s "
-            "AND kind != 'feedback' ORDER BY id DESC LIMIT 1", (request_id,)).fetchone())
-        return dict(zip(QUEUE_COLUMNS, r)) if r else None
+    def _upsert(self, table: str, columns: Sequence[str], key: str) -> str:
+        updates = ",".join(f"{k}=EXCLUDED.{k}" for k in columns if k != key)
+        return (f"INSERT INTO {table} ({','.join(columns)}) VALUES ({_marks(len(columns))}) "
+                f"ON CONFLICT ({key}) DO UPDATE SET {updates}")

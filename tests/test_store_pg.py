@@ -41,6 +41,10 @@ def test_cache_round_trip_replace_and_spend(store):
     assert (s["calls"], s["input_tokens"], s["output_tokens"]) == (2, 16, 4)
     assert s["cost_usd"] == pytest.approx(0.005)
     assert store.spend("t1")["calls"] == 1 and store.spend("nobody")["calls"] == 0
+    store.put_call("c", "t2", {"label": "w"})  # no tokens recorded: left out of the means
+    n, avg_in, avg_out = store.token_stats()
+    assert (n, avg_in, avg_out) == (2, 8.0, 2.0) and type(avg_in) is float  # not a Decimal
+    assert store.token_stats("t1") == (1, 11.0, 3.0) and store.token_stats("nobody") == (0, None, None)
 
 
 def test_queue_feedback_and_request_log(store):
@@ -68,6 +72,10 @@ def test_queue_feedback_and_request_log(store):
     with pytest.raises(ValueError, match="unknown queue fields"):
         store.queue_update(a, nope=1)
     assert store.queue_request("r1")["id"] == a  # the newest non-feedback item
+    assert store.queue_request("nope") is None
+    d = store.queue_add({"kind": "feedback", "reason": "corrected", "request_id": "r1",
+                         "input": "hello", "feedback": "z"})
+    assert store.feedback_for("r1") == [(c, "wrong"), (d, "z")] and store.feedback_for("r2") == []
 
     store.log_requests([{"request_id": "q1", "input": "hi", "route": "student", "reasons": [],
                          "confidence": 0.9},
