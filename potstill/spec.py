@@ -80,7 +80,13 @@ class FitSpec(_Strict):
     model: str = DEFAULT_ENCODER
     epochs: float = Field(3, gt=0)
     batch_size: int = Field(32, ge=1)
-    lr: float = Field(1e-4, gt=0)
+    lr: float = Field(2e-4, gt=0)
+    head_lr_scale: float = Field(10.0, gt=0)
+    """Encoder students and teachers: the head (classifier layer and BERT's pooler) learns at lr
+    times this. A new head starts from random weights while the body is pretrained; at the body's
+    learning rate it learns slowly (bench/fit_recipe.py: MiniLM-L6 on 4,500 CLINC150 rows, 300
+    steps: 0.58 validation accuracy at 1, 0.87 at 10). A student cut from a fitted teacher keeps
+    the teacher's trained head, which learns at lr. 1 turns it off."""
     max_length: int = Field(64, ge=8)
     schedule: Literal["adaptive", "fixed"] = "adaptive"
     """As train.schedule: adaptive takes the length from the data and stops on validation."""
@@ -232,7 +238,13 @@ class TrainSpec(_Strict):
     """Weight of cross-entropy on hard labels (the teacher's label, or gold in `gold` mode)."""
     epochs: float = Field(4, gt=0)
     batch_size: int = Field(32, ge=1)
-    lr: float = Field(1e-4, gt=0)
+    lr: float = Field(2e-4, gt=0)
+    head_lr_scale: float = Field(10.0, gt=0)
+    """Encoder students and teachers: the head (classifier layer and BERT's pooler) learns at lr
+    times this. A new head starts from random weights while the body is pretrained; at the body's
+    learning rate it learns slowly (bench/fit_recipe.py: MiniLM-L6 on 4,500 CLINC150 rows, 300
+    steps: 0.58 validation accuracy at 1, 0.87 at 10). A student cut from a fitted teacher keeps
+    the teacher's trained head, which learns at lr. 1 turns it off."""
     weight_decay: float = Field(0.01, ge=0)
     warmup_ratio: float = Field(0.06, ge=0, lt=1)
     seed: int = 13

@@ -232,4 +232,4 @@ def test_causal_students_get_their_own_schedule_defaults():
                     student={"kind": "causal_lm", "model": "m", "lora": {"method": "full"}})
     assert (full.train.lr, full.train.epochs, full.train.batch_size) == (3e-4, 1, 8)  # set values kept
     enc = TaskSpec(name="x", data={"train": "t.jsonl"})
-    assert (enc.train.lr, enc.train.epochs, enc.train.batch_size) == (1e-4, 4, 32)  # encoders unchanged
+    assert (enc.train.lr, enc.train.epochs, enc.train.batch_size) == (2e-4, 4, 32)  # encoders: their own defaults

@@ -109,3 +109,43 @@ def test_adaptive_training_learns_on_small_data(tiny_bert, tmp_path):
     # a tiny model's exact accuracy varies with the tokenizer trained for the session: compare
     # against the one-epoch run rather than against a fixed bar
     assert ada["best_val_accuracy"] >= one["best_val_accuracy"] + 0.2
+
+
+def test_the_head_learns_at_a_scaled_learning_rate(tiny_bert):
+    """head_lr_scale puts the classifier and the pooler in their own optimizer groups at lr x
+    scale; the body, biases and norms keep lr (norms and biases without weight decay)."""
+    model, _ = C.build_classifier(str(tiny_bert), LABELS, layers=[0, 3])
+    groups = C.param_groups(model, 1e-4, 0.01, head_lr_scale=10)
+    lr_of = {id(p): (g["lr"], g["weight_decay"]) for g in groups for p in g["params"]}
+    names = dict(model.named_parameters())
+    assert len(lr_of) == len(names)  # every parameter in exactly one group
+    assert lr_of[id(names["classifier.weight"])] == (pytest.approx(1e-3), 0.01)
+    assert lr_of[id(names["classifier.bias"])] == (pytest.approx(1e-3), 0.0)
+    assert lr_of[id(names["bert.pooler.dense.weight"])] == (pytest.approx(1e-3), 0.01)
+    assert lr_of[id(names["bert.encoder.layer.0.attention.self.query.weight"])] == (1e-4, 0.01)
+    assert lr_of[id(names["bert.embeddings.LayerNorm.weight"])] == (1e-4, 0.0)
+    # scale 1: the same rate for all
+    assert {g["lr"] for g in C.param_groups(model, 1e-4, 0.01)} == {1e-4}
+
+
+def test_the_head_scale_reaches_the_optimizer(tiny_bert, tmp_path, monkeypatch):
+    """train.head_lr_scale is what train_classifier's optimizer gets for the head."""
+    seen = []
+    real = torch.optim.AdamW
+
+    def spy(groups, **kw):
+        seen.extend(groups)
+        return real(groups, **kw)
+
+    monkeypatch.setattr(torch.optim, "AdamW", spy)
+    model, tok = C.build_classifier(str(tiny_bert), LABELS, layers=[0, 3])
+    cfg = C.TrainConfig(epochs=1, batch_size=8, lr=1e-3, head_lr_scale=5, precision="fp32",
+                        checkpoint_every=1000)
+    C.train_classifier(model, tok, rows(16, 1), rows(8, 2), tmp_path / "s", cfg, "fp")
+    assert sorted({round(g["lr"], 6) for g in seen}) == [1e-3, 5e-3]
+    # a student cut from that trained model keeps its head, which is not new: one rate for all
+    seen.clear()
+    student, tok = C.build_classifier(str(tmp_path / "s"), LABELS, layers=[0])
+    assert student.potstill_new_head is False and model.potstill_new_head is True
+    C.train_classifier(student, tok, rows(16, 1), rows(8, 2), tmp_path / "t", cfg, "fp")
+    assert {round(g["lr"], 6) for g in seen} == {1e-3}

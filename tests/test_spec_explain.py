@@ -119,7 +119,7 @@ def test_types_constraints_and_defaults(by_path):
         "teacher.api_key_env": ("str | null", '"OPENAI_API_KEY"'),
         "train.baseline": ("bool", "true"),
         "teacher.batch": ("bool", "false"),
-        "teacher.fit.lr": ("float > 0", "0.0001"),
+        "teacher.fit.lr": ("float > 0", "0.0002"),
         "json_schema": ("mapping | null", "null"),
         "name": ("str, matching ^[A-Za-z0-9][A-Za-z0-9_.-]*$", "required"),
     }

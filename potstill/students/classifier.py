@@ -127,6 +127,9 @@ class TrainConfig:
     hidden_weight: float = 0.0
     layer_map: list[tuple[int, int]] | None = None
     """(student, teacher) hidden-state index pairs; None: losses.default_layer_map by depth."""
+    head_lr_scale: float = 1.0
+    """A new head's (classifier and pooler) learning rate is lr times this (a head kept from a
+    fitted teacher, `potstill_new_head` False, learns at lr)."""
 
 
 def _collate(tokenizer, max_length: int, n_labels: int):
@@ -157,6 +160,24 @@ def _evaluate(accelerator, model, loader) -> float:
             total += int(hard.numel())
     model.train()
     return correct / max(total, 1)
+
+
+HEAD_PARAMS = ("classifier.", "score.", "pooler.")
+"""Name parts of the head's parameters: the classifier layer, and BERT's pooler (for a
+sentence-embedding checkpoint such as MiniLM-L6, trained with mean pooling, the pooler over
+[CLS] was never trained for the task either)."""
+
+
+def param_groups(model, lr: float, weight_decay: float, head_lr_scale: float = 1.0) -> list[dict]:
+    """AdamW groups: no weight decay on biases and norms; the head at lr * head_lr_scale."""
+    no_decay = ("bias", "LayerNorm.weight", "layer_norm.weight", "norm.weight")
+    groups: dict[tuple[bool, bool], list] = {}
+    for n, p in model.named_parameters():
+        head = head_lr_scale != 1.0 and any(k in n for k in HEAD_PARAMS)
+        groups.setdefault((head, any(k in n for k in no_decay)), []).append(p)
+    return [{"params": ps, "weight_decay": 0.0 if nd else weight_decay,
+             "lr": lr * (head_lr_scale if head else 1.0)}
+            for (head, nd), ps in sorted(groups.items())]
 
 
 def train_classifier(
@@ -234,13 +255,9 @@ def train_classifier(
 
     # fused AdamW: one kernel for all parameters. On CPU the default (foreach) step took about
     # 9x longer than the fused one for MiniLM-L6, more than forward and backward together.
-    no_decay = ("bias", "LayerNorm.weight", "layer_norm.weight", "norm.weight")
-    groups = [
-        {"params": [p for n, p in model.named_parameters() if not any(k in n for k in no_decay)],
-         "weight_decay": cfg.weight_decay},
-        {"params": [p for n, p in model.named_parameters() if any(k in n for k in no_decay)],
-         "weight_decay": 0.0},
-    ]
+    # a head kept from a fitted teacher is trained already: only a new one learns faster
+    head_scale = cfg.head_lr_scale if getattr(model, "potstill_new_head", True) else 1.0
+    groups = param_groups(model, cfg.lr, cfg.weight_decay, head_scale)
     if projection is not None:
         groups.append({"params": list(projection.parameters()), "weight_decay": 0.0})
     optimizer = torch.optim.AdamW(groups, lr=cfg.lr, fused=True)
@@ -459,7 +476,8 @@ def fit_classifier_teacher(spec: TaskSpec, run: RunPaths, inputs: Inputs) -> dic
         log(f"teacher fit: up to date in {run.teacher}")
         return read_manifest(run.teacher)
     model, tok = build_classifier(f.model, inputs.labels, seed=spec.train.seed)
-    cfg = TrainConfig(epochs=f.epochs, batch_size=f.batch_size, lr=f.lr, max_length=f.max_length,
+    cfg = TrainConfig(epochs=f.epochs, batch_size=f.batch_size, lr=f.lr, head_lr_scale=f.head_lr_scale,
+                      max_length=f.max_length,
                       kd_weight=0.0, ce_weight=1.0, seed=spec.train.seed,
                       precision=spec.train.precision, checkpoint_every=spec.train.checkpoint_every,
                       **schedule_fields(f))
@@ -532,7 +550,8 @@ def train_classifier_student(spec: TaskSpec, run: RunPaths, inputs: Inputs,
     teacher, layer_map, _ = hidden_teacher(spec, run, model, tok, objective, init)
     log(f"{mode}: {objective} objective, {len(rows)} rows, init from {init if init != s.model else s.model}"
         f", layers {s.layers if s.layers is not None else 'all'}, {count_params(model) / 1e6:.1f}M params")
-    cfg = TrainConfig(epochs=t.epochs, batch_size=t.batch_size, lr=t.lr, weight_decay=t.weight_decay,
+    cfg = TrainConfig(epochs=t.epochs, batch_size=t.batch_size, lr=t.lr, head_lr_scale=t.head_lr_scale,
+                      weight_decay=t.weight_decay,
                       warmup_ratio=t.warmup_ratio, temperature=t.temperature,
                       kd_weight=0.0 if objective == "gold" else t.kd_weight,
                       ce_weight=1.0 if objective == "gold" else t.ce_weight,

@@ -226,7 +226,7 @@ def build_encoder(base: str, names: Sequence[str], head: str, layers: Sequence[i
                   seed: int = 13):
     """(model, tokenizer) with a `head` over `names`, from `base` (path or hub id), optionally cut
     to `layers`. When `base` already has this head over the same names (a fitted teacher), its head
-    is kept; otherwise a new one is initialised from `seed`."""
+    is kept; otherwise a new one is initialised from `seed` (and `model.potstill_new_head` is True)."""
     import transformers
     from transformers import AutoConfig, AutoTokenizer
 
@@ -245,6 +245,7 @@ def build_encoder(base: str, names: Sequence[str], head: str, layers: Sequence[i
     model = getattr(transformers, _HEADS[head]).from_pretrained(path, **kwargs)
     if layers is not None and list(layers) != list(range(model.config.num_hidden_layers)):
         keep_layers(model, layers)
+    model.potstill_new_head = not same_head  # train_classifier speeds up only a new head
     return model, AutoTokenizer.from_pretrained(path)
 
 

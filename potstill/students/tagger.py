@@ -355,7 +355,8 @@ def fit_tagger_teacher(spec: TaskSpec, run: RunPaths, inputs: Inputs) -> dict[st
     vt, vs, _ = gold_spans(inputs.validation)
     log(f"teacher fit: tagger over {len(fields)} fields, {len(rows)} gold rows "
         f"({dropped} gold values not found in their text, left out)")
-    cfg = TrainConfig(epochs=f.epochs, batch_size=f.batch_size, lr=f.lr, max_length=f.max_length,
+    cfg = TrainConfig(epochs=f.epochs, batch_size=f.batch_size, lr=f.lr, head_lr_scale=f.head_lr_scale,
+                      max_length=f.max_length,
                       kd_weight=0.0, ce_weight=1.0, seed=spec.train.seed,
                       precision=spec.train.precision, checkpoint_every=spec.train.checkpoint_every,
                       **schedule_fields(f))
@@ -459,7 +460,8 @@ def train_tagger_student(spec: TaskSpec, run: RunPaths, inputs: Inputs, mode: Li
         "teacher tag distribution (KL) + hard tags" if soft is not None else "teacher's hard tags")
     log(f"{mode}: {objective} objective ({signal}), {len(rows)} rows, init from {init}, layers "
         f"{s.layers if s.layers is not None else 'all'}, {count_params(model) / 1e6:.1f}M params")
-    cfg = TrainConfig(epochs=t.epochs, batch_size=t.batch_size, lr=t.lr, weight_decay=t.weight_decay,
+    cfg = TrainConfig(epochs=t.epochs, batch_size=t.batch_size, lr=t.lr, head_lr_scale=t.head_lr_scale,
+                      weight_decay=t.weight_decay,
                       warmup_ratio=t.warmup_ratio, temperature=t.temperature,
                       kd_weight=t.kd_weight if soft is not None else 0.0,
                       ce_weight=t.ce_weight if soft is not None else 1.0,
