@@ -9,7 +9,8 @@ What runs where (everything offline; models are tiny, built from a config on the
   what was asked and answered;
 - `potstill label` and the server (`create_app` + uvicorn) run in child processes, as a user
   runs them;
-- the clients (asyncio + httpx) run in this process; the /health probe runs in its own child
+- the clients run in this process (the serving load on bench/loadgen.py: one keep-alive connection
+  per client, cheap per request; the rest on httpx); the /health probe runs in its own child
   process so its timings do not share this process's GIL.
 
 Parts:
@@ -280,6 +281,7 @@ def serve_teacher_down(run: Path, work: Path, clients: int, phase1_s: float, pha
     client, sequential: the latency a request pays when the machine is not saturated)."""
     import httpx
     from fake_openai import FakeOpenAI
+    from loadgen import LeanConnection, encode_post
 
     rng = random.Random(5)
     lock = threading.Lock()
@@ -304,35 +306,47 @@ def serve_teacher_down(run: Path, work: Path, clients: int, phase1_s: float, pha
     t_down: list[float | None] = [None]
     counter = [0]
 
-    async def one(c, ph: str) -> None:
+    host, port = base.removeprefix("http://").rsplit(":", 1)
+
+    async def one(conn: LeanConnection, ph: str) -> None:
         i = counter[0]
         counter[0] += 1
         text = f"{texts[i % len(texts)]} {i}"  # distinct: the teacher cache never answers
+        raw = encode_post("/v1/chat/completions", {"model": "tiny", "messages": [{"role": "user", "content": text}]})
         t0 = time.monotonic()
         try:
-            r = await c.post("/v1/chat/completions", json={
-                "model": "tiny", "messages": [{"role": "user", "content": text}]})
-            d = r.json() if r.headers.get("content-type", "").startswith("application/json") else {}
+            status, body = await conn.request(raw)
+            try:
+                d = json.loads(body)
+            except ValueError:
+                d = None
+            d = d if isinstance(d, dict) else {}
             results.append({"t0": t0, "ms": (time.monotonic() - t0) * 1000, "phase": ph,
-                            "status": r.status_code, "id": d.get("id"), "route": d.get("route"),
+                            "status": status, "id": d.get("id"), "route": d.get("route"),
                             "escalated": bool(d.get("reasons")), "degraded": d.get("degraded")})
-        except httpx.HTTPError as e:
+        except (OSError, asyncio.TimeoutError, asyncio.IncompleteReadError, ValueError) as e:
             results.append({"t0": t0, "ms": (time.monotonic() - t0) * 1000, "phase": ph,
                             "status": type(e).__name__, "id": None, "route": None,
                             "escalated": None, "degraded": None})
 
     async def drive() -> str:
-        limits = httpx.Limits(max_connections=clients + 4, max_keepalive_connections=clients + 4)
-        async with httpx.AsyncClient(base_url=base, timeout=60, limits=limits) as c:
+        limits = httpx.Limits(max_connections=4, max_keepalive_connections=4)
+        async with httpx.AsyncClient(base_url=base, timeout=60, limits=limits) as c:  # /health, /metrics
+            # the load: one keep-alive connection per client (bench/loadgen.py: httpx's own CPU per
+            # request would be taken from the server on these 2 cores)
+            warm = LeanConnection(host, int(port))
             for _ in range(24):  # warm-up, sequential, teacher up (failing half the time)
-                await one(c, "warmup")
+                await one(warm, "warmup")
+            warm.close()
             t_start = time.monotonic()
             stop = t_start + phase1_s + phase2_s
             phase[0] = "failing"
 
             async def worker() -> None:
+                conn = LeanConnection(host, int(port))
                 while time.monotonic() < stop:
-                    await one(c, phase[0])
+                    await one(conn, phase[0])
+                conn.close()
 
             async def watch() -> None:
                 while time.monotonic() < stop + light_s + 1:
@@ -355,8 +369,10 @@ def serve_teacher_down(run: Path, work: Path, clients: int, phase1_s: float, pha
                 await asyncio.sleep(phase1_s + phase2_s + 0.5)
                 phase[0] = "down_light"
                 end = time.monotonic() + light_s
+                conn = LeanConnection(host, int(port))
                 while time.monotonic() < end:
-                    await one(c, "down_light")
+                    await one(conn, "down_light")
+                conn.close()
 
             await asyncio.gather(*[worker() for _ in range(clients)], watch(), take_down(), light())
             return (await c.get("/metrics")).text

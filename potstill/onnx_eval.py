@@ -21,6 +21,7 @@ import numpy as np
 
 from .paths import RunPaths
 from .spec import TaskSpec
+from .threads import limit_threads
 
 RESULT = "onnx_eval.json"
 
@@ -70,8 +71,7 @@ def evaluate_onnx(spec: TaskSpec, run: RunPaths, which: str = "student",
     texts = [ex.text for ex in inputs.test]
     gold = [ex.gold for ex in inputs.test]
     threads = spec.eval.threads
-    if threads:
-        torch.set_num_threads(threads)
+    limit_threads(threads)  # torch and numpy's BLAS: threads.py
     model_dir = run.root / which
     max_len, bs, n_single = spec.student.max_length, spec.eval.batch_size, spec.eval.latency_samples
     model, tok = load_classifier(model_dir)

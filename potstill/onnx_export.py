@@ -122,6 +122,9 @@ def session(path: str | Path, threads: int | None = None):
     if threads:
         opts.intra_op_num_threads = threads
         opts.inter_op_num_threads = 1
+    # idle pool threads sleep instead of spin-waiting for the next run: a server's event loop
+    # and its other threads need those cycles between batches (see threads.py)
+    opts.add_session_config_entry("session.intra_op.allow_spinning", "0")
     return ort.InferenceSession(str(path), opts, providers=["CPUExecutionProvider"])
 
 

@@ -381,8 +381,8 @@ class ServeSpec(_Strict):
     nothing is queued), so a lone client pays no batching latency."""
     max_batch_size: int = Field(32, ge=1)
     threads: int | None = Field(None, ge=1)
-    """Torch threads for the student; null leaves torch's default. On a machine shared with
-    other work, 1 is often fastest (bench/serve_load.py --threads)."""
+    """Model threads (torch or ONNX Runtime) per server process; null: the cores left after one
+    per process for its event loop, at least 1 (serve/workers.py measures why)."""
     device: Literal["auto", "cpu", "cuda"] = "auto"
     """Where the served model runs; auto: CUDA when available."""
     runtime: Literal["torch", "onnx", "onnx_int8"] = "torch"

@@ -106,7 +106,8 @@ def test_two_workers_share_one_port_and_one_sqlite_queue(tiny_run, tmp_path):
 
 
 def test_worker_threads_and_config():
-    assert worker_threads(2, 2) == 1 and worker_threads(4, 16) == 4 and worker_threads(8, 2) == 1
+    assert worker_threads(1, 2) == 1 and worker_threads(1, 16) == 15 and worker_threads(4, 16) == 3 \
+        and worker_threads(8, 2) == 1
     from pathlib import Path
 
     from potstill.serve.app import ServeConfig
@@ -114,3 +115,45 @@ def test_worker_threads_and_config():
     with pytest.raises(ValueError, match="--workers"):
         config_json(ServeConfig(Path("r"), student=object()))
     assert '"recalibrate": false' in config_json(ServeConfig(Path("r"), overrides=["serve.x=1"]))
+
+
+def test_served_model_threads_default_and_blas_limit(tiny_run, tmp_path):
+    """Unless serve.threads is set, the server's model gets the cores left after one for the event
+    loop, and numpy's BLAS (which computes the OOD distances of every batch) is held to the same
+    count: at its default, an idle OpenBLAS worker spin-waits and takes a core from the event loop."""
+    import torch
+    from starlette.testclient import TestClient
+    from threadpoolctl import threadpool_info, threadpool_limits
+
+    from potstill.serve.app import ServeConfig, create_app
+
+    torch_before = torch.get_num_threads()
+    with threadpool_limits(limits=None):  # restores the BLAS pools when the test ends
+        try:
+            app = create_app(ServeConfig(tiny_run, db_path=tmp_path / "q.db", teacher=None))
+            want = worker_threads(1)
+            with TestClient(app) as c:
+                assert c.get("/health").json()["threads"] == want
+            assert torch.get_num_threads() == want
+            blas = [p["num_threads"] for p in threadpool_info() if p["user_api"] == "blas"]
+            assert blas and all(n == want for n in blas), blas
+        finally:
+            torch.set_num_threads(torch_before)
+
+
+def test_onnx_session_threads_do_not_spin(tmp_path):
+    """ONNX Runtime's idle pool threads sleep between runs instead of spin-waiting (the server's
+    other threads need those cycles)."""
+    pytest.importorskip("onnxruntime")
+    import onnx
+    from onnx import TensorProto, helper
+
+    from potstill.onnx_export import session
+
+    graph = helper.make_graph([helper.make_node("Relu", ["x"], ["y"])], "g",
+                              [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1])],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1])])
+    path = tmp_path / "relu.onnx"
+    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]), str(path))
+    s = session(path, threads=2)
+    assert s.get_session_options().get_session_config_entry("session.intra_op.allow_spinning") == "0"

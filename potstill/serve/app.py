@@ -408,6 +408,10 @@ def create_app(config: ServeConfig):
 
     run = RunPaths(Path(config.run_dir))
     spec = config.spec or load_run_spec(run.root, config.overrides)
+    if spec.serve.threads is None:  # one core stays with the event loop: serve/workers.py
+        from .workers import worker_threads
+
+        spec = spec.model_copy(update={"serve": spec.serve.model_copy(update={"threads": worker_threads(1)})})
     task = get_task(spec.kind)
     sv = spec.serve
     cal = None
@@ -816,6 +820,7 @@ def create_app(config: ServeConfig):
             "queue_depth": queue.depth,
             "worker_pid": os.getpid(),  # which of `--workers N` processes answered
             "runtime": getattr(student, "runtime", "torch"),
+            "threads": sv.threads,
             "routing": {
                 "confidence_threshold": policy.confidence_threshold,
                 "ood_threshold": policy.ood_threshold,

@@ -53,6 +53,7 @@ import numpy as np
 
 from ..errors import MissingOutput, PotstillError
 from ..tasks import get_task
+from ..threads import limit_threads
 from .router import Router, StudentOutput, student_version
 
 log = logging.getLogger("potstill.serve")
@@ -136,8 +137,7 @@ class CausalLMStudent:
 
         if score not in SCORES:
             raise PotstillError(f"serve.logprob_confidence {score!r}: one of {', '.join(SCORES)}")
-        if threads:
-            torch.set_num_threads(threads)
+        limit_threads(threads)  # torch and numpy's BLAS: threads.py
         self.model_dir = Path(model_dir)
         meta_path = self.model_dir / STUDENT_META
         meta = json.loads(meta_path.read_text()) if meta_path.exists() else {}

@@ -18,6 +18,7 @@ from typing import Sequence
 import numpy as np
 
 from ..onnx_export import FP32, INT8, META, export_onnx, session
+from ..threads import limit_threads
 from .confidence import NoOOD, OODStats
 from .router import ClassifierStudent, student_version
 
@@ -54,6 +55,7 @@ class OnnxClassifierStudent(ClassifierStudent):
         self.model_dir = Path(model_dir)
         path = ensure_export(self.model_dir, onnx_dir, int8, max_length)
         self.onnx_path = path
+        limit_threads(threads)  # numpy's BLAS (OOD distances); the session takes its own count
         self.session = session(path, threads)
         self.input_names = [i.name for i in self.session.get_inputs()]
         self.tokenizer = AutoTokenizer.from_pretrained(Path(onnx_dir))

@@ -34,6 +34,7 @@ import numpy as np
 
 from ..store import Store
 from ..teachers.base import Answer, Teacher, cache_key
+from ..threads import limit_threads
 from .batching import MicroBatcher
 from .confidence import NoOOD, OODStats, confidence_scores, softmax
 from .queue import ReviewQueue
@@ -92,8 +93,7 @@ class ClassifierStudent:
 
         from ..students.classifier import load_classifier, model_labels
 
-        if threads:
-            torch.set_num_threads(threads)
+        limit_threads(threads)  # torch and numpy's BLAS: threads.py
         self.model_dir = Path(model_dir)
         self.model, self.tokenizer = load_classifier(self.model_dir)
         if device == "auto":

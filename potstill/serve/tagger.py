@@ -36,6 +36,7 @@ from typing import Any, Sequence
 from ..answers import canonical_json, validate_fields
 from ..errors import MissingOutput
 from ..students.tagger import Prediction
+from ..threads import limit_threads
 from .router import StudentOutput, student_version
 
 log = logging.getLogger("potstill.serve")
@@ -65,8 +66,7 @@ class TaggerStudent:
 
         from ..students.tagger import load_tagger
 
-        if threads:
-            torch.set_num_threads(threads)
+        limit_threads(threads)  # torch and numpy's BLAS: threads.py
         self.model_dir = Path(model_dir)
         self.model, self.tokenizer = load_tagger(self.model_dir)
         if device == "auto":

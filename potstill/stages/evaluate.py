@@ -35,6 +35,7 @@ from ..students import get_student
 from ..students.hf import percentile
 from ..tasks import get_task
 from ..teachers import answer_cached, make_teacher
+from ..threads import limit_threads
 from ..verdict import next_steps, verdict, with_verdict
 from .prepare import prepare_inputs
 
@@ -64,11 +65,9 @@ def teacher_answers(spec: TaskSpec, run: RunPaths, texts: list[str], labels: lis
 
 
 def evaluate(spec: TaskSpec, run: RunPaths) -> dict[str, Any]:
-    import torch
 
     task, student = get_task(spec.kind), get_student(spec.student.kind)
-    if spec.eval.threads:
-        torch.set_num_threads(spec.eval.threads)
+    limit_threads(spec.eval.threads)  # torch and numpy's BLAS: threads.py
     inputs = prepare_inputs(spec, run)
     if not inputs.test:
         raise PotstillError("no test split: set data.test to a file with gold answers")
