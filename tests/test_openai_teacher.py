@@ -443,3 +443,17 @@ def test_missing_key_uses_a_placeholder(monkeypatch):
         (a,) = answers(make_teacher(url), ["t 1"])
     assert a.label == rule("t 1")
     assert fake.requests[0].authorization == "Bearer not-needed"
+
+
+def test_calls_share_one_client_and_its_connections_until_closed():
+    """One input at a time (a server's escalations): every call reuses the teacher's pooled
+    client, so the endpoint sees one connection, not one per call; close() ends the thread."""
+    fake = FakeOpenAI(rule, labels=LABELS)
+    with fake as url:
+        t = make_teacher(url, concurrency=1)
+        for x in texts_for(5):
+            assert answers(t, [x])[0].label == rule(x)
+        assert len(teacher_threads()) == 1
+        assert {r.conn for r in fake.requests} == {fake.requests[0].conn} and fake.count == 5
+        t.close()
+        assert teacher_threads() == []

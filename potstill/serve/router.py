@@ -221,6 +221,9 @@ class TeacherClient:
 
     async def stop(self) -> None:
         await self.batcher.stop(wait_s=1.0)
+        close = getattr(self.teacher, "close", None)  # an API teacher's pooled connections
+        if close is not None:
+            await asyncio.to_thread(close)
 
     def ask(self, text: str) -> asyncio.Future[Answer]:
         return self.batcher.submit_nowait(text)
