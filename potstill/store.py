@@ -162,14 +162,23 @@ class Store:
 
         self._run(go)
 
-    def _insert(self, sql: str, args: Sequence[Any]) -> int:
-        """Run an INSERT into a table with an `id` column; the new row's id."""
-        def go(c: Any) -> int:
-            cur = c.execute(sql, args)
-            c.commit()
-            return int(cur.lastrowid)
+    def _insert_many(self, sql: str, rows: Sequence[Sequence[Any]]) -> list[int]:
+        """Run an INSERT into a table with an `id` column once per row, every row in one
+        transaction; the new rows' ids, in order."""
+        def go(c: Any) -> list[int]:
+            try:
+                ids = [int(c.execute(sql, r).lastrowid) for r in rows]
+                c.commit()
+            except BaseException:
+                c.rollback()
+                raise
+            return ids
 
         return self._run(go)
+
+    def _insert(self, sql: str, args: Sequence[Any]) -> int:
+        """Run an INSERT into a table with an `id` column; the new row's id."""
+        return self._insert_many(sql, [args])[0]
 
     def _upsert(self, table: str, columns: Sequence[str], key: str) -> str:
         """INSERT of every column that replaces the row with the same `key`."""
@@ -228,11 +237,18 @@ class Store:
     def queue_add(self, item: dict[str, Any]) -> int:
         """Append one queue item (keys from QUEUE_COLUMNS; `detail` may be a dict); committed
         before returning, so it survives a kill. Returns its id."""
-        row = {k: item.get(k) for k in QUEUE_COLUMNS if k != "id"}
-        row["created_at"] = row["created_at"] or time.time()
-        row["detail"] = _json_text(row["detail"])
-        return self._insert(f"INSERT INTO queue ({','.join(row)}) VALUES ({_marks(len(row))})",
-                            tuple(row.values()))
+        return self.queue_add_many([item])[0]
+
+    def queue_add_many(self, items: Sequence[dict[str, Any]]) -> list[int]:
+        """`queue_add` for several items in one transaction (all or none); their ids, in order."""
+        cols = [k for k in QUEUE_COLUMNS if k != "id"]
+        rows = []
+        for item in items:
+            row = {k: item.get(k) for k in cols}
+            row["created_at"] = row["created_at"] or time.time()
+            row["detail"] = _json_text(row["detail"])
+            rows.append(tuple(row.values()))
+        return self._insert_many(f"INSERT INTO queue ({','.join(cols)}) VALUES ({_marks(len(cols))})", rows)
 
     def queue_update(self, queue_id: int, **fields: Any) -> None:
         """Fill in fields of a queued item later (e.g. the teacher's late answer)."""
@@ -439,8 +455,12 @@ class PgStore(Store):
 
         self._run(go)
 
-    def _insert(self, sql: str, args: Sequence[Any]) -> int:
-        return int(self._fetch(sql + " RETURNING id", args)[0][0])
+    def _insert_many(self, sql: str, rows: Sequence[Sequence[Any]]) -> list[int]:
+        def go(c: Any) -> list[int]:
+            with c.transaction():
+                return [int(c.execute(_pg(sql) + " RETURNING id", r).fetchone()[0]) for r in rows]
+
+        return self._run(go)
 
     def _upsert(self, table: str, columns: Sequence[str], key: str) -> str:
         updates = ",".join(f"{k}=EXCLUDED.{k}" for k in columns if k != key)

@@ -332,3 +332,45 @@ def test_queue_writes_from_many_threads(tmp_path):
         for t in ts:
             t.join()
         assert s.queue_counts() == {"degraded": 100}
+
+
+def test_queue_adds_in_flight_together_are_group_committed(tmp_path):
+    """Concurrent escalations: each add returns only once its item is committed, and adds that
+    arrive while a write runs share the next transaction (fewer writes than items)."""
+    with Store(tmp_path / "q.db") as s:
+        calls: list[int] = []
+        real = s.queue_add_many
+
+        def spy(items):
+            calls.append(len(items))
+            time.sleep(0.01)  # a write that takes a while, as under load
+            return real(items)
+
+        s.queue_add_many = spy  # type: ignore[method-assign]
+
+        async def go() -> list[int]:
+            q = ReviewQueue(s)
+            await q.start()
+            try:
+                return await asyncio.gather(*[q.add(kind="degraded", reason="breaker_open",
+                                                    input=f"t{i}", request_id=f"r{i}") for i in range(40)])
+            finally:
+                await q.stop()
+
+        ids = asyncio.run(go())
+        assert len(set(ids)) == 40 and sum(calls) == 40 and len(calls) < 40
+        rows = {r["request_id"]: r["id"] for r in s.queue_items(limit=100)}
+        assert [rows[f"r{i}"] for i in range(40)] == ids
+
+
+def test_batcher_follows_a_new_event_loop():
+    """A batcher started on one loop that ended without stop() works on the next one (each
+    asyncio.run of a caller is a new loop); before, its results went to the dead loop."""
+    b = MicroBatcher(lambda xs: [x * 2 for x in xs], window_ms=0)
+
+    async def once(x: int) -> list[int]:
+        await b.start()
+        return await asyncio.wait_for(b.submit([x]), 5)
+
+    assert asyncio.run(once(1)) == [2]
+    assert asyncio.run(once(2)) == [4]

@@ -86,6 +86,19 @@ def test_queue_feedback_and_request_log(store):
     assert store.get_request("q2")["reasons"] == ["ood"] and store.get_request("nope") is None
 
 
+def test_queue_items_added_together_commit_together(store):
+    """queue_add_many: one transaction, ids in order; an item that cannot be written leaves
+    none of its group behind (the server answers none of those requests as queued)."""
+    ids = store.queue_add_many([{"kind": "degraded", "reason": "breaker_open", "input": f"t{i}",
+                                 "request_id": f"r{i}"} for i in range(5)])
+    assert ids == sorted(ids) and len(set(ids)) == 5
+    assert [i["input"] for i in store.queue_items()] == [f"t{i}" for i in range(5)]
+    with pytest.raises(Exception):
+        store.queue_add_many([{"kind": "degraded", "reason": "x", "input": "kept?"},
+                              {"kind": None, "reason": "x", "input": "not null"}])  # kind is NOT NULL
+    assert store.queue_counts() == {"degraded": 5}
+
+
 def test_reopening_migrates_once(store, tmp_path):
     store.queue_add({"kind": "feedback", "reason": "wrong", "input": "x"})
     url = getattr(store, "url", "")

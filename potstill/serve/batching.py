@@ -76,9 +76,20 @@ class MicroBatcher(Generic[T, R]):
 
     # -- lifecycle (inside the event loop) ---------------------------------------------------------
     async def start(self) -> None:
-        if self._loop is not None:
+        """Start the workers on the running loop (again when an earlier loop ended without
+        `stop`, as each `asyncio.run` of a caller does); a no-op when already started on it."""
+        loop = asyncio.get_running_loop()
+        if self._loop is loop:
             return
-        self._loop = asyncio.get_running_loop()
+        if self._loop is not None:  # the workers of the loop that went away end
+            for _ in self._threads:  # on their own queue, so no new worker takes their stop
+                self._q.put(_STOP)
+            self._q = queue.SimpleQueue()
+            self._threads = []
+            if self._executor is not None:
+                self._executor.shutdown(wait=False, cancel_futures=True)
+                self._executor = None
+        self._loop = loop
         if self.enabled:
             for k in range(self.max_concurrent):
                 t = threading.Thread(target=self._worker, name=f"{self.name}-{k}", daemon=True)

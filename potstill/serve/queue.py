@@ -11,7 +11,8 @@ Queue items are the cases a human or the next training round should look at, one
 
 Each row keeps the input, the student's and the teacher's answers, the served answer, the route,
 the confidence and OOD scores, the time, and the student version that answered. An item is
-committed before the response that caused it goes out, so a killed server loses none. A teacher
+committed before the response that caused it goes out, so a killed server loses none; items
+added while a write runs are committed together in the next one (group commit). A teacher
 answer that arrives after its request gave up is written into the degraded item later
 (`teacher_label`, `updated_at`). `used_in_round` is null until a training round takes the item.
 
@@ -33,6 +34,7 @@ import typer
 
 from ..errors import MissingOutput, PotstillError
 from ..store import Store
+from .batching import MicroBatcher
 
 KINDS = ("escalation", "degraded", "disagreement", "feedback")
 
@@ -47,6 +49,10 @@ class ReviewQueue:
         self._pending: list[dict[str, Any]] = []
         self._task: asyncio.Task | None = None
         self._depth: int | None = None
+        # group commit: items added while the previous write runs go in the next transaction
+        # together, each request still answered only once its item is committed
+        self._writer: MicroBatcher[dict[str, Any], int] = MicroBatcher(
+            self.store.queue_add_many, max_batch_size=64, window_ms=0.0, name="queue-writer")
 
     async def start(self) -> None:
         self._depth = sum((await asyncio.to_thread(self.store.queue_counts)).values())
@@ -59,6 +65,7 @@ class ReviewQueue:
             await asyncio.gather(self._task, return_exceptions=True)
             self._task = None
         await self.flush()
+        await self._writer.stop()
 
     @property
     def depth(self) -> int:
@@ -70,7 +77,8 @@ class ReviewQueue:
     async def add(self, **item: Any) -> int:
         if item.get("kind") not in KINDS:
             raise PotstillError(f"queue kind must be one of {KINDS}, got {item.get('kind')!r}")
-        qid = await asyncio.to_thread(self.store.queue_add, item)
+        await self._writer.start()  # idempotent
+        qid = await self._writer.submit_nowait(item)
         self._depth = self.depth + 1
         return qid
 
