@@ -357,7 +357,10 @@ def test_tiny_extract_run_end_to_end(extract_task, one_thread):
     assert 0 <= s["agreement_with_teacher"] <= 1 and s["latency_ms_p50"] > 0
     assert "student_over_teacher_field_f1" in report["summary"]
     kept = [json.loads(x) for x in (run / "filtered/kept.jsonl").read_text().splitlines()]
-    assert kept and all(k["spans"] for k in kept)
+    # the filter's rule: a record whose teacher gave values keeps only if one aligned; a record
+    # the teacher answered {} is kept as "nothing to extract" (the tiny tagger does that now and then)
+    assert kept and all(k["spans"] or not k["teacher_fields"] for k in kept)
+    assert sum(bool(k["spans"]) for k in kept) >= 0.8 * len(kept)
     md = (run / "report.md").read_text()
     assert "field F1" in md and "| person |" in md
     assert "field F1" in res.output

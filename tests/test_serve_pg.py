@@ -85,3 +85,28 @@ def test_two_servers_share_one_postgres_queue_exactly_once_across_a_kill(tiny_ru
     # each recorded row names the request id its response carried
     ids = {r["input"]: r["request_id"] for r in rows}
     assert all(ids[t] == rid for t, rid in {**got_a, **got_b}.items())
+
+
+def test_feedback_through_the_server_on_postgres(tiny_run, tmp_path, pg_url, monkeypatch):
+    """POST /v1/feedback with the store on PostgreSQL: the request is found in the shared request
+    log and the feedback is queued there (the store once ran SQLite's query on PostgreSQL here)."""
+    from test_serve_support import live_server
+
+    from potstill.serve.app import ServeConfig, create_app
+
+    monkeypatch.setenv("POTSTILL_DATABASE_URL", pg_url)
+    run = fresh_run(tiny_run, tmp_path / "run")
+    app = create_app(ServeConfig(run, overrides=["serve.ood_threshold=1e9", "serve.confidence_threshold=0"],
+                                 teacher=None, allow_local_admin=True))
+    with live_server(app) as base:
+        r = httpx.post(f"{base}/v1/chat/completions", json={
+            "model": "tiny", "messages": [{"role": "user", "content": "what is my balance"}]})
+        rid = r.json()["id"]
+        f = httpx.post(f"{base}/v1/feedback", json={"request_id": rid, "answer": "wrong"})
+        assert f.status_code == 200, f.text
+        again = httpx.post(f"{base}/v1/feedback", json={"request_id": rid, "answer": "wrong"})
+        assert again.json()["status"] == "duplicate"
+    assert not (run / "potstill.db").exists()
+    with Store(None, url=pg_url) as s:
+        rows = [x for x in s.queue_items(kind="feedback") if x["request_id"] == rid]
+    assert [(x["input"], x["feedback"]) for x in rows] == [("what is my balance", "wrong")]

@@ -93,7 +93,11 @@ def test_queue_items_added_together_commit_together(store):
                                  "request_id": f"r{i}"} for i in range(5)])
     assert ids == sorted(ids) and len(set(ids)) == 5
     assert [i["input"] for i in store.queue_items()] == [f"t{i}" for i in range(5)]
-    with pytest.raises(Exception):
+    import sqlite3
+
+    import psycopg
+
+    with pytest.raises((sqlite3.IntegrityError, psycopg.errors.NotNullViolation)):
         store.queue_add_many([{"kind": "degraded", "reason": "x", "input": "kept?"},
                               {"kind": None, "reason": "x", "input": "not null"}])  # kind is NOT NULL
     assert store.queue_counts() == {"degraded": 5}
