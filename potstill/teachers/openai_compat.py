@@ -5,8 +5,9 @@
 calls run on the teacher's own asyncio event loop in a background thread, started on the first
 call and kept (with one pooled `AsyncOpenAI` client, its connection pool sized to the concurrency,
 so connections stay open between calls); the generator is plain sync code, and closing it early,
-or an exception in the consumer, cancels the calls in flight and waits for them to end. The loop runs at most `2 * concurrency` answers ahead of the consumer, so a consumer
-that stops reading without closing the generator stops the spending too.
+or an exception in the consumer, cancels the calls in flight and waits for them to end. The loop
+runs at most `2 * concurrency` answers ahead of the consumer, so a consumer that stops reading
+without closing the generator stops the spending too.
 
 Retries. The SDK's own retries are switched off (`max_retries=0`) because this module also
 retries malformed bodies, checks the spending cap before every attempt and counts attempts.
@@ -259,7 +260,7 @@ class OpenAITeacher:
         """This teacher's event loop (_Background), running from the first call until the
         teacher is closed or collected."""
         with self._loop_lock:
-            if self._bg is None:
+            if self._bg is None or self._bg.pid != os.getpid():  # a forked child has no such thread
                 self._bg = _Background()
                 self._finalizer = weakref.finalize(self, self._bg.stop)
             return self._bg.loop
@@ -692,13 +693,14 @@ class _Background:
         self.loop = asyncio.new_event_loop()
         self.thread = threading.Thread(target=self.loop.run_forever, name="openai-teacher", daemon=True)
         self.thread.start()
+        self.pid = os.getpid()
         self.tag: str | None = None
         self.client: openai.AsyncOpenAI | None = None
 
     def stop(self) -> None:
         loop, client = self.loop, self.client
         self.client = None
-        if loop.is_closed():
+        if loop.is_closed() or self.pid != os.getpid():  # a forked child: the thread is not here
             return
         if threading.current_thread() is self.thread:  # collected on its own loop: no join
             loop.call_soon(loop.stop)
