@@ -112,3 +112,26 @@ def pytest_collection_modifyitems(config, items):
         module = item.module.__name__.rsplit(".", 1)[-1] if item.module else ""
         if module in E2E_MODULES or E2E_FIXTURES & set(getattr(item, "fixturenames", ())):
             item.add_marker(pytest.mark.e2e)
+
+
+def _one_thread() -> None:
+    import torch
+    from threadpoolctl import threadpool_limits
+
+    torch.set_num_threads(1)
+    threadpool_limits(limits=1, user_api="blas")
+
+
+_one_thread()  # the test process's default, set before any test runs
+
+
+@pytest.fixture(autouse=True)
+def _threads_restored():
+    """Every test runs with torch and numpy's BLAS on one thread, and ends with them back there.
+    One thread: tiny models train fastest so on shared cores, and every model a test builds
+    (the session-scoped ones too) is trained under the same thread count, whatever ran before it
+    (float sums differ between counts, and a tiny model's calibration with them). Back there:
+    the eval stage and the server set both for the rest of their process (potstill/threads.py),
+    and a test that changes them must not reach the next."""
+    yield
+    _one_thread()

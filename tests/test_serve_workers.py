@@ -128,7 +128,7 @@ def test_served_model_threads_default_and_blas_limit(tiny_run, tmp_path):
     from potstill.serve.app import ServeConfig, create_app
 
     torch_before = torch.get_num_threads()
-    with threadpool_limits(limits=None):  # restores the BLAS pools when the test ends
+    with threadpool_limits(limits=2, user_api="blas"):  # numpy's default on 2 cores; restored after
         try:
             app = create_app(ServeConfig(tiny_run, db_path=tmp_path / "q.db", teacher=None))
             want = worker_threads(1)
