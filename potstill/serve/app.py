@@ -982,7 +982,8 @@ def serve_command(
     workers: Annotated[int, typer.Option(
         min=1, help="Server processes on the one port (uvicorn workers), each with its own model "
         "and micro-batcher, sharing the queue and cache (SQLite WAL, or PostgreSQL with "
-        "POTSTILL_DATABASE_URL). Torch threads default to cores / workers.")] = 1,
+        "POTSTILL_DATABASE_URL). Use as many as cores for throughput; each worker's model threads "
+        "default to the cores left after one per worker (serve.threads).")] = 1,
 ):
     """Serve the student behind an OpenAI-compatible API, with the teacher as safety net.
 
