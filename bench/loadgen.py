@@ -4,7 +4,8 @@ on asyncio streams, requests encoded once up front.
 Why not httpx: the clients share the 2 cores with the server they measure, so the client's own
 CPU per request is taken from the server. httpx costs far more per request than the server's
 model does: against the same CLINC150 server (1 worker, 1 model thread, 64 clients, 8 s),
-httpx's AsyncClient drove 63 requests/s and this client 271-322 (2026-11-29, this machine).
+httpx's AsyncClient drove 57.5 requests/s and this client 223.1 (docs/RESULTS.md, "Serving under
+load", names both commands).
 A load generator must be cheaper than what it measures (as wrk is); this one parses only the
 status line and Content-Length, and leaves the body to the caller.
 

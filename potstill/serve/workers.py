@@ -19,7 +19,8 @@ spending cap (`teacher.max_spend_usd` bounds each process).
 Threads: unless `serve.threads` is set, each worker's model gets max(1, (cores - N) // N) threads
 (`worker_threads`): one core per worker is left to its event loop, which parses, routes and answers
 every request while the model runs. Torch using every core instead oversubscribes the CPU: on 2
-cores, 1 worker, 64 clients, 2 threads gave 244 requests/s and 1 thread 322 (bench/serve_load.py).
+cores, 1 worker, 64 clients, 2 threads gave 205 requests/s and 1 thread 223 (bench/serve_load.py
+--threads; docs/RESULTS.md, "Serving under load").
 """
 
 from __future__ import annotations
