@@ -156,6 +156,27 @@ def test_threshold_calibrated_on_validation_saved_and_redone_when_stale(extract_
     assert app.state.potstill.policy.confidence_threshold == 0.42
 
 
+def test_potstill_calibrate_chooses_the_taggers_threshold_before_serving(extract_run, tmp_path):
+    """`potstill calibrate` on an extract run writes the threshold the server then reads without
+    calibrating again (before, it loaded the tagger as a classifier and failed)."""
+    from typer.testing import CliRunner
+
+    from potstill.cli import app as cli
+
+    run = copy_run(extract_run, tmp_path / "run")
+    r = CliRunner().invoke(cli, ["calibrate", str(run), "--teacher-share", "0.3"])
+    assert r.exit_code == 0, r.output
+    cal = json.loads((run / EXTRACT_CALIBRATION).read_text())
+    point = cal["operating_point"]
+    assert point["target_share"] == 0.3 and point["rows"] == 30 and point["teacher_share"] <= 0.3
+    assert "tagger student, 30 validation rows" in r.output and "calibration.extract.json" in r.output
+    app = create_app(ServeConfig(run, db_path=tmp_path / "q.db", teacher=None, teacher_share=0.3,
+                                 recalibrate=False))  # refuses to start without an up-to-date doc
+    assert app.state.potstill.policy.confidence_threshold == point["confidence_threshold"]
+    bad = CliRunner().invoke(cli, ["calibrate", str(run), "--target-accuracy", "0.9"])
+    assert bad.exit_code != 0 and "--target-accuracy is for classifier students" in str(bad.exception)
+
+
 # -- in a real server ----------------------------------------------------------------------------
 def test_confident_input_answered_by_the_student_low_confidence_one_by_the_teacher(extract_run, tmp_path):
     run = copy_run(extract_run, tmp_path / "run")

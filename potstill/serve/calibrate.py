@@ -561,11 +561,53 @@ def calibrate_command(
     expected share of traffic sent to the teacher, the thresholds that make the hybrid
     (student + teacher) most accurate and catch the most out-of-scope inputs. Writes
     RUN_DIR/calibration.json, which `potstill serve` reads.
+
+    A tagger or causal-LM student (extract, generate) has one threshold, on its answer's
+    confidence: chosen for the teacher share on the validation split and saved as
+    RUN_DIR/calibration.extract.json or calibration.causal.json.
     """
     run = RunPaths(Path(run_dir))
     spec = load_run_spec(run.root, set or [])
+    if spec.student.kind != "classifier":
+        print_threshold_calibration(calibrate_threshold_kind(spec, run, teacher_share, target_accuracy,
+                                                             test, model))
+        return
     doc = calibrate(spec, run, teacher_share, target_accuracy, ask_teacher, test, model)
     print_calibration(doc)
+
+
+def calibrate_threshold_kind(spec: TaskSpec, run: RunPaths, teacher_share: float | None,
+                             target_accuracy: float | None, test: bool, model: str) -> dict[str, Any]:
+    """`potstill calibrate` for a student routed on one confidence threshold (a tagger, a causal
+    LM): the serving backend chooses it on the validation split and saves it where `potstill
+    serve` reads it (`threshold_on_validation`); an up-to-date saved choice is kept."""
+    from .app import ServeConfig
+    from .backends import build_backend
+
+    kind = spec.student.kind
+    if target_accuracy is not None or test:
+        flag = "--target-accuracy" if target_accuracy is not None else "--test"
+        raise PotstillError(f"{flag} is for classifier students; a {kind} student is calibrated for a "
+                            "teacher share (--teacher-share, default serve.teacher_share)")
+    if spec.serve.confidence_threshold is not None:
+        raise PotstillError(f"serve.confidence_threshold is set by hand "
+                            f"({spec.serve.confidence_threshold}): nothing to calibrate; remove it "
+                            "(or --set serve.confidence_threshold=null) to choose one on validation")
+    config = ServeConfig(run.root, spec=spec, teacher=None, teacher_share=teacher_share, model=model)
+    _, cal, _, _ = build_backend(spec, run, config)
+    return {**cal, "kind": kind}
+
+
+def print_threshold_calibration(doc: dict[str, Any]) -> None:
+    p = doc["operating_point"]
+    print(f"{doc['task']} ({doc['kind']} student, {p['rows']} validation rows): answers with confidence "
+          f"below {_fmt(p['confidence_threshold'])} go to the teacher: {p['teacher_share']:.1%} of rows "
+          f"(target {p['target_share']:.1%}); invalid answers always go ({p['invalid_share']:.1%}).")
+    hybrid = "—" if p["hybrid_accuracy"] is None else f"≤{p['hybrid_accuracy']:.2%}"
+    print(f"student alone: {p['student_accuracy']:.2%} of answers right; hybrid {hybrid} "
+          "(an upper bound: escalated rows are counted right)")
+    print(f"saved {doc.get('saved_to', '')} ({doc['created_at']}); `potstill serve` reads it while the "
+          "student and these settings stay the same")
 
 
 def print_calibration(doc: dict[str, Any]) -> None:
@@ -668,7 +710,7 @@ def threshold_on_validation(student: Any, spec: TaskSpec, run: RunPaths, *, path
         "assumed right)")
     cal = {"created_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()), "task": spec.name,
            "student_version": student.identity, "settings": settings, "operating_point": point,
-           "seconds": round(time.monotonic() - t0, 2)}
+           "seconds": round(time.monotonic() - t0, 2), "saved_to": str(path)}
     tmp = path.with_name(path.name + ".tmp")
     tmp.write_text(json.dumps(cal, indent=2))
     tmp.replace(path)
