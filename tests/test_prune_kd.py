@@ -10,7 +10,7 @@ import torch
 from causal_fixtures import build_tiny_llama, one_torch_thread  # noqa: F401 (autouse)
 
 from potstill.losses import chunked_kd_ce, hidden_state_kd, token_kd_loss
-from potstill.students.prune import hidden_pairs, prune_decoder, select_layers, spread
+from potstill.students.prune import block_drop, hidden_pairs, prune_decoder, select_layers, spread
 
 # -- layer selection (pure) ------------------------------------------------------------------------
 
@@ -33,6 +33,16 @@ def test_select_layers_rejects_bad_values(bad, msg):
 
 def test_hidden_pairs_skip_the_last_block():
     assert hidden_pairs([0, 3, 6, 9]) == [(1, 1), (2, 4), (3, 7)]
+
+
+def test_block_drop_removes_the_closest_contiguous_block_and_keeps_the_last():
+    # 6 layers, keep 3: blocks of 3 start at 0, 1 or 2 (the last layer is never in one)
+    assert block_drop([0.5, 0.1, 0.3], 6, 3) == [0, 4, 5]
+    assert block_drop([0.05, 0.1, 0.3], 6, 3) == [3, 4, 5]
+    assert block_drop([0.9, 0.8, 0.3], 6, 3) == [0, 1, 5]
+    assert block_drop([], 4, 4) == [0, 1, 2, 3]
+    with pytest.raises(ValueError, match="expected 3"):
+        block_drop([0.1, 0.2], 6, 3)
 
 
 # -- model surgery ----------------------------------------------------------------------------------
@@ -74,6 +84,25 @@ def test_pruned_model_matches_the_kept_blocks_and_round_trips(llama4, tmp_path):
         assert torch.allclose(again(input_ids=x).logits, got, atol=1e-5)
         out = again.generate(input_ids=x[:1], max_new_tokens=3, do_sample=False, pad_token_id=0)
     assert out.shape == (1, 12)
+
+
+def test_choose_layers_drops_the_block_that_changes_the_hidden_state_least(llama4):
+    """choose_layers measures, for each block, how far it moves the hidden state: a block whose
+    residual updates are zeroed out (an identity) is the one dropped."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from potstill.students.causal_lm import LMRow, choose_layers
+
+    model = AutoModelForCausalLM.from_pretrained(llama4).eval()
+    tok = AutoTokenizer.from_pretrained(llama4)
+    rows = [LMRow(f"text {i} about the weather", "sunny") for i in range(5)]
+    with torch.no_grad():
+        for i in (1, 2):  # blocks 1 and 2 add nothing to the residual stream
+            model.model.layers[i].self_attn.o_proj.weight.zero_()
+            model.model.layers[i].mlp.down_proj.weight.zero_()
+    assert choose_layers(model, tok, rows, keep=2, batch_size=2) == [0, 3]
+    assert choose_layers(model, tok, rows, keep=4) == [0, 1, 2, 3]
+    assert model.training is False
 
 
 # -- chunked loss against the unchunked value ------------------------------------------------------
@@ -195,6 +224,45 @@ train: {{objective: logit_kd, hidden_weight: 1.0, epochs: 1, lr: 0.01, batch_siz
         assert m["layers"] == layers and 0 <= m["field_f1"] <= 1 and 0 <= m["json_validity"] <= 1
         assert m["latency_ms_p50"] > 0 and m["gen_tokens_per_s_b1"] > 0
     assert "field F1" in run.report_md.read_text()
+
+
+@pytest.mark.parametrize("prune, want", [("block", [2, 3]), ("spread", [0, 3])])
+def test_a_layer_count_is_cut_by_block_drop_the_same_for_student_and_baseline(tmp_path, prune, want):
+    """`student.layers: 2` of a 4-layer model: `prune: block` drops the two blocks that change
+    nothing (0 and 1 are zeroed to identities), `prune: spread` keeps the first and the last;
+    the gold-only baseline gets the student's shape."""
+    from conftest import make_rows, write_jsonl
+    from transformers import AutoModelForCausalLM
+
+    from potstill.config import load_spec
+    from potstill.pipeline import run_paths
+    from potstill.stages.prepare import prepare_inputs
+    from potstill.stages.train import train_student
+
+    path = build_tiny_llama(tmp_path / "teacher", layers=4)
+    model = AutoModelForCausalLM.from_pretrained(path)
+    with torch.no_grad():
+        for i in (0, 1):
+            model.model.layers[i].self_attn.o_proj.weight.zero_()
+            model.model.layers[i].mlp.down_proj.weight.zero_()
+    model.save_pretrained(path)
+    write_jsonl(tmp_path / "data/train.jsonl", make_rows(16, 1))
+    (tmp_path / "potstill.yaml").write_text(f"""
+name: tiny-count
+kind: generate
+prompt_template: "{{text}}"
+data: {{train: data/train.jsonl}}
+teacher: {{kind: hf, model: {path}}}
+student: {{kind: causal_lm, model: {path}, layers: 2, prune: {prune}, lora: {{method: full}}}}
+train: {{objective: sequence, epochs: 1, batch_size: 8, precision: fp32}}
+""")
+    spec = load_spec(tmp_path / "potstill.yaml")
+    run = run_paths(spec, tmp_path / "run")
+    inputs = prepare_inputs(spec, run)
+    write_jsonl(run.filtered / "kept.jsonl", [{"id": ex.id, "text": ex.text, "output": ex.gold}
+                                              for ex in inputs.train])
+    assert train_student(spec, run)["layers"] == want
+    assert train_student(spec, run, "baseline")["layers"] == want
 
 
 def test_spec_layers_for_causal_students():

@@ -774,15 +774,53 @@ def split_general(texts: list[str], held_out_share: float = 0.1) -> tuple[list[s
     return texts[:len(texts) - n], texts[len(texts) - n:]
 
 
-def pruned_layers(init: str, layers) -> list[int] | None:
+@torch.no_grad()
+def choose_layers(model, tokenizer, rows: Sequence[LMRow], keep: int, max_length: int = 256,
+                  batch_size: int = 16, max_rows: int = 64) -> list[int]:
+    """The `keep` decoder layers left when the contiguous block whose input and output hidden
+    states are closest (mean angular distance over the tokens of up to `max_rows` of `rows`,
+    prompt and answer) is dropped: prune.block_drop."""
+    from .prune import block_drop
+
+    n = model.config.num_hidden_layers
+    drop = n - keep
+    if drop <= 0:
+        return list(range(n))
+    was_training = model.training
+    model.eval()
+    device = next(model.parameters()).device
+    sums = torch.zeros(keep, dtype=torch.float64)
+    count = 0
+    chosen = list(rows[:max_rows])
+    for s in range(0, len(chosen), batch_size):
+        chunk = chosen[s:s + batch_size]
+        b = collate(tokenizer, [encode_row(tokenizer, r, max_length) for r in chunk], chunk)
+        mask = b["attention_mask"].to(device).bool()
+        hs = model(input_ids=b["input_ids"].to(device), attention_mask=mask.long(),
+                   output_hidden_states=True).hidden_states  # hs[l]: the input of layer l
+        for start in range(keep):  # drop layers start .. start + drop - 1; the last is kept
+            cos = F.cosine_similarity(hs[start][mask].float(), hs[start + drop][mask].float(), dim=-1)
+            sums[start] += float(torch.arccos(cos.clamp(-1.0, 1.0)).sum() / math.pi)
+        count += int(mask.sum())
+    model.train(was_training)
+    return block_drop((sums / max(count, 1)).tolist(), n, keep)
+
+
+def pruned_layers(init: str, layers, prune: str = "spread", rows: Sequence[LMRow] = (),
+                  max_length: int = 256) -> list[int] | None:
     """The decoder layers a causal student keeps (`student.layers`, students/prune.py), or None
-    when it keeps them all."""
+    when it keeps them all. prune "block" with `layers` auto or a count: the block to drop is
+    chosen on `rows` with the `init` model (`choose_layers`); a list is kept as given."""
     if layers is None:
         return None
     from transformers import AutoConfig
 
     n = AutoConfig.from_pretrained(init).num_hidden_layers
     keep = select_layers(layers, n)
+    if prune == "block" and not isinstance(layers, list) and keep is not None and len(keep) < n and rows:
+        model, tok = build_causal_lm(init, "full")
+        keep = choose_layers(model, tok, rows, len(keep), max_length)
+        del model
     return None if keep == list(range(n)) else keep
 
 
@@ -869,7 +907,13 @@ def train_causal_student(spec: TaskSpec, run: RunPaths, inputs: Inputs,
     if up_to_date(out, fp, STUDENT_META, HISTORY):
         log(f"{mode}: up to date in {out}")
         return read_manifest(out)
-    keep = pruned_layers(init, s.layers)  # depth pruning (students/prune.py), None: all layers
+    # depth pruning (students/prune.py), None: all layers. The block to drop is chosen on the
+    # training inputs with their gold answers where there are some: the same rows for the student
+    # and the baseline, so both get the same shape.
+    probe = [LMRow(render(ex.text), ex.gold or "") for ex in inputs.train[:64]]
+    keep = pruned_layers(init, s.layers, s.prune, probe, s.max_length)
+    if keep is not None:
+        log(f"{mode}: keeps decoder layers {keep} of {init}")
     model, tok = build_causal_lm(s.model, lora.method, lora.r, lora.alpha, lora.dropout, lora.target_modules,
                                  lora.num_virtual_tokens, lora.quantize_4bit, seed=t.seed, layers=keep)
     teacher = None
