@@ -149,7 +149,8 @@ def write(results: dict, out: Path) -> None:
                      f"{r['json_validity']:.2f} | {r['exact_match']:.2f} | {r.get('gen_tokens_per_s_b1', '—')} | "
                      f"{r['train_seconds']:.0f} |")
     lines += ["", "Validation NLL: mean per answer token of the gold answers on the 40 validation rows "
-              "(the full teacher: see the table's first rows in docs/RESULTS.md).", ""]
+              "; right after the cut it measures the damage the cut did, after training what "
+              "training repaired.", ""]
     out.with_suffix(".md").write_text("\n".join(lines))
     print("\n".join(lines))
 
