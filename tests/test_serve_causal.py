@@ -28,6 +28,7 @@ from potstill.serve.causal import (
     logprob_confidence,
     output_from,
     parse_output,
+    same_answer,
 )
 from potstill.serve.router import StudentOutput
 from potstill.teachers.base import Answer
@@ -118,6 +119,24 @@ def test_outputs_parse_or_fail_per_kind():
     assert parse_output("no json here", "extract", schema=schema)[1].startswith("invalid_json")
     assert parse_output('{"town": "Paris"}', "extract", schema=schema)[1].startswith("schema_invalid")
     assert output_from("{}", [-0.1], "extract", schema=schema).error.startswith("schema_invalid")
+
+
+def test_generate_with_a_schema_serves_only_json_that_fits_it():
+    """A generate task with a json_schema (examples/snips-json): a cut-off or schema-breaking
+    object is an invalid output (escalated to the teacher), a good one is served as canonical
+    JSON, and calibration compares objects, not their spelling. Before, any non-empty text was
+    served as the student's answer."""
+    schema = {"type": "object", "additionalProperties": False,
+              "properties": {"city": {"type": "string"}, "timeRange": {"type": "string"}}}
+    cut = '{"city": "Boston", "timeRange": "4'
+    assert parse_output(cut, "generate", schema=schema)[1].startswith("invalid_json")
+    assert parse_output('{"town": "Paris"}', "generate", schema=schema)[1].startswith("schema_invalid")
+    assert output_from(cut, [-0.1], "generate", schema=schema).error.startswith("invalid_json")
+    ok = parse_output('{"timeRange": "tonight", "city": "Boston"}', "generate", schema=schema)
+    assert ok[:2] == ('{"city":"Boston","timeRange":"tonight"}', None)
+    assert same_answer(ok[0], '{"city": "boston", "timeRange": "tonight"}', "generate")
+    assert not same_answer(ok[0], '{"city": "Boston"}', "generate")
+    assert same_answer("Paris ", "paris", "generate")  # free text: as before
 
 
 def test_calibrated_threshold_escalates_the_least_confident_for_the_share():

@@ -13,7 +13,9 @@ What a generated text becomes (`output_from`, pure):
 
 - `kind: classify`: the label `spec.parse_label` finds in it; none -> `error` (the router then
   escalates it as `invalid_output`);
-- `kind: generate`: the text itself; an empty text -> `error`;
+- `kind: generate`: the text itself; an empty text -> `error`. With a `json_schema` (a JSON
+  object written as text), the canonical JSON of the object in it, as for extract: no object,
+  or one that breaks the schema -> `error`; calibration compares objects field by field;
 - `kind: extract` (a schema given): the canonical JSON of the object `answers.parse_answer`
   finds and validates; no JSON object, or one that breaks the schema -> `error`. (The spec pins
   extract tasks to the tagger student today, so this path serves adapters trained elsewhere.)

@@ -18,7 +18,7 @@ Which ones, for `auto` or a count (`student.prune`):
   trained to field F1 0.129 on snips-json where the spread cut reached 0.030 (docs/RESULTS.md);
 - `spread`: evenly spread, first and last included (30 -> 10: 0, 3, 6, 10, 13, 16, 19, 23, 26, 29).
 
-`select_layers` (pure) turns the spec value into a count or a list (`spread` for counts);
+`select_layers` (pure) turns the spec value into a list (evenly spread for `auto` or a count);
 `prune_decoder` does the model surgery in place.
 Student layer i is initialised from teacher layer `layers[i]`; that map also pairs the hidden
 states for the optional hidden-state KD (`train.hidden_weight`).

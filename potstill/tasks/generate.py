@@ -14,10 +14,18 @@ import json
 from collections import Counter
 from typing import Any, Sequence
 
-from ..answers import RATIONALE_INSTRUCTION, Answer, normalize_answer, parse_answer, schema_fields
+from ..answers import (
+    RATIONALE_INSTRUCTION,
+    Answer,
+    canonical_json,
+    normalize_answer,
+    parse_answer,
+    schema_fields,
+)
 from ..data.inputs import Splits, normalise
 from ..spec import FilterSpec, TaskSpec
 from .base import input_checks
+from .extract import exact_match as objects_match
 from .extract import model_metrics
 
 REASONS = ("teacher_error", "empty_output", "unparseable", "too_short", "too_long", "duplicate",
@@ -143,6 +151,14 @@ def json_metrics(gold: Sequence[str | None], answers: Sequence[str | None], sche
     return model_metrics(gold_objs, pred, schema_fields(schema), t_objs)
 
 
+def _json_object(text: str) -> dict[str, Any] | None:
+    try:
+        obj = json.loads(text)
+    except json.JSONDecodeError:
+        return None
+    return obj if isinstance(obj, dict) else None
+
+
 class Generate:
     kind: str = "generate"
     metric: str = "exact_match"
@@ -203,13 +219,26 @@ class Generate:
 
     def serve_answer(self, text: str, labels: Sequence[str], schema: dict[str, Any] | None
                      ) -> tuple[str | None, str | None, dict[str, Any]]:
+        """The text; with a json_schema, the canonical JSON of the object it holds (no object, or
+        one that breaks the schema, is an error: the router escalates it as invalid_output)."""
         s = text.strip()
-        return (s, None, {}) if s else (None, "empty answer", {})
+        if not s:
+            return None, "empty answer", {}
+        if schema is None:
+            return s, None, {}
+        fields, reason, detail = parse_answer(s, schema)
+        if fields is None:
+            return None, f"{reason}: {detail}", {"text": text}
+        return canonical_json(fields), None, {"text": text, "fields": fields}
 
     def same_answer(self, answer: str | None, reference: str | None) -> bool:
-        """Equal after case folding and collapsing whitespace."""
+        """Two JSON objects: the same (field, value) pairs, values compared as the evaluation
+        does; other text: equal after case folding and collapsing whitespace."""
         if answer is None or reference is None:
             return False
+        a, r = _json_object(answer), _json_object(reference)
+        if a is not None and r is not None:
+            return objects_match([r], [a]) == 1.0
         return " ".join(answer.split()).casefold() == " ".join(reference.split()).casefold()
 
     def feedback_answer(self, answer: str, labels: Sequence[str], schema: dict[str, Any] | None) -> str:
