@@ -212,7 +212,7 @@ from .export import export_command  # noqa: E402
 from .report import report_command  # noqa: E402
 from .rounds import iterate_command, rollback_command  # noqa: E402
 from .serve.app import serve_command  # noqa: E402
-from .serve.calibrate import calibrate_command  # noqa: E402
+from .serve.calibrate_cli import calibrate_command  # noqa: E402
 from .serve.queue import queue_list_command  # noqa: E402
 from .spec_explain import spec_command  # noqa: E402
 from .synth import synth_command  # noqa: E402

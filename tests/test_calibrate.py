@@ -180,7 +180,7 @@ def _run_cmd(args, monkeypatch=None):
     import typer
     from typer.testing import CliRunner
 
-    from potstill.serve.calibrate import calibrate_command
+    from potstill.serve.calibrate_cli import calibrate_command
 
     app = typer.Typer()
     app.command()(calibrate_command)

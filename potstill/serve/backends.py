@@ -37,6 +37,13 @@ def _causal_lm(spec: TaskSpec, run: RunPaths, config: Any):
 BACKENDS: dict[str, Builder] = {"classifier": _classifier, "tagger": _tagger, "causal_lm": _causal_lm}
 ADAPTER_KINDS = {"causal_lm"}
 """Student kinds that serve several adapters on one base model."""
+SWEEP_KINDS = {"classifier"}
+"""Student kinds calibrated by calibrate.py's sweep (temperature, OOD statistics, two thresholds);
+every other kind's builder chooses one confidence threshold itself (`threshold_routing`)."""
+
+
+def sweep_calibrated(kind: str) -> bool:
+    return kind in SWEEP_KINDS
 
 
 def register_backend(kind: str, builder: Builder, adapters: bool = False) -> None:
