@@ -60,36 +60,32 @@ def main() -> None:
     import torch
 
     from potstill.config import load_spec
+    from potstill.data.inputs import read_jsonl
     from potstill.students.causal_lm import (
         LMRow,
         LMTrainConfig,
         build_causal_lm,
-        choose_layers,
         generate,
         load_teacher_lm,
         mean_nll,
+        pruned_layers,
         record_target,
         time_generation,
         train_causal_lm,
     )
-    from potstill.students.prune import spread
     from potstill.tasks.generate import json_metrics
 
     torch.set_num_threads(args.threads)
     spec = load_spec(EX / "potstill.yaml")
-    read = lambda p: [json.loads(line) for line in Path(p).read_text().splitlines() if line.strip()]  # noqa: E731
     render = lambda t: spec.render_prompt(t, [])  # noqa: E731
-    train = read(EX / "data/train.jsonl")
-    val = [LMRow(render(r["text"]), r["label"]) for r in read(EX / "data/validation.jsonl")]
-    test = read(EX / "data/test.jsonl")[:args.test]
-    kept = read(Path(args.run) / "filtered/kept.jsonl")
+    train = read_jsonl(EX / "data/train.jsonl")
+    val = [LMRow(render(r["text"]), r["label"]) for r in read_jsonl(EX / "data/validation.jsonl")]
+    test = read_jsonl(EX / "data/test.jsonl")[:args.test]
+    kept = read_jsonl(Path(args.run) / "filtered/kept.jsonl")
     rows = {"gold": [LMRow(render(r["text"]), r["label"]) for r in train],
             "teacher": [LMRow(render(r["text"]), record_target(r)) for r in kept if record_target(r)]}
-    full, tok = build_causal_lm(args.teacher, "full")
-    n = full.config.num_hidden_layers
-    layer_sets = {"spread": spread(n, args.keep),
-                  "block": choose_layers(full, tok, rows["gold"], args.keep, spec.student.max_length)}
-    del full
+    layer_sets = {how: pruned_layers(args.teacher, args.keep, how, rows["gold"], spec.student.max_length)
+                  for how in ("spread", "block")}
     teacher = None
     results: dict = {"args": vars(args), "layers": layer_sets, "variants": {}}
     prompts = [render(r["text"]) for r in test]

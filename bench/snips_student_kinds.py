@@ -24,10 +24,6 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 
-def read_jsonl(path: Path) -> list[dict]:
-    return [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
-
-
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--json-run", type=Path, default=ROOT / "examples/snips-json/runs/snips-json")
@@ -36,6 +32,7 @@ def main() -> None:
     args = ap.parse_args()
 
     from potstill.answers import schema_fields
+    from potstill.data.inputs import read_jsonl
     from potstill.tasks.extract import model_metrics
     from potstill.tasks.generate import json_objects
 

@@ -795,9 +795,10 @@ def choose_layers(model, tokenizer, rows: Sequence[LMRow], keep: int, max_length
     for s in range(0, len(chosen), batch_size):
         chunk = chosen[s:s + batch_size]
         b = collate(tokenizer, [encode_row(tokenizer, r, max_length) for r in chunk], chunk)
-        mask = b["attention_mask"].to(device).bool()
-        hs = model(input_ids=b["input_ids"].to(device), attention_mask=mask.long(),
+        attn = b["attention_mask"].to(device)
+        hs = model(input_ids=b["input_ids"].to(device), attention_mask=attn,
                    output_hidden_states=True).hidden_states  # hs[l]: the input of layer l
+        mask = attn.bool()
         for start in range(keep):  # drop layers start .. start + drop - 1; the last is kept
             cos = F.cosine_similarity(hs[start][mask].float(), hs[start + drop][mask].float(), dim=-1)
             sums[start] += float(torch.arccos(cos.clamp(-1.0, 1.0)).sum() / math.pi)

@@ -196,6 +196,15 @@ def render_markdown(report: dict[str, Any]) -> str:
     return "\n".join(lines) + "\n"
 
 
+def serve_object(text: str, schema: dict[str, Any]) -> tuple[str | None, str | None, dict[str, Any]]:
+    """A generated text -> (canonical JSON of the schema-valid object in it, error, extra); no
+    object, or one that breaks the schema, is the error (served as invalid_output)."""
+    fields, reason, detail = parse_answer(text, schema)
+    if fields is None:
+        return None, f"{reason}: {detail}", {"text": text}
+    return canonical_json(fields), None, {"text": text, "fields": fields}
+
+
 class Extract:
     kind: str = "extract"
     metric: str = "field_f1"
@@ -257,10 +266,7 @@ class Extract:
         """A causal student's generated text -> (canonical JSON, error, extra)."""
         if schema is None:
             raise ValueError("kind extract needs a json_schema")
-        fields, reason, detail = parse_answer(text, schema)
-        if fields is None:
-            return None, f"{reason}: {detail}", {"text": text}
-        return canonical_json(fields), None, {"text": text, "fields": fields}
+        return serve_object(text, schema)
 
     def same_answer(self, answer: str | None, reference: str | None) -> bool:
         return answer is not None and answer == reference

@@ -17,7 +17,6 @@ from typing import Any, Sequence
 from ..answers import (
     RATIONALE_INSTRUCTION,
     Answer,
-    canonical_json,
     normalize_answer,
     parse_answer,
     schema_fields,
@@ -26,7 +25,7 @@ from ..data.inputs import Splits, normalise
 from ..spec import FilterSpec, TaskSpec
 from .base import input_checks
 from .extract import exact_match as objects_match
-from .extract import model_metrics
+from .extract import model_metrics, serve_object
 
 REASONS = ("teacher_error", "empty_output", "unparseable", "too_short", "too_long", "duplicate",
            "low_votes", "low_confidence", "gold_disagreement")
@@ -224,12 +223,7 @@ class Generate:
         s = text.strip()
         if not s:
             return None, "empty answer", {}
-        if schema is None:
-            return s, None, {}
-        fields, reason, detail = parse_answer(s, schema)
-        if fields is None:
-            return None, f"{reason}: {detail}", {"text": text}
-        return canonical_json(fields), None, {"text": text, "fields": fields}
+        return (s, None, {}) if schema is None else serve_object(text, schema)
 
     def same_answer(self, answer: str | None, reference: str | None) -> bool:
         """Two JSON objects: the same (field, value) pairs, values compared as the evaluation
