@@ -343,12 +343,20 @@ def test_generate_task_escalates_to_the_teachers_text(causal_run, tmp_path):
         with live_server(app) as base:
             r = post_chat(base, "tinyg", PROBES[0]).json()
             fb = httpx.post(f"{base}/v1/feedback", json={"request_id": r["id"], "answer": "a free text"})
+            three = httpx.post(f"{base}/v1/chat/completions", timeout=60, json={
+                "model": "tinyg", "n": 3, "messages": [{"role": "user", "content": PROBES[1]}]}).json()
     assert alone.error is None and alone.label and host.labels == []
     assert (r["route"], r["reasons"]) == ("teacher", ["low_confidence"])
     assert r["choices"][0]["message"]["content"] == "weather"  # the teacher's text, as is
     assert r["confidence"] == pytest.approx(alone.confidence, abs=1e-6)
     assert app.state.potstill.teacher_identity.endswith("#text")
     assert fb.status_code == 200 and fb.json()["reason"] == "corrected"
+    # usage: the answer's own length (an estimate of 4 characters a token, as the prompt's), for
+    # each of the n choices; not one token whatever was generated
+    est = lambda s: -(-len(s) // 4)  # noqa: E731
+    assert r["usage"] == {"prompt_tokens": est(PROBES[0]), "completion_tokens": est("weather"),
+                          "total_tokens": est(PROBES[0]) + est("weather")}
+    assert len(three["choices"]) == 3 and three["usage"]["completion_tokens"] == 3 * est("weather")
 
 
 SERVE_SCRIPT = """

@@ -17,7 +17,8 @@ Endpoints (bearer auth on every /v1/* and /metrics route when keys are configure
   calibrated confidence), `ood_score`, `degraded`. `logprobs: true` returns the answer as one
   token whose logprob is log p(label), with the other labels as `top_logprobs` (calibrated
   student probabilities, or the teacher's when it answered). `n` repeats the one answer;
-  `stream: true` sends it as one server-sent chunk. `usage` is estimated (4 characters a token).
+  `stream: true` sends it as one server-sent chunk. `usage` is estimated (4 characters a token,
+  the answer counted once per choice).
 - `GET /v1/models` — the served model (and, for a causal-LM student, each LoRA adapter).
 - `POST /v1/adapters` `{"name", "path"}` / `DELETE /v1/adapters/{name}` — a causal-LM student
   only: load or unload a LoRA adapter on the served base model at runtime, served under `name`
@@ -655,8 +656,9 @@ def create_app(config: ServeConfig):
         created = int(time.time())
         extra = {"route": r.route, "reasons": r.reasons, "confidence": _f(r.student.confidence),
                  "ood_score": _f(r.student.ood_score), "degraded": r.route == "degraded"}
-        usage = {"prompt_tokens": max(1, len(content) // 4), "completion_tokens": 1,
-                 "total_tokens": max(1, len(content) // 4) + 1}
+        prompt_tokens, completion_tokens = _token_estimate(content), n * _token_estimate(r.label or "")
+        usage = {"prompt_tokens": prompt_tokens, "completion_tokens": completion_tokens,
+                 "total_tokens": prompt_tokens + completion_tokens}
         if req.stream:
             return StreamingResponse(_sse(rid, created, req.model, r.label, lp, n, extra),
                                      media_type="text/event-stream")
@@ -926,6 +928,12 @@ def worker_app_factory():
     app = create_app(ServeConfig(**d))
     freeze_gc()
     return app
+
+
+def _token_estimate(text: str) -> int:
+    """Tokens in `text` for `usage`, estimated at 4 characters a token (at least 1): the served
+    models' tokenizers differ, and the figure only has to let a client count its traffic."""
+    return max(1, -(-len(text) // 4))
 
 
 def freeze_gc() -> None:
