@@ -37,9 +37,12 @@ CAUSAL_TEMPLATES = {
     "generate": "{instruction}\n\n{text}",
 }
 CAUSAL_INSTRUCTIONS = {"generate": "Answer the request below."}
-CAUSAL_TRAIN = {"epochs": 2, "batch_size": 8}
+CAUSAL_TRAIN = {"epochs": 2, "batch_size": 8, "min_steps": 0, "max_steps": 2000}
 """Schedule defaults of a causal-LM student (train fields the spec leaves unset): the encoder's
-(4 epochs of batch 32) give a causal LM a few dozen large steps on a few hundred rows."""
+(4 epochs of batch 32) give a causal LM a few dozen large steps on a few hundred rows, and the
+encoder's floor of 500 steps would take most of an hour on a CPU at a few hundred tokens/s. The
+adaptive schedule (validation NLL of the gold answers, early stopping, best weights kept) applies
+as for encoders; see docs/RESULTS.md, "Adaptive schedules for causal students"."""
 CAUSAL_LR = {"lora": 3e-3, "prefix": 1e-2, "prompt": 1e-2, "full": 5e-5}
 """Learning rate by `student.lora.method` when train.lr is unset. lora: measured on SmolLM2-135M
 with the default targets (docs/RESULTS.md, SMS spam: 1e-4 still answered prose after 12 steps,

@@ -210,3 +210,48 @@ def test_chat_template_prompts_get_no_extra_bos(tiny_lm):
     e = encode_row(tok, LMRow("what is my balance", "balance"), 64)
     assert e["input_ids"].count(tok.bos_token_id) == 1
     assert tok.decode(e["input_ids"][:e["prompt_len"]]) == "<s>user: what is my balance\nassistant:"
+
+
+def test_adaptive_schedule_stops_early_and_keeps_the_best_weights(tiny_lm, monkeypatch):
+    """train.schedule adaptive for a causal student: the validation NLL every eval_every steps,
+    a stop once `patience` validations bring no new best, and the weights of the best one kept.
+    The validation scores are scripted (best at the 2nd validation, then worse) so the stop and
+    the kept step are known; the weights seen at each validation are recorded to check them."""
+    from potstill.students import causal_lm
+
+    scripted = iter([2.0, 1.0, 1.5, 1.7, 1.9, 2.5, 3.0])
+    seen: list[dict[str, torch.Tensor]] = []
+
+    def fake_nll(model, tokenizer, rows, max_length=256, batch_size=16, precision="fp32"):
+        seen.append({n: p.detach().clone() for n, p in model.named_parameters() if p.requires_grad})
+        return next(scripted)
+
+    monkeypatch.setattr(causal_lm, "mean_nll", fake_nll)
+    model, tok = build_causal_lm(str(tiny_lm), "lora", r=8, alpha=16, dropout=0.0)
+    cfg = LMTrainConfig(schedule="adaptive", epochs=10, min_steps=0, max_steps=40, eval_every=2,
+                        patience=2, batch_size=4, lr=3e-2, warmup_ratio=0.0)
+    h = train_causal_lm(model, tok, ROWS * 2, cfg, val_rows=ROWS)
+    assert [v["step"] for v in h["val_history"]] == [2, 4, 6, 8]  # stopped after 2 without gain
+    assert h["stopped_early"] and h["best_step"] == 4 and h["steps"] == 8
+    assert h["best_val_nll"] == 1.0 and h["schedule"]["mode"] == "adaptive"
+    final = {n: p.detach() for n, p in model.named_parameters() if p.requires_grad}
+    assert all(torch.equal(final[n], seen[1][n]) for n in final)  # the 2nd validation's weights
+    assert not all(torch.equal(final[n], seen[3][n]) for n in final)  # not the last ones
+
+
+def test_causal_schedule_plans(tiny_lm):
+    """fixed: exactly max_steps when given, else epochs; no validation during training. adaptive:
+    epochs clamped to [min_steps, max_steps]; nothing to stop on without validation rows."""
+    from potstill.students.causal_lm import causal_schedule
+
+    assert causal_schedule(100, LMTrainConfig(max_steps=7, batch_size=10), True).total_steps == 7
+    fixed = causal_schedule(100, LMTrainConfig(epochs=2, batch_size=10), True)
+    assert fixed.total_steps == 20 and fixed.eval_every < 0 and fixed.patience is None
+    a = causal_schedule(100, LMTrainConfig(schedule="adaptive", epochs=2, batch_size=10, min_steps=50,
+                                           max_steps=400, patience=3), True)
+    assert a.total_steps == 50 and a.patience == 3 and a.eval_every == 7  # ceil(50 / 8)
+    capped = causal_schedule(10_000, LMTrainConfig(schedule="adaptive", epochs=2, batch_size=10,
+                                                   max_steps=400, patience=3), True)
+    assert capped.total_steps == 400
+    blind = causal_schedule(100, LMTrainConfig(schedule="adaptive", epochs=2, batch_size=10, patience=3), False)
+    assert blind.eval_every < 0 and blind.patience is None

@@ -133,3 +133,37 @@ train: {{epochs: 2, lr: 0.02, batch_size: 8, precision: fp32, checkpoint_every: 
     assert a.keys() == b.keys()
     for k in a:
         torch.testing.assert_close(b[k], a[k], rtol=0, atol=1e-6, msg=k)
+
+
+def test_adaptive_run_resumes_with_its_best_weights_and_validations(tiny_lm, tmp_path, monkeypatch):
+    """The adaptive schedule's state survives a kill: the validations already made, the best
+    weights so far (checkpoints/best.pt) and the early-stopping count, so the resumed run keeps
+    the same weights as an uninterrupted one."""
+    cfg = LMTrainConfig(**{**CFG.__dict__, "schedule": "adaptive", "eval_every": 2, "patience": 5})
+    val = ROWS[:4]
+    model, tok = _fresh(tiny_lm)
+    straight = train_causal_lm(model, tok, ROWS, cfg, val_rows=val, checkpoint_dir=tmp_path / "a", fingerprint="fp")
+    want = _trainable(model)
+    assert [v["step"] for v in straight["val_history"]] == [2, 4, 6, 8]
+
+    real, calls = CL.lm_loss, {"n": 0}
+
+    def dying(*a, **k):
+        calls["n"] += 1
+        if calls["n"] == 8:
+            raise KeyboardInterrupt("killed")
+        return real(*a, **k)
+
+    monkeypatch.setattr(CL, "lm_loss", dying)
+    model, tok = _fresh(tiny_lm)
+    with pytest.raises(KeyboardInterrupt):
+        train_causal_lm(model, tok, ROWS, cfg, val_rows=val, checkpoint_dir=tmp_path / "b", fingerprint="fp")
+    assert (tmp_path / "b/best.pt").exists()
+    monkeypatch.setattr(CL, "lm_loss", real)
+    model, tok = _fresh(tiny_lm)
+    resumed = train_causal_lm(model, tok, ROWS, cfg, val_rows=val, checkpoint_dir=tmp_path / "b", fingerprint="fp")
+    assert resumed["val_history"] == straight["val_history"]
+    assert resumed["best_step"] == straight["best_step"]
+    got = _trainable(model)
+    for n in want:
+        torch.testing.assert_close(got[n], want[n], rtol=0, atol=1e-6, msg=n)

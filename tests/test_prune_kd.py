@@ -301,3 +301,31 @@ def test_causal_students_get_their_own_schedule_defaults():
     assert (full.train.lr, full.train.epochs, full.train.batch_size) == (3e-4, 1, 8)  # set values kept
     enc = TaskSpec(name="x", data={"train": "t.jsonl"})
     assert (enc.train.lr, enc.train.epochs, enc.train.batch_size) == (2e-4, 4, 32)  # encoders: their own defaults
+    # the adaptive schedule, with a causal floor and cap (the encoders' floor is 500 steps)
+    assert (s.train.schedule, s.train.min_steps, s.train.max_steps) == ("adaptive", 0, 2000)
+    assert (enc.train.min_steps, enc.train.max_steps) == (500, 5000)
+
+
+def test_causal_student_trains_on_the_spec_schedule(tmp_path, monkeypatch):
+    """train_causal_student hands the spec's schedule to the training loop: adaptive with its
+    cap; fixed without the adaptive cap (spec max_steps bounds adaptive runs only)."""
+    from potstill.students import causal_lm as CL
+
+    got: list = []
+    monkeypatch.setattr(CL, "train_causal_lm", lambda *a, **k: got.append(a[3]) or (_ for _ in ()).throw(RuntimeError("stop")))
+    monkeypatch.setattr(CL, "pruned_layers", lambda *a, **k: None)
+    monkeypatch.setattr(CL, "build_causal_lm", lambda *a, **k: (torch.nn.Linear(1, 1), None))
+    monkeypatch.setattr(CL, "count_trainable", lambda m: (1, 1))
+    (tmp_path / "config.json").write_text("{}")
+    from potstill.data.inputs import Example, Inputs
+    from potstill.paths import RunPaths
+    from potstill.spec import TaskSpec
+
+    inputs = Inputs(train=[Example("1", "a", "x")], validation=[Example("2", "b", "y")], test=[],
+                    labels=["x", "y"], dataset_hash="h")
+    for sched, cap in (("adaptive", 2000), ("fixed", None)):
+        spec = TaskSpec(name="x", labels=["x", "y"], data={"train": "t.jsonl"}, train={"schedule": sched},
+                        student={"kind": "causal_lm", "model": str(tmp_path)})
+        with pytest.raises(RuntimeError, match="stop"):
+            CL.train_causal_student(spec, RunPaths(tmp_path / sched), inputs, "baseline")
+        assert (got[-1].schedule, got[-1].max_steps, got[-1].min_steps, got[-1].patience) == (sched, cap, 0, 3)

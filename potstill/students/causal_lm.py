@@ -37,6 +37,7 @@ model and data in `bench/causal_distill.py` (tokens/s).
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
 import random
@@ -55,6 +56,7 @@ from ..losses import token_kd_loss, topk_tail_kd
 from ..manifest import file_hash, fingerprint, read_manifest, up_to_date, write_manifest
 from ..paths import CHECKPOINTS, HISTORY, KEPT, RunPaths
 from ..progress import log, progress
+from ..schedule import EarlyStopping, Schedule, plan_schedule, schedule_fields
 from ..spec import TaskSpec
 from .base import Student
 from .hf import dir_size_mb
@@ -371,6 +373,15 @@ class LMTrainConfig:
     """logit_kd: weight of the sequence cross-entropy next to the KD term (other objectives: 1)."""
     epochs: float = 1
     max_steps: int | None = None
+    """fixed: exactly this many steps when set (else `epochs` passes); adaptive: the cap."""
+    schedule: str = "fixed"
+    """fixed | adaptive (potstill/schedule.py). adaptive: `epochs` passes clamped to
+    [min_steps, max_steps], the gold answers' NLL on the validation rows every `eval_every` steps,
+    early stopping after `patience` validations without a new best, the best weights kept."""
+    min_steps: int = 0
+    patience: int | None = None
+    eval_every: int | None = None
+    decay: str = "linear"
     batch_size: int = 8
     lr: float = 2e-4
     weight_decay: float = 0.0
@@ -498,6 +509,26 @@ def mix_general(rows: list[LMRow], general_texts: Sequence[str], ratio: float, s
     return list(rows) + [LMRow("", t, "general") for t in pool[:n]]
 
 
+def causal_schedule(n_rows: int, cfg: LMTrainConfig, has_validation: bool) -> Schedule:
+    """The schedule `train_causal_lm` runs (potstill/schedule.py). fixed: `epochs` passes, or
+    exactly `max_steps` when set; no validation during training. adaptive: as for encoders, with the
+    validation rows' NLL as the score; without validation rows there is nothing to stop on, so the
+    planned steps run and the last weights are kept."""
+    if cfg.schedule == "fixed":
+        plan = plan_schedule(n_rows, cfg.batch_size, mode="fixed", epochs=cfg.epochs,
+                             warmup_ratio=cfg.warmup_ratio, decay=cfg.decay)  # type: ignore[arg-type]
+        if cfg.max_steps:
+            plan = dataclasses.replace(plan, total_steps=cfg.max_steps,
+                                       warmup_steps=int(cfg.max_steps * cfg.warmup_ratio))
+        return dataclasses.replace(plan, eval_every=-1)  # no validation during training
+    plan = plan_schedule(n_rows, cfg.batch_size, mode="adaptive", epochs=cfg.epochs,
+                         min_steps=cfg.min_steps, max_steps=cfg.max_steps, warmup_ratio=cfg.warmup_ratio,
+                         decay=cfg.decay, eval_every=cfg.eval_every, patience=cfg.patience)  # type: ignore[arg-type]
+    if not has_validation:
+        plan = dataclasses.replace(plan, eval_every=-1, patience=None)
+    return plan
+
+
 def train_causal_lm(model, tokenizer, rows: list[LMRow], cfg: LMTrainConfig, teacher=None,
                     val_rows: Sequence[LMRow] = (), general_eval: Sequence[str] = (),
                     desc: str = "train", checkpoint_dir: Path | None = None,
@@ -527,18 +558,23 @@ def train_causal_lm(model, tokenizer, rows: list[LMRow], cfg: LMTrainConfig, tea
         for p in teacher.parameters():
             p.requires_grad_(False)
     encoded = [encode_row(tokenizer, r, cfg.max_length) for r in rows]
-    steps_per_epoch = math.ceil(len(rows) / cfg.batch_size)
-    total_steps = cfg.max_steps or max(1, math.ceil(steps_per_epoch * cfg.epochs))
+    plan = causal_schedule(len(rows), cfg, bool(val_rows))
+    total_steps = plan.total_steps
     params = [p for p in model.parameters() if p.requires_grad]
     opt = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay,
                             fused=all(p.dtype.is_floating_point for p in params))
-    warmup = int(total_steps * cfg.warmup_ratio)
-    sched = torch.optim.lr_scheduler.LambdaLR(
-        opt, lambda s: (s + 1) / max(1, warmup) if s < warmup
-        else max(0.0, (total_steps - s) / max(1, total_steps - warmup)))
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, plan.lr_factor)
     history: dict[str, Any] = {"objective": cfg.objective, "precision": precision, "steps": 0,
                                "losses": [], "rows": len(rows),
-                               "general_rows": sum(r.kind == "general" for r in rows)}
+                               "general_rows": sum(r.kind == "general" for r in rows),
+                               "schedule": plan.as_dict()}
+    if plan.mode == "adaptive":
+        log(f"{desc}: {plan.describe()}")
+    # adaptive: the gold answers' mean NLL on the validation rows, lower is better (the score is
+    # its negative); the best weights are kept in memory (and in the checkpoint, for a resume)
+    stopper = EarlyStopping(plan.patience)
+    best: dict[str, torch.Tensor] | None = None
+    track: dict[str, Any] = {"val": [], "best_step": None, "stopped_early": False}
     if general_eval:
         history["general_ppl_base"] = round(perplexity(model, tokenizer, general_eval, cfg.max_length,
                                                        precision, base=True), 4)
@@ -547,26 +583,42 @@ def train_causal_lm(model, tokenizer, rows: list[LMRow], cfg: LMTrainConfig, tea
     lengths = [len(e["input_ids"]) for e in encoded]
     epoch = done_in_epoch = 0
     if checkpoint_dir is not None:
-        from .lm_checkpoint import load_lm_checkpoint, save_lm_checkpoint
+        from .lm_checkpoint import load_best, load_lm_checkpoint, save_best, save_lm_checkpoint
 
         saved = load_lm_checkpoint(checkpoint_dir, fingerprint, model, opt, sched)
         if saved is not None:
             step, epoch, done_in_epoch = saved["step"], saved["epoch"], saved["done_in_epoch"]
             tokens, t0 = saved["tokens"], t0 - saved["seconds"]
             history["losses"] = saved["losses"]
+            track.update(saved.get("track") or {})
+            stopper = EarlyStopping.load(plan.patience, saved.get("stopping"))
+            best = load_best(checkpoint_dir) if track["best_step"] is not None else None
             log(f"{desc}: resuming from {checkpoint_dir} at step {step}/{total_steps}")
 
     def checkpoint(done: int) -> None:
         save_lm_checkpoint(checkpoint_dir, model, opt, sched, {
             "fingerprint": fingerprint, "step": step, "epoch": epoch, "done_in_epoch": done,
-            "tokens": tokens, "seconds": time.perf_counter() - t0, "losses": history["losses"]})
+            "tokens": tokens, "seconds": time.perf_counter() - t0, "losses": history["losses"],
+            "track": track, "stopping": stopper.state()})
+
+    def validate() -> None:
+        nonlocal best
+        nll = mean_nll(model, tokenizer, val_rows, cfg.max_length, precision=precision)
+        track["val"].append({"step": step, "val_nll": round(nll, 5)})
+        new_best = stopper.update(-nll)
+        log(f"{desc}: step {step}/{total_steps}  validation NLL {nll:.4f}" + ("  (best so far)" if new_best else ""))
+        if new_best:
+            track["best_step"] = step
+            best = {n: p.detach().to("cpu", copy=True) for n, p in model.named_parameters() if p.requires_grad}
+            if checkpoint_dir is not None:
+                save_best(checkpoint_dir, best)
 
     with progress(total_steps, desc) as bar:
         bar.advance(step)
-        while step < total_steps:
+        while step < total_steps and not track["stopped_early"]:
             batches = length_grouped_batches(lengths, cfg.batch_size, cfg.seed * 1000 + epoch)
             for k, idx in enumerate(batches):
-                if step >= total_steps:
+                if step >= total_steps or track["stopped_early"]:
                     break
                 if k < done_in_epoch:  # done before the resumed checkpoint
                     continue
@@ -586,14 +638,31 @@ def train_causal_lm(model, tokenizer, rows: list[LMRow], cfg: LMTrainConfig, tea
                                               **{k: round(v, 5) for k, v in parts.items()}})
                     bar.set_postfix(f"loss {float(loss.detach()):.3f}")
                 bar.advance()
+                if plan.eval_every > 0 and plan.eval_due(step, False):
+                    validate()
+                    if stopper.should_stop:
+                        track["stopped_early"] = True
+                        log(f"{desc}: stopping early at step {step}: no gain in {stopper.bad} validations; "
+                            f"best validation NLL {-stopper.best:.4f} at step {track['best_step']}")
                 if checkpoint_dir is not None and (step % cfg.checkpoint_every == 0 or step == total_steps
-                                                   or k == len(batches) - 1):
+                                                   or k == len(batches) - 1 or track["stopped_early"]):
                     checkpoint(k + 1)
-            epoch += 1
-            done_in_epoch = 0
+            if not track["stopped_early"]:
+                epoch += 1
+                done_in_epoch = 0
     seconds = time.perf_counter() - t0
     history.update(steps=step, seconds=round(seconds, 2), tokens=tokens,
                    tokens_per_s=round(tokens / max(seconds, 1e-9), 1))
+    if plan.mode == "adaptive" and track["val"]:
+        if best is not None and track["best_step"] != step:
+            params_by_name = dict(model.named_parameters())
+            with torch.no_grad():
+                for n, v in best.items():
+                    params_by_name[n].copy_(v.to(params_by_name[n].device, params_by_name[n].dtype))
+            log(f"{desc}: kept the weights of step {track['best_step']} (best validation NLL "
+                f"{-stopper.best:.4f}), not those of step {step}")
+        history.update(val_history=track["val"], best_step=track["best_step"],
+                       best_val_nll=round(-stopper.best, 5), stopped_early=track["stopped_early"])
     if val_rows:
         history["val_nll"] = round(mean_nll(model, tokenizer, val_rows, cfg.max_length, precision=precision), 5)
     if general_eval:
@@ -931,6 +1000,7 @@ def train_causal_student(spec: TaskSpec, run: RunPaths, inputs: Inputs,
         objective="sequence" if objective == "gold" else objective, kd_loss=t.kd_loss,
         temperature=t.temperature, jsd_beta=t.jsd_beta, kd_weight=t.kd_weight,
         ce_weight=t.ce_weight if objective == "logit_kd" else 1.0, epochs=t.epochs,
+        **{**schedule_fields(t), **({"max_steps": None} if t.schedule == "fixed" else {})},
         batch_size=t.batch_size, lr=t.lr, weight_decay=t.weight_decay, warmup_ratio=t.warmup_ratio,
         seed=t.seed, precision=t.precision, max_length=s.max_length, checkpoint_every=t.checkpoint_every,
         kd_chunk=t.kd_chunk, hidden_weight=t.hidden_weight,

@@ -9,6 +9,10 @@ previous checkpoint usable. Batches are a pure function of (seed, epoch) (`lengt
 so skipping the batches done in the epoch and restoring these states continues the same run: the
 resumed run ends with the weights an uninterrupted one ends with. A checkpoint whose fingerprint
 differs (other data, spec or base weights) is ignored.
+
+With the adaptive schedule the folder also holds `best.pt`, the trainable parameters at the best
+validation so far (written at each new best), and `progress.json` the early-stopping state, so a
+resumed run keeps the same best and the same count of validations without gain.
 """
 
 from __future__ import annotations
@@ -21,6 +25,20 @@ import torch
 
 STATE = "state.pt"
 PROGRESS = "progress.json"
+BEST = "best.pt"
+
+
+def save_best(ckpt: Path, params: dict[str, torch.Tensor]) -> None:
+    ckpt = Path(ckpt)
+    ckpt.mkdir(parents=True, exist_ok=True)
+    tmp = ckpt / (BEST + ".tmp")
+    torch.save(params, tmp)
+    tmp.replace(ckpt / BEST)
+
+
+def load_best(ckpt: Path) -> dict[str, torch.Tensor] | None:
+    path = Path(ckpt) / BEST
+    return torch.load(path, map_location="cpu", weights_only=True) if path.exists() else None
 
 
 def save_lm_checkpoint(ckpt: Path, model, opt, sched, progress: dict[str, Any]) -> None:
