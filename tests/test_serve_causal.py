@@ -171,6 +171,32 @@ def test_text_teacher_serves_the_teachers_text():
     assert t.identity == "openai:m@u#text" and t.request("a") == {"t": "a"}
 
 
+def test_text_teacher_answers_are_checked_against_the_schema():
+    """With a json_schema the teacher's reply is served as the student's is: the canonical JSON of
+    a schema-valid object; a reply that breaks the schema is an answer without a label (the
+    request is answered degraded, with the reason), never the raw text. Before, any reply was
+    served as it came."""
+    from potstill.tasks import get_task
+
+    schema = {"type": "object", "additionalProperties": False, "properties": {"city": {"type": "string"}}}
+    replies = ['Sure! {"city": " Paris "}', '{"town": "Paris"}', "Paris"]
+
+    class Inner:
+        identity, labels = "openai:m@u", []
+
+        def answer(self, texts):
+            for i, r in enumerate(replies):
+                yield i, Answer(label=None, raw=r)
+
+    task = get_task("generate")
+    t = TextTeacher(Inner(), parse=lambda text: task.serve_answer(text, [], schema))
+    got = dict(t.answer(["a", "b", "c"]))
+    assert got[0].label == '{"city":"Paris"}' and "parse_error" not in got[0].extra
+    assert got[1].label is None and "schema_invalid" in got[1].extra["parse_error"]
+    assert got[2].label is None and "invalid_json" in got[2].extra["parse_error"]
+    assert all(got[i].error is None for i in range(3))  # answers: the teacher is up (breaker)
+
+
 def test_parse_adapters_flag():
     assert parse_adapters(["a=/x", "b = /y"]) == {"a": "/x", "b": "/y"}
     for bad in (["a"], ["=/x"], ["a=/x", "a=/y"]):
@@ -351,6 +377,25 @@ def test_generate_task_escalates_to_the_teachers_text(causal_run, tmp_path):
     assert r["confidence"] == pytest.approx(alone.confidence, abs=1e-6)
     assert app.state.potstill.teacher_identity.endswith("#text")
     assert fb.status_code == 200 and fb.json()["reason"] == "corrected"
+    # with a json_schema, the same reply ("weather") breaks it: answered degraded, with the reason
+    doc = (task / "gen.yaml").read_text().replace(
+        "kind: generate", "kind: generate\njson_schema: {type: object, properties: {city: {type: string}}}")
+    (task / "gen-schema.yaml").write_text(doc)
+    spec = load_spec(task / "gen-schema.yaml")
+    run2 = run_paths(spec, tmp_path / "run2")
+    prepare_inputs(spec, run2)
+    shutil.copytree(Path(causal_run[0]) / "student", run2.student)
+    with FakeOpenAI(lambda t: "weather", labels=LABELS) as url:
+        app2 = make_app(run2.root, tmp_path / "q2.db", f"teacher.base_url={url}",
+                        "serve.confidence_threshold=1.01", teacher="auto")
+        with live_server(app2) as base:
+            bad = post_chat(base, "tinyg", PROBES[0]).json()
+    assert bad["route"] == "degraded" and bad["choices"][0]["message"]["content"] != "weather"
+    from potstill.store import Store
+
+    with Store(tmp_path / "q2.db", url="") as st:
+        (item,) = st.queue_items()
+    assert item["kind"] == "degraded" and "not usable: invalid_json" in item["detail"]["error"]
     # usage: the answer's own length (an estimate of 4 characters a token, as the prompt's), for
     # each of the n choices; not one token whatever was generated
     est = lambda s: -(-len(s) // 4)  # noqa: E731

@@ -444,10 +444,10 @@ def create_app(config: ServeConfig):
         except PotstillError as e:  # a mistake in the teacher's config: say so, serve nothing
             raise PotstillError(f"the teacher cannot be built ({e}); fix the spec's teacher, or serve "
                                 "without a safety net with --no-teacher") from e
-        if get_task(spec.kind).answer_is_text:  # the teacher's whole reply is the answer
+        if task.answer_is_text:  # the teacher's whole reply is the answer, checked as the student's
             from .causal import TextTeacher
 
-            teacher = TextTeacher(teacher)
+            teacher = TextTeacher(teacher, parse=lambda text: task.serve_answer(text, [], spec.json_schema))
     breaker = None
     if teacher is not None:
         from .breaker import CircuitBreaker

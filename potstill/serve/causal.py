@@ -283,12 +283,19 @@ class AdapterRouter(Router):
 class TextTeacher:
     """A teacher whose answer is its text (`Answer.raw`), for `kind: generate`: the router serves
     `label`. Its identity differs from the wrapped teacher's, so its cached answers (text as
-    label) never mix with the labelling stage's (parsed labels)."""
+    label) never mix with the labelling stage's (parsed labels).
 
-    def __init__(self, inner):
+    `parse` (the task's `serve_answer`, bound to the spec's json_schema) turns the text into what
+    is served, as it does the student's: with a schema, the canonical JSON of a schema-valid
+    object. A reply it refuses is an answer without a label (`extra["parse_error"]` says why):
+    the teacher is up, but the request is answered degraded rather than with text that breaks the
+    schema. Without `parse`: the stripped text."""
+
+    def __init__(self, inner, parse: Callable[[str], tuple[str | None, str | None, Any]] | None = None):
         self.inner = inner
         self.identity = f"{inner.identity}#text"
         self.labels = inner.labels
+        self.parse = parse
 
     def request(self, text: str) -> dict[str, Any]:
         return self.inner.request(text)
@@ -296,7 +303,13 @@ class TextTeacher:
     def answer(self, texts: Sequence[str]) -> Iterator[tuple[int, Any]]:
         for i, a in self.inner.answer(texts):
             if a.error is None:
-                a.label = (a.raw or "").strip() or None
+                text = a.raw or ""
+                if self.parse is None:
+                    a.label = text.strip() or None
+                else:
+                    a.label, err, _ = self.parse(text)
+                    if err is not None:
+                        a.extra = {**(a.extra or {}), "parse_error": f"the teacher's answer is not usable: {err}"}
                 a.probs = None
             yield i, a
 

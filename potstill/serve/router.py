@@ -436,7 +436,7 @@ class Router:
             else:
                 breaker.failure(_short(error))
         if ans is not None and error is None and ans.label is None:
-            error = "the teacher named no known label"
+            error = (ans.extra or {}).get("parse_error") or "the teacher named no known label"
         self.events.teacher_answer(time.perf_counter() - t0, None if error is None else kind)
 
         if error is None and ans is not None:
