@@ -93,7 +93,14 @@ class ReviewQueue:
     async def flush(self) -> None:
         rows, self._pending = self._pending, []
         if rows:
-            await asyncio.to_thread(self.store.log_requests, rows)
+            try:
+                await asyncio.to_thread(self.store.log_requests, rows)
+            except asyncio.CancelledError:
+                # `stop` cancels the flush loop; a write still queued for a worker thread is then
+                # dropped with it. The rows go back for the final flush (a write that did start
+                # finishes too; the request log is keyed by request id, so twice is the same).
+                self._pending[:0] = rows
+                raise
 
     async def _flush_loop(self) -> None:
         while True:
