@@ -734,13 +734,15 @@ def report(res: dict[str, Any], cmd: str) -> str:
         "committed before the answer goes out so a killed server loses none (serve/queue.py): a "
         "round trip through the queue's writer thread and back to the event loop, which under this "
         "load waits its turn with every other request. Two things were measured against it "
-        "(2026-11-29, 64 clients, 15 s with the breaker open, one run each): writing each group of "
+        "(2026-11-29, `python bench/faults.py --only serve`, 64 clients, 20 s with the breaker open, "
+        "one run each): writing each group of "
         "items as one multi-row INSERT instead of one statement per item (store.py, kept: escalated "
         "p99 137 -> 126 ms in the same load, bench/store_writes.py for the write alone) and writing "
         "the item on the event loop itself (a one-off patch, not kept: the escalated and student "
         "routes then both had p50 77 ms and p99 120 ms, so the gap closed by slowing every request). "
-        "A shorter interpreter switch interval (1 ms, 0.5 ms) moved neither route beyond the run-to-run "
-        "spread of about 10 ms at p99.",
+        "A shorter interpreter switch interval (1 ms, 0.5 ms; a one-off patch, runs of `--only serve "
+        "--failing-s 6 --down-s 15 --light-s 1`) moved neither route beyond the run-to-run spread of "
+        "about 10 ms at p99.",
         "",
         f"Answered by the teacher: {S['answered_by_teacher']} (each queued once: {S['teacher_answers_queued_once']}); "
         f"degraded: {S['degraded']}, by queue reason {S['degraded_reasons']}; queue items {S['queue_items']}. "

@@ -26,6 +26,19 @@ def _trainable(model) -> dict[str, torch.Tensor]:
     return {n: p.detach().clone() for n, p in model.named_parameters() if p.requires_grad}
 
 
+def _dies_at(n: int, real):
+    """`real` (the loss) that raises KeyboardInterrupt on its n-th call: a kill during step n."""
+    calls = {"n": 0}
+
+    def dying(*a, **k):
+        calls["n"] += 1
+        if calls["n"] == n:
+            raise KeyboardInterrupt("killed")
+        return real(*a, **k)
+
+    return dying
+
+
 def _fresh(tiny_lm):
     # dropout > 0: the resumed run must also restore the RNG to draw the same dropout masks
     return build_causal_lm(str(tiny_lm), "lora", r=4, alpha=8, dropout=0.1, seed=3)
@@ -37,13 +50,8 @@ def test_killed_training_resumes_to_the_same_weights(tiny_lm, tmp_path, monkeypa
     want = _trainable(model)
     assert straight["steps"] == 8
 
-    real, calls = CL.lm_loss, {"n": 0}
-
-    def dying(*a, **k):
-        calls["n"] += 1
-        if calls["n"] == 8:  # killed during step 8, after the checkpoint of step 6 (mid-epoch 2)
-            raise KeyboardInterrupt("killed")
-        return real(*a, **k)
+    real = CL.lm_loss
+    dying = _dies_at(8, real)  # killed during step 8, after the checkpoint of step 6 (mid-epoch 2)
 
     monkeypatch.setattr(CL, "lm_loss", dying)
     model, tok = _fresh(tiny_lm)
@@ -110,13 +118,8 @@ train: {{epochs: 2, lr: 0.02, batch_size: 8, precision: fp32, checkpoint_every: 
 
     straight = prepared("straight")
     train_student(spec, straight)
-    real, calls = CL.lm_loss, {"n": 0}
-
-    def dying(*a, **k):
-        calls["n"] += 1
-        if calls["n"] == 4:
-            raise KeyboardInterrupt("killed")
-        return real(*a, **k)
+    real = CL.lm_loss
+    dying = _dies_at(4, real)
 
     killed = prepared("killed")
     monkeypatch.setattr(CL, "lm_loss", dying)
@@ -146,13 +149,8 @@ def test_adaptive_run_resumes_with_its_best_weights_and_validations(tiny_lm, tmp
     want = _trainable(model)
     assert [v["step"] for v in straight["val_history"]] == [2, 4, 6, 8]
 
-    real, calls = CL.lm_loss, {"n": 0}
-
-    def dying(*a, **k):
-        calls["n"] += 1
-        if calls["n"] == 8:
-            raise KeyboardInterrupt("killed")
-        return real(*a, **k)
+    real = CL.lm_loss
+    dying = _dies_at(8, real)
 
     monkeypatch.setattr(CL, "lm_loss", dying)
     model, tok = _fresh(tiny_lm)

@@ -60,6 +60,7 @@ from ..schedule import EarlyStopping, Schedule, plan_schedule, schedule_fields
 from ..spec import TaskSpec
 from .base import Student
 from .hf import dir_size_mb
+from .lm_checkpoint import load_best, load_lm_checkpoint, load_trainable, save_best, save_lm_checkpoint, trainable_state
 from .prune import hidden_pairs, select_layers
 
 LABEL_TAG = "[label]"
@@ -583,8 +584,6 @@ def train_causal_lm(model, tokenizer, rows: list[LMRow], cfg: LMTrainConfig, tea
     lengths = [len(e["input_ids"]) for e in encoded]
     epoch = done_in_epoch = 0
     if checkpoint_dir is not None:
-        from .lm_checkpoint import load_best, load_lm_checkpoint, save_best, save_lm_checkpoint
-
         saved = load_lm_checkpoint(checkpoint_dir, fingerprint, model, opt, sched)
         if saved is not None:
             step, epoch, done_in_epoch = saved["step"], saved["epoch"], saved["done_in_epoch"]
@@ -609,7 +608,7 @@ def train_causal_lm(model, tokenizer, rows: list[LMRow], cfg: LMTrainConfig, tea
         log(f"{desc}: step {step}/{total_steps}  validation NLL {nll:.4f}" + ("  (best so far)" if new_best else ""))
         if new_best:
             track["best_step"] = step
-            best = {n: p.detach().to("cpu", copy=True) for n, p in model.named_parameters() if p.requires_grad}
+            best = trainable_state(model)
             if checkpoint_dir is not None:
                 save_best(checkpoint_dir, best)
 
@@ -655,10 +654,7 @@ def train_causal_lm(model, tokenizer, rows: list[LMRow], cfg: LMTrainConfig, tea
                    tokens_per_s=round(tokens / max(seconds, 1e-9), 1))
     if plan.mode == "adaptive" and track["val"]:
         if best is not None and track["best_step"] != step:
-            params_by_name = dict(model.named_parameters())
-            with torch.no_grad():
-                for n, v in best.items():
-                    params_by_name[n].copy_(v.to(params_by_name[n].device, params_by_name[n].dtype))
+            load_trainable(model, best)
             log(f"{desc}: kept the weights of step {track['best_step']} (best validation NLL "
                 f"{-stopper.best:.4f}), not those of step {step}")
         history.update(val_history=track["val"], best_step=track["best_step"],

@@ -28,6 +28,19 @@ PROGRESS = "progress.json"
 BEST = "best.pt"
 
 
+def trainable_state(model) -> dict[str, torch.Tensor]:
+    """A CPU copy of the parameters that train (adapters, or every weight), by name."""
+    return {n: p.detach().to("cpu", copy=True) for n, p in model.named_parameters() if p.requires_grad}
+
+
+def load_trainable(model, params: dict[str, torch.Tensor]) -> None:
+    """Copy `trainable_state` output back into `model` (in place, on its device and dtype)."""
+    by_name = dict(model.named_parameters())
+    with torch.no_grad():
+        for n, v in params.items():
+            by_name[n].copy_(v.to(by_name[n].device, by_name[n].dtype))
+
+
 def save_best(ckpt: Path, params: dict[str, torch.Tensor]) -> None:
     ckpt = Path(ckpt)
     ckpt.mkdir(parents=True, exist_ok=True)
@@ -44,7 +57,7 @@ def load_best(ckpt: Path) -> dict[str, torch.Tensor] | None:
 def save_lm_checkpoint(ckpt: Path, model, opt, sched, progress: dict[str, Any]) -> None:
     ckpt = Path(ckpt)
     ckpt.mkdir(parents=True, exist_ok=True)
-    state = {"params": {n: p.detach().cpu().clone() for n, p in model.named_parameters() if p.requires_grad},
+    state = {"params": trainable_state(model),
              "opt": opt.state_dict(), "sched": sched.state_dict(), "rng": torch.get_rng_state()}
     if torch.cuda.is_available():
         state["cuda_rng"] = torch.cuda.get_rng_state_all()
@@ -71,9 +84,7 @@ def load_lm_checkpoint(ckpt: Path, fingerprint: str | None, model, opt, sched) -
     if missing:
         raise ValueError(f"{ckpt / STATE}: parameters {missing[:3]} are not in the model; delete {ckpt} "
                          "to start afresh")
-    with torch.no_grad():
-        for n, v in state["params"].items():
-            params[n].copy_(v.to(params[n].device, params[n].dtype))
+    load_trainable(model, state["params"])
     opt.load_state_dict(state["opt"])
     sched.load_state_dict(state["sched"])
     torch.set_rng_state(state["rng"])
