@@ -20,10 +20,11 @@ setup: $(STAMP)
 demo: setup
 	HF_HUB_OFFLINE=1 $(VENV)/bin/potstill run examples/clinc150/potstill.yaml --workdir $(RUN)
 
-# The tiny test models train their tokenizer at session start and `tokenizers` training is not
-# deterministic across processes, so a handful of tests that read a tiny model's exact behaviour
-# fail now and then. A failed run is followed by one rerun of just the failed tests (pytest --lf);
-# the rerun's result is the command's, and both runs' summaries stay in the log.
+# The tiny test models are the same in every session (a fixed tokenizer vocabulary, seeded
+# weights: tests/conftest.py). Some end-to-end tests run servers and subprocesses against each
+# other on a shared 2-core machine, so a failed run is followed by one rerun of just the failed
+# tests (pytest --lf); the rerun's result is the command's, and both runs' summaries stay in the
+# log, so a test that needed the rerun is seen.
 test: setup
 	HF_HUB_OFFLINE=1 $(VENV)/bin/pytest -q || HF_HUB_OFFLINE=1 $(VENV)/bin/pytest -q --lf
 

@@ -77,7 +77,6 @@ from potstill.students.classifier import (  # noqa: E402
     TrainConfig,
     TrainRow,
     build_classifier,
-    keep_layers,
     load_classifier,
     log_softmax_np,
     model_labels,
@@ -85,6 +84,7 @@ from potstill.students.classifier import (  # noqa: E402
     resolve_model_path,
     train_classifier,
 )
+from potstill.students.hf import keep_layers  # noqa: E402
 
 DATA = ROOT / "examples" / "clinc150" / "data"
 METHODS = ("potstill", "hf", "setfit")

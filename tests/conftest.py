@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import os
 import random
+import string
 from pathlib import Path
 
 import pytest
@@ -48,15 +49,21 @@ def write_jsonl(path: Path, rows: list[dict]) -> Path:
 
 
 def build_tiny_bert(path: Path, layers: int = 4) -> Path:
-    from tokenizers import Tokenizer, models, normalizers, pre_tokenizers, processors, trainers
+    from tokenizers import Tokenizer, models, normalizers, pre_tokenizers, processors
     from transformers import BertConfig, BertModel, PreTrainedTokenizerFast
 
-    corpus = [s for v in INTENTS.values() for s in v] + FILLERS
-    tok = Tokenizer(models.WordPiece(unk_token="[UNK]"))
-    tok.normalizer = normalizers.BertNormalizer(lowercase=True)
-    tok.pre_tokenizer = pre_tokenizers.BertPreTokenizer()
-    tok.train_from_iterator(corpus * 3, trainers.WordPieceTrainer(
-        vocab_size=300, special_tokens=["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"]))
+    # A fixed WordPiece vocabulary: every word of the intents and fillers whole, and every ASCII letter,
+    # digit and punctuation mark alone and as a continuation ("##a"), so any ASCII text tokenizes. Not
+    # `WordPieceTrainer`: its ties between equally frequent merges fall differently from one
+    # process to the next, so each test session got a different vocabulary, model and teacher.
+    norm, pre = normalizers.BertNormalizer(lowercase=True), pre_tokenizers.BertPreTokenizer()
+    words = sorted({w for s in [*(s for v in INTENTS.values() for s in v), *FILLERS]
+                    for w, _ in pre.pre_tokenize_str(norm.normalize_str(s))})
+    chars = sorted(set(string.ascii_lowercase + string.digits + string.punctuation))
+    vocab = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", *chars, *(f"##{c}" for c in chars),
+             *(w for w in words if len(w) > 1)]
+    tok = Tokenizer(models.WordPiece({t: i for i, t in enumerate(vocab)}, unk_token="[UNK]"))
+    tok.normalizer, tok.pre_tokenizer = norm, pre
     tok.post_processor = processors.TemplateProcessing(
         single="[CLS] $A [SEP]", pair="[CLS] $A [SEP] $B [SEP]",
         special_tokens=[("[CLS]", tok.token_to_id("[CLS]")), ("[SEP]", tok.token_to_id("[SEP]"))])
