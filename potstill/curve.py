@@ -30,13 +30,16 @@ def curve_points(rows: Sequence[dict[str, Any]]) -> dict[str, list[tuple[int, fl
     return {o: sorted(v.items()) for o, v in pts.items() if v}
 
 
-def crossover(points: dict[str, list[tuple[int, float]]], n_classes: int | None = None) -> dict[str, Any]:
-    """Where gold-only catches up with the best teacher-using line (max of distill and both).
+def crossover(points: dict[str, list[tuple[int, float]]], n_classes: int | None = None,
+              margin: float = 0.0) -> dict[str, Any]:
+    """Where gold-only catches up with the best teacher-using line (max of distill and both):
+    comes within `margin` of it (the test split's noise margin, as `compare.recommend` uses, so a
+    difference the test rows cannot resolve is not called a win for either).
 
     Returns {"gold_labels": N or None, "per_class": N / n_classes or None, "message": str,
     "status": "crossover" | "distill_everywhere" | "gold_everywhere" | "unknown"}.
-    N is found after the last budget where the teacher-using line still wins, by linear
-    interpolation of the accuracy difference between that budget and the next one:
+    N is found after the last budget where the teacher-using line still wins by more than
+    `margin`, by linear interpolation of (difference + margin) between that budget and the next:
     "with fewer than N gold labels (N / C per class), distill".
     """
     gold = dict(points.get("gold") or [])
@@ -48,7 +51,7 @@ def crossover(points: dict[str, list[tuple[int, float]]], n_classes: int | None 
     if len(xs) < 1:
         return {"gold_labels": None, "per_class": None, "status": "unknown",
                 "message": "no gold budget has both a gold-only and a distilled measurement"}
-    d = [gold[x] - teach[x] for x in xs]  # > 0: gold-only wins at x
+    d = [gold[x] - teach[x] + margin for x in xs]  # >= 0: gold-only within the margin at x
 
     def per(n: float | None) -> float | None:
         return round(n / n_classes, 1) if n is not None and n_classes else None
@@ -60,7 +63,8 @@ def crossover(points: dict[str, list[tuple[int, float]]], n_classes: int | None 
     losing = [i for i, v in enumerate(d) if v < 0]
     if not losing:
         return {"gold_labels": None, "per_class": None, "status": "gold_everywhere",
-                "message": f"fine-tuning on gold matches or beats distillation at every budget measured "
+                "message": f"fine-tuning on gold matches (within ±{margin:.2%}) or beats distillation at "
+                           f"every budget measured "
                            f"(from {labels(xs[0])}): fine-tune"}
     last = losing[-1]
     if last == len(xs) - 1:
@@ -70,11 +74,12 @@ def crossover(points: dict[str, list[tuple[int, float]]], n_classes: int | None 
     x0, x1, d0, d1 = xs[last], xs[last + 1], d[last], d[last + 1]
     n = x0 + (x1 - x0) * (-d0) / (d1 - d0) if d1 != d0 else float(x1)
     return {"gold_labels": round(n), "per_class": per(n), "status": "crossover",
-            "message": f"with fewer than {labels(n)}, distill; with more, fine-tuning on gold alone does as well"}
+            "message": f"with fewer than {labels(n)}, distill; with more, fine-tuning on gold alone does as well"
+                       + (f" (within ±{margin:.2%})" if margin else "")}
 
 
-def curve(rows: Sequence[dict[str, Any]], n_classes: int | None = None) -> dict[str, Any]:
-    """compare.json's `curve`: the points per line and the crossover."""
+def curve(rows: Sequence[dict[str, Any]], n_classes: int | None = None, margin: float = 0.0) -> dict[str, Any]:
+    """compare.json's `curve`: the points per line and the crossover (`margin`: see crossover)."""
     pts = curve_points(rows)
     return {"points": {k: [list(p) for p in v] for k, v in pts.items()}, "n_classes": n_classes,
-            "crossover": crossover(pts, n_classes)}
+            "margin": margin, "crossover": crossover(pts, n_classes, margin)}

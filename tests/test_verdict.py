@@ -68,6 +68,24 @@ def test_crossover_interpolates_where_gold_catches_up():
     assert curve(rows, 150)["crossover"] == c
 
 
+def test_crossover_counts_a_difference_inside_the_noise_margin_as_caught_up():
+    """CLINC150's measured curve (docs/RESULTS.md): at all 14,966 gold labels gold-only trails
+    distillation by 0.2 point, inside the ±0.94-point margin of 4,500 test rows; that is not
+    "distill at every budget"."""
+    rows = _rows([("gold", 3742, 0.9058), ("both", 3742, 0.9460), ("distill", 0, 0.9451),
+                  ("gold", 14966, 0.9431), ("both", 14966, 0.9458)])
+    pts = curve_points(rows)
+    assert crossover(pts, 150)["status"] == "distill_everywhere"  # no margin: any lead wins
+    c = crossover(pts, 150, margin=0.0094)
+    assert c["status"] == "crossover"
+    d0, d1 = 0.9058 - 0.9460 + 0.0094, 0.9431 - 0.9458 + 0.0094
+    assert c["gold_labels"] == round(3742 + (14966 - 3742) * -d0 / (d1 - d0))
+    assert "within ±0.94%" in c["message"]
+    assert curve(rows, 150, 0.0094)["crossover"] == c
+    # a margin wider than every gap: gold-only matches distillation at every budget
+    assert crossover(pts, 150, margin=0.05)["status"] == "gold_everywhere"
+
+
 def test_crossover_edges():
     assert crossover(curve_points(_rows([("gold", 10, 0.9), ("both", 10, 0.8)])))["status"] == "gold_everywhere"
     c = crossover(curve_points(_rows([("gold", 10, 0.5), ("both", 10, 0.8), ("gold", 100, 0.7),
