@@ -63,8 +63,8 @@ def crossover(points: dict[str, list[tuple[int, float]]], n_classes: int | None 
     losing = [i for i, v in enumerate(d) if v < 0]
     if not losing:
         return {"gold_labels": None, "per_class": None, "status": "gold_everywhere",
-                "message": f"fine-tuning on gold matches (within ±{margin:.2%}) or beats distillation at "
-                           f"every budget measured "
+                "message": "fine-tuning on gold matches" + (f" (within ±{margin:.2%})" if margin else "")
+                           + " or beats distillation at every budget measured "
                            f"(from {labels(xs[0])}): fine-tune"}
     last = losing[-1]
     if last == len(xs) - 1:
