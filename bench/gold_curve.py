@@ -96,7 +96,8 @@ def setfit_point(args, share: float, train: list[dict[str, Any]], test: list[dic
     pred = [labels[int(i)] for i in pred_idx]
     gold = [r["label"] for r in test]
     out = {"share": share, "gold_labels": len(rows), "accuracy": round(accuracy(gold, pred), 4),
-           "macro_f1": round(macro_f1(gold, pred, labels), 4), "pairs": trainer.n_pairs,
+           "macro_f1": round(macro_f1(gold, pred, labels), 4), "pairs_drawn": trainer.n_pairs,
+           "pairs_trained": min(trainer.n_pairs, args.setfit_max_steps * args.setfit_batch_size),
            "train_seconds": round(seconds, 1), "predict_seconds": round(predict_seconds, 1),
            "settings": settings, "fingerprint": fp}
     work.mkdir(parents=True, exist_ok=True)
@@ -163,8 +164,6 @@ def main(argv=None) -> dict[str, Any]:
     run = run_paths(spec, args.workdir)
     work = Path(args.work) if args.work else Path(run.root) / "compare" / "setfit"
     labels = json.loads((run.inputs / "labels.json").read_text())
-    if isinstance(labels, dict):
-        labels = labels["labels"]
     train, test = read_jsonl(run.inputs / "train.jsonl"), read_jsonl(run.inputs / "test.jsonl")
     sf = {s: setfit_point(args, s, train, test, labels, spec.train.seed, work) for s in [*shares, 1.0]}
     if args.setfit_only:
