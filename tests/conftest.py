@@ -110,7 +110,8 @@ E2E_FIXTURES = {"task_dir", "tiny_run", "report_task", "causal_run", "extract_ru
 """Fixtures that train models, run the pipeline or start servers and browsers."""
 E2E_MODULES = {"test_cli", "test_compare", "test_rounds", "test_generate_run", "test_generate_resume",
                "test_report_browser", "test_serve_workers", "test_serve_pg", "test_faults_serve",
-               "test_faults_label", "test_onnx", "test_openai_batch", "test_container", "test_journey"}
+               "test_faults_label", "test_onnx", "test_openai_batch", "test_container", "test_journey",
+               "test_fixtures"}
 """Modules whose tests are end to end throughout (subprocesses, servers, training)."""
 
 
