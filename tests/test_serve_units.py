@@ -163,6 +163,66 @@ def test_router_teacher_failures_degrade(tmp_path):
     assert c.route == "degraded" and store.queue_items()[0]["reason"] == "no_teacher"
 
 
+class ThreadRecordingStore(Store):
+    """Records the thread of every queue write; the first `fail` writes raise."""
+
+    writers: list[str]
+    fail = 0
+
+    def __init__(self, path):
+        super().__init__(path)
+        self.writers = []
+
+    def queue_add_many(self, items):
+        import threading
+
+        self.writers.append(threading.current_thread().name)
+        if self.fail:
+            self.fail -= 1
+            raise OSError("disk full")
+        return super().queue_add_many(items)
+
+
+def test_degraded_items_are_committed_in_the_students_thread(tmp_path):
+    """With no teacher to ask (none, or its breaker open), an escalation's degraded answer and
+    its queue item come from the batcher's worker thread with the student's answer: no second
+    trip through the event loop, which under load waits behind every other request."""
+    from potstill.serve.breaker import CircuitBreaker
+
+    student = JsonStudent({t: ('{"label": "weather"}', 0.1 if t.startswith("low") else 0.9)
+                           for t in ("low1", "low2", "sure")})
+    for teacher in (None, ScriptedTeacher({})):
+        store = ThreadRecordingStore(tmp_path / f"{teacher is None}.db")
+        queue = ReviewQueue(store, log_requests=False)
+        breaker = CircuitBreaker(failures=1, cooldown_s=60)
+        breaker.failure("connection refused")  # open: the teacher is not asked
+        tc = TeacherClient(teacher, store, "h", breaker=breaker) if teacher is not None else None
+        router = Router(student, Policy(confidence_threshold=0.5), queue, tc, window_ms=5)
+        low1, low2, sure = run_router(router, queue, ["low1", "low2", "sure"])
+        assert [r.route for r in (low1, low2, sure)] == ["degraded", "degraded", "student"]
+        assert store.writers == ["student-0"]  # one transaction, in the student's thread
+        rows = store.queue_items()
+        assert [(r["request_id"], r["kind"]) for r in rows] == [("r0", "degraded"), ("r1", "degraded")]
+        assert [low1.queue_id, low2.queue_id] == [r["id"] for r in rows]
+        assert rows[0]["reason"] == ("no_teacher" if teacher is None else "breaker_open")
+        if teacher is not None:
+            assert "connection refused" in rows[0]["detail"]["error"] and teacher.asked == []
+        assert queue.depth == 2
+
+
+def test_a_failed_write_in_the_students_thread_is_retried_per_request(tmp_path):
+    student = JsonStudent({"low": ('{"label": "weather"}', 0.1), "sure": ('{"label": "balance"}', 0.9)})
+    store = ThreadRecordingStore(tmp_path / "q.db")
+    store.fail = 1
+    queue = ReviewQueue(store, log_requests=False)
+    router = Router(student, Policy(confidence_threshold=0.5), queue, None, window_ms=5)
+    low, sure = run_router(router, queue, ["low", "sure"])
+    assert (low.route, sure.route) == ("degraded", "student")
+    assert store.writers == ["student-0", "queue-writer-0"]  # failed there, written again
+    assert [(r["request_id"], r["reason"]) for r in store.queue_items()] == [("r0", "no_teacher")]
+    assert low.queue_id == store.queue_items()[0]["id"]
+
+
 def test_router_teacher_answers_are_cached(tmp_path):
     student = JsonStudent({"a": ('{"label": "weather"}', 0.1)})
     teacher = ScriptedTeacher({"a": "balance"})

@@ -16,7 +16,9 @@ The pieces, each replaceable:
 - `Router.route(texts, ids)`: runs the student through the micro-batcher, decides, asks the
   teacher for escalated inputs with a deadline (`serve.teacher_timeout_s`): when the teacher
   fails or the deadline passes, the student's answer goes out with route `degraded` and the case
-  is queued (the teacher's late answer, if it comes, is written into the queue item). A share of
+  is queued (the teacher's late answer, if it comes, is written into the queue item). When the
+  teacher is not to be asked at all (none, or its circuit breaker is open), the decision and the
+  queue write happen in the batcher's worker thread, beside the student's forward pass. A share of
   student-served answers (`serve.shadow_share`) is also sent to the teacher in the background;
   disagreements are queued. Every escalation is queued with both answers.
 """
@@ -283,6 +285,18 @@ class Routed:
         return self.student.probs
 
 
+@dataclass
+class _Answered:
+    """The student's output for one input, with the router's decision, made in the batcher's
+    worker thread (`Router._predict`)."""
+
+    out: StudentOutput
+    reasons: list[str]
+    routed: Routed | None = None
+    """Set when the input was escalated but the teacher is not to be asked (no teacher, or its
+    breaker is not closed): answered degraded there and then, its queue item committed."""
+
+
 class RouterEvents:
     """Hooks the server's metrics implement; these defaults do nothing."""
 
@@ -322,15 +336,54 @@ class Router:
         self.shadow_max_pending = shadow_max_pending
         self._rng = random.Random(seed)
         self._background: set[asyncio.Task] = set()
-        self.batcher: MicroBatcher[str, StudentOutput] = MicroBatcher(
+        self.batcher: MicroBatcher[tuple[str, str], _Answered] = MicroBatcher(
             self._predict, max_batch_size=max_batch_size, window_ms=window_ms, enabled=batching,
             adaptive=adaptive_window, name="student")
 
-    def _predict(self, texts: list[str]) -> list[StudentOutput]:
+    def _predict(self, batch: list[tuple[str, str]]) -> list[_Answered]:
+        """(text, request id) pairs -> the student's answers and the decisions, in the worker
+        thread. When the teacher is not to be asked, the escalated inputs of the batch are
+        answered degraded here and their queue items committed in one transaction before the
+        batch's results go back: under load each trip through the event loop waits its turn
+        behind every other request, and the queue write would otherwise be a second trip
+        (docs/RELIABILITY.md, section 3). A write that fails here leaves those inputs to
+        `_escalate` on the event loop, which fails only their requests."""
         t0 = time.perf_counter()
-        out = self.student.predict(texts)
-        self.events.student_batch(len(texts), time.perf_counter() - t0)
-        return out
+        outs = self.student.predict([text for text, _ in batch])
+        self.events.student_batch(len(batch), time.perf_counter() - t0)
+        done = [_Answered(out, decide(out, self.policy, self.student.labels)) for out in outs]
+        skip = self._skip_teacher()
+        todo = [(i, self._degraded(*batch[i], a.out, a.reasons, *skip))
+                for i, a in enumerate(done) if a.reasons] if skip is not None else []
+        if todo:
+            try:
+                ids = self.queue.add_now([item for _, (_, item) in todo])
+            except Exception:  # noqa: BLE001 - `_escalate` writes them again, request by request
+                return done
+            for (i, (r, _)), qid in zip(todo, ids):
+                r.queue_id = qid
+                done[i].routed = r
+        return done
+
+    def _skip_teacher(self) -> tuple[str, str] | None:
+        """(queue reason, error) when escalations are answered degraded without asking the
+        teacher: there is none, or its breaker is not closed. (Read from worker threads too: the
+        breaker's state is a read there; only the event loop changes it.)"""
+        if self.teacher is None:
+            return "no_teacher", "no teacher"
+        breaker = self.teacher.breaker
+        if breaker is not None and breaker.state != "closed":
+            return "breaker_open", f"teacher unavailable (circuit open after: {breaker.last_error})"
+        return None
+
+    def _degraded(self, text: str, rid: str, out: StudentOutput, reasons: list[str], reason: str,
+                  error: str) -> tuple[Routed, dict[str, Any]]:
+        """The degraded answer for an escalation that does not ask the teacher, and its queue item."""
+        r = Routed(rid, text, out.label, "degraded", reasons, out, teacher_error=error)
+        detail: dict[str, Any] = {"escalated_for": reasons}
+        if self.teacher is not None:
+            detail.update(error=error, teacher_identity=self.teacher.identity)
+        return r, self._item(r, "degraded", reason, detail=detail)
 
     async def start(self) -> None:
         await self.batcher.start()
@@ -355,16 +408,24 @@ class Router:
         return len(self._background)
 
     async def route(self, texts: Sequence[str], request_ids: Sequence[str]) -> list[Routed]:
-        outs = await self.batcher.submit(list(texts))
-        jobs = []
-        for text, rid, out in zip(texts, request_ids, outs):
-            reasons = decide(out, self.policy, self.student.labels)
-            if reasons:
-                jobs.append(self._escalate(text, rid, out, reasons))
+        answered = await self.batcher.submit(list(zip(texts, request_ids)))
+        routed: list[Routed | None] = [None] * len(answered)
+        asks = {}  # only an escalation that asks the teacher waits on anything more
+        for i, (text, rid, a) in enumerate(zip(texts, request_ids, answered)):
+            if a.routed is not None:
+                routed[i] = self._answered_degraded(a.routed)
+            elif a.reasons:
+                asks[i] = self._escalate(text, rid, a.out, a.reasons)
             else:
-                jobs.append(self._served_by_student(text, rid, out))
-        routed = list(await asyncio.gather(*jobs))
-        for r in routed:
+                routed[i] = self._served_by_student(text, rid, a.out)
+        if len(asks) == 1:  # one awaited in place: no task, no extra trip through the loop
+            ((i, ask),) = asks.items()
+            routed[i] = await ask
+        elif asks:
+            for i, r in zip(asks, await asyncio.gather(*asks.values())):
+                routed[i] = r
+        out = [r for r in routed if r is not None]
+        for r in out:
             self.events.routed(r)
             self.queue.log({
                 "request_id": r.request_id, "input": r.input, "student_label": r.student.label,
@@ -372,9 +433,20 @@ class Router:
                 "route": r.route, "reasons": r.reasons, "confidence": r.student.confidence,
                 "ood_score": r.student.ood_score, "student_version": self.student.identity,
             })
-        return routed
+        return out
 
-    async def _served_by_student(self, text: str, rid: str, out: StudentOutput) -> Routed:
+    def _answered_degraded(self, r: Routed) -> Routed:
+        """The event loop's part of an answer degraded in the batcher's thread: the metrics, and
+        the half-open breaker's trial call (in the background, as in `_escalate`)."""
+        self.events.queued("degraded")
+        if self.teacher is not None and self.teacher.breaker is not None:
+            self.events.teacher_skipped("breaker_open")
+            if self.teacher.breaker.allow():
+                assert r.queue_id is not None and r.teacher_error is not None
+                self._spawn(self._trial(self.teacher.ask(r.input), r.queue_id, r.reasons, r.teacher_error))
+        return r
+
+    def _served_by_student(self, text: str, rid: str, out: StudentOutput) -> Routed:
         r = Routed(rid, text, out.label, "student", [], out)
         if self.teacher is not None and self.shadow_share > 0 and self._rng.random() < self.shadow_share:
             if len(self._background) >= self.shadow_max_pending:
@@ -396,27 +468,19 @@ class Router:
 
     async def _escalate(self, text: str, rid: str, out: StudentOutput, reasons: list[str]) -> Routed:
         why = "+".join(reasons)
-        if self.teacher is None:
-            r = Routed(rid, text, out.label, "degraded", reasons, out, teacher_error="no teacher")
-            r.queue_id = await self._add(self._item(r, "degraded", "no_teacher",
-                                                    detail={"escalated_for": reasons}))
-            return r
+        skip = self._skip_teacher()
+        if skip is not None:
+            # No teacher, or it failed `failures` times in a row: answer at once, degraded
+            # (usually done already in the batcher's thread, `_predict`; here when the breaker
+            # opened since, or that write failed). Once per cool-down (half-open) this input is
+            # also sent to the teacher in the background as the trial; its outcome closes or
+            # reopens the breaker (serve/breaker.py). No request waits for a teacher that is
+            # known to be down.
+            r, item = self._degraded(text, rid, out, reasons, *skip)
+            r.queue_id = await self.queue.add(**item)
+            return self._answered_degraded(r)
+        assert self.teacher is not None
         breaker = self.teacher.breaker
-        if breaker is not None and breaker.state != "closed":
-            # the teacher failed `failures` times in a row: answer at once, degraded. Once per
-            # cool-down (half-open) this input is also sent to the teacher in the background as
-            # the trial; its outcome closes or reopens the breaker (serve/breaker.py). No request
-            # waits for a teacher that is known to be down.
-            trial = breaker.allow()
-            error = f"teacher unavailable (circuit open after: {breaker.last_error})"
-            r = Routed(rid, text, out.label, "degraded", reasons, out, teacher_error=error)
-            r.queue_id = await self._add(self._item(
-                r, "degraded", "breaker_open", detail={"escalated_for": reasons, "error": error,
-                                                       "teacher_identity": self.teacher.identity}))
-            self.events.teacher_skipped("breaker_open")
-            if trial:
-                self._spawn(self._trial(self.teacher.ask(text), r.queue_id, reasons, error))
-            return r
         fut = self.teacher.ask(text)
         t0 = time.perf_counter()
         error = None
