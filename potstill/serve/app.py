@@ -372,6 +372,34 @@ class _HttpMetrics:
             self.metrics.latency.labels(endpoint).observe(time.perf_counter() - t0)
 
 
+class _HotRoutes:
+    """Pure ASGI middleware: POST on the model endpoints goes straight to its handler, past
+    FastAPI's router, dependency solver and per-route wrappers. Under load those layers were a
+    third of the event loop's time per request, and the event loop is what a CPU-bound server
+    on few cores waits on (docs/RELIABILITY.md, section 3; bench/serve_load.py). The handlers
+    take the request and return a response, so nothing they need is skipped; the routes stay
+    registered with FastAPI, which answers whatever this does not take (other methods, a
+    `root_path` mount). An `ApiError` becomes its response through the app's own handler; any
+    other exception propagates to the server-error handler above, as from a routed endpoint."""
+
+    def __init__(self, app, routes: dict[str, Any], on_api_error: Any):
+        self.app, self.routes, self.on_api_error = app, routes, on_api_error
+
+    async def __call__(self, scope, receive, send):
+        handler = (self.routes.get(scope["path"]) if scope["type"] == "http"
+                   and scope["method"] == "POST" and not scope.get("root_path") else None)
+        if handler is None:
+            return await self.app(scope, receive, send)
+        from starlette.requests import Request
+
+        request = Request(scope, receive, send)
+        try:
+            response = await handler(request)
+        except ApiError as e:
+            response = await self.on_api_error(request, e)
+        await response(scope, receive, send)
+
+
 # -- building the pieces -------------------------------------------------------------------------
 @dataclass
 class Service:
@@ -839,6 +867,9 @@ def create_app(config: ServeConfig):
 
         return Response(generate_latest(metrics.registry), media_type=CONTENT_TYPE_LATEST)
 
+    # middlewares added last run first: the metrics see every request, the hot routes included
+    app.add_middleware(_HotRoutes, routes={"/v1/chat/completions": chat, "/v1/classify": classify},
+                       on_api_error=_api_error)
     app.add_middleware(_HttpMetrics, metrics=metrics)
     return app
 
