@@ -757,7 +757,8 @@ def report(res: dict[str, Any], cmd: str) -> str:
         "",
         "The first change closes the gap between the routes (escalated requests now cost what "
         "student-answered ones cost, at every percentile); the second makes every request cheaper "
-        "(about 1.3x the requests in the same 20 s). Earlier attempts, for the record: one "
+        "(about 1.3x the requests in the same 20 s with this tiny model, whose forward pass is "
+        "cheap; with the CLINC150 student, a few percent: docs/RESULTS.md). Earlier attempts, for the record: one "
         "multi-row INSERT per group of items (kept: store.py); the item written on the event loop "
         "itself (not kept: the gap closed by slowing every request); a shorter interpreter switch "
         "interval (no change beyond the run-to-run spread of about 10 ms at p99).",

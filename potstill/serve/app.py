@@ -375,8 +375,9 @@ class _HttpMetrics:
 class _HotRoutes:
     """Pure ASGI middleware: POST on the model endpoints goes straight to its handler, past
     FastAPI's router, dependency solver and per-route wrappers. Under load those layers were a
-    third of the event loop's time per request, and the event loop is what a CPU-bound server
-    on few cores waits on (docs/RELIABILITY.md, section 3; bench/serve_load.py). The handlers
+    third of the event loop's time per request. Where the event loop is the bottleneck (a
+    cheap model), that gave 1.3x the requests (docs/RELIABILITY.md, section 3); where the
+    model's forward pass is, a few percent (docs/RESULTS.md, bench/serve_load.py). The handlers
     take the request and return a response, so nothing they need is skipped; the routes stay
     registered with FastAPI, which answers whatever this does not take (other methods, a
     `root_path` mount). An `ApiError` becomes its response through the app's own handler; any
