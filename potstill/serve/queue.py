@@ -136,6 +136,7 @@ class ReviewQueue:
             return row
         return await asyncio.to_thread(self.store.queue_request, request_id)
 
+
 def _check_kind(item: dict[str, Any]) -> None:
     if item.get("kind") not in KINDS:
         raise PotstillError(f"queue kind must be one of {KINDS}, got {item.get('kind')!r}")
