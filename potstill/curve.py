@@ -60,12 +60,12 @@ def crossover(points: dict[str, list[tuple[int, float]]], n_classes: int | None 
         pc = per(n)
         return f"{n:,.0f} gold labels" + (f" ({pc:g} per class)" if pc is not None else "")
 
+    within = f" (within ±{margin:.2%})" if margin else ""
     losing = [i for i, v in enumerate(d) if v < 0]
     if not losing:
         return {"gold_labels": None, "per_class": None, "status": "gold_everywhere",
-                "message": "fine-tuning on gold matches" + (f" (within ±{margin:.2%})" if margin else "")
-                           + " or beats distillation at every budget measured "
-                           f"(from {labels(xs[0])}): fine-tune"}
+                "message": f"fine-tuning on gold matches{within} or beats distillation at every budget "
+                           f"measured (from {labels(xs[0])}): fine-tune"}
     last = losing[-1]
     if last == len(xs) - 1:
         return {"gold_labels": None, "per_class": None, "status": "distill_everywhere",
@@ -74,8 +74,8 @@ def crossover(points: dict[str, list[tuple[int, float]]], n_classes: int | None 
     x0, x1, d0, d1 = xs[last], xs[last + 1], d[last], d[last + 1]
     n = x0 + (x1 - x0) * (-d0) / (d1 - d0) if d1 != d0 else float(x1)
     return {"gold_labels": round(n), "per_class": per(n), "status": "crossover",
-            "message": f"with fewer than {labels(n)}, distill; with more, fine-tuning on gold alone does as well"
-                       + (f" (within ±{margin:.2%})" if margin else "")}
+            "message": f"with fewer than {labels(n)}, distill; with more, fine-tuning on gold alone "
+                       f"does as well{within}"}
 
 
 def curve(rows: Sequence[dict[str, Any]], n_classes: int | None = None, margin: float = 0.0) -> dict[str, Any]:

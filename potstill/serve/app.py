@@ -384,16 +384,16 @@ class _HotRoutes:
     other exception propagates to the server-error handler above, as from a routed endpoint."""
 
     def __init__(self, app, routes: dict[str, Any], on_api_error: Any):
-        self.app, self.routes, self.on_api_error = app, routes, on_api_error
+        from starlette.requests import Request
+
+        self.app, self.routes, self.on_api_error, self.request = app, routes, on_api_error, Request
 
     async def __call__(self, scope, receive, send):
         handler = (self.routes.get(scope["path"]) if scope["type"] == "http"
                    and scope["method"] == "POST" and not scope.get("root_path") else None)
         if handler is None:
             return await self.app(scope, receive, send)
-        from starlette.requests import Request
-
-        request = Request(scope, receive, send)
+        request = self.request(scope, receive, send)
         try:
             response = await handler(request)
         except ApiError as e:

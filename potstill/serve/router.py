@@ -436,8 +436,9 @@ class Router:
         return out
 
     def _answered_degraded(self, r: Routed) -> Routed:
-        """The event loop's part of an answer degraded in the batcher's thread: the metrics, and
-        the half-open breaker's trial call (in the background, as in `_escalate`)."""
+        """The event loop's part of an answer degraded without asking the teacher (in the
+        batcher's thread, or by `_escalate`'s fallback): the metrics, and the half-open breaker's
+        trial call, in the background."""
         self.events.queued("degraded")
         if self.teacher is not None and self.teacher.breaker is not None:
             self.events.teacher_skipped("breaker_open")
