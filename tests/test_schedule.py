@@ -149,3 +149,41 @@ def test_the_head_scale_reaches_the_optimizer(tiny_bert, tmp_path, monkeypatch):
     assert student.potstill_new_head is False and model.potstill_new_head is True
     C.train_classifier(student, tok, rows(16, 1), rows(8, 2), tmp_path / "t", cfg, "fp")
     assert {round(g["lr"], 6) for g in seen} == {1e-3}
+
+
+def test_validation_batches_come_in_length_order(tiny_bert, tmp_path):
+    """Validation rows reach the metric in length order, so each batch pads to a near-equal width
+    (in file order every batch pads to its longest text); the score still covers every row."""
+    texts = [("word " * n).strip() for n in (9, 1, 7, 2, 12, 3, 8, 4, 11, 5, 10, 6)]
+    val = [C.TrainRow(t, i % len(LABELS)) for i, t in enumerate(texts)]
+    seen = []
+
+    def metric(accelerator, model, loader):
+        for batch in loader:
+            seen.append([int(m.sum()) for m in batch["attention_mask"]])
+        return 0.5
+
+    model, tok = C.build_classifier(str(tiny_bert), LABELS, layers=[0, 3])
+    cfg = C.TrainConfig(epochs=1, batch_size=8, lr=1e-3, precision="fp32", checkpoint_every=1000,
+                        eval_batch_size=4)
+    C.train_classifier(model, tok, rows(16, 1), val, tmp_path / "s", cfg, "fp", metric_fn=metric)
+    lengths = [n for b in seen for n in b]
+    assert len(lengths) == len(val) and lengths == sorted(lengths)
+
+
+def test_throughput_is_timed_on_a_bounded_sample(tiny_bert, monkeypatch):
+    """The evaluation has scored every text already: batch throughput is timed on at most
+    THROUGHPUT_SAMPLE of them, not on a second pass over all."""
+    timed = []
+    real = C.predict_logits
+
+    def spy(model, tok, texts, **kw):
+        timed.append(len(texts))
+        return real(model, tok, texts, **kw)
+
+    monkeypatch.setattr(C, "THROUGHPUT_SAMPLE", 20)
+    monkeypatch.setattr(C, "predict_logits", spy)
+    model, tok = C.build_classifier(str(tiny_bert), LABELS, layers=[0, 3])
+    out = C.time_model(model, tok, [f"text number {i}" for i in range(50)], 12, 8, 16)
+    assert timed == [20] and out["throughput_per_s"] > 0
+    assert C.throughput_sample(["a", "b"]) == ["a", "b"]

@@ -262,7 +262,10 @@ def train_classifier(
         groups.append({"params": list(projection.parameters()), "weight_decay": 0.0})
     optimizer = torch.optim.AdamW(groups, lr=cfg.lr, fused=True)
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, sched.lr_factor)
-    val_loader = DataLoader(val_rows, batch_size=cfg.eval_batch_size, collate_fn=collate)
+    # validation in length order: each batch pads to its own longest text, so sorted batches pad
+    # little (docs/RESULTS.md: about a third less time per validation on CLINC150)
+    val_loader = DataLoader(sorted(val_rows, key=lambda r: len(r.text)), batch_size=cfg.eval_batch_size,
+                            collate_fn=collate)
     if projection is not None:
         model, projection, optimizer, scheduler, val_loader = accelerator.prepare(
             model, projection, optimizer, scheduler, val_loader)
@@ -429,9 +432,22 @@ def _restore_best(model, out_dir: Path) -> None:
 # timing
 
 
+THROUGHPUT_SAMPLE = 1024
+"""Batch throughput is timed on at most this many texts (a seeded sample), warm: the evaluation
+has just scored every text once, and a second pass over all of them only repeats that work."""
+
+
+def throughput_sample(texts: Sequence[str], seed: int = 0) -> list[str]:
+    """The texts batch throughput is timed on: all of them, or a seeded THROUGHPUT_SAMPLE."""
+    if len(texts) <= THROUGHPUT_SAMPLE:
+        return list(texts)
+    return random.Random(seed).sample(list(texts), THROUGHPUT_SAMPLE)
+
+
 def time_model(model, tokenizer, texts: Sequence[str], n_single: int, batch_size: int,
                max_length: int, seed: int = 0) -> dict[str, float]:
-    """p50/p95 single-input latency (ms) over `n_single` texts, and batch throughput (inputs/s)."""
+    """p50/p95 single-input latency (ms) over `n_single` texts, and batch throughput (inputs/s)
+    over `throughput_sample(texts)`."""
     import torch
 
     rng = random.Random(seed)
@@ -446,12 +462,13 @@ def time_model(model, tokenizer, texts: Sequence[str], n_single: int, batch_size
             enc = tokenizer(t, return_tensors="pt", truncation=True, max_length=max_length)
             model(**enc).logits.argmax(-1).item()
             times.append((time.perf_counter() - t0) * 1000)
+    batch = throughput_sample(texts, seed)
     t0 = time.perf_counter()
-    predict_logits(model, tokenizer, texts, batch_size=batch_size, max_length=max_length)
+    predict_logits(model, tokenizer, batch, batch_size=batch_size, max_length=max_length)
     elapsed = time.perf_counter() - t0
     return {"latency_ms_p50": round(percentile(times, 50), 3),
             "latency_ms_p95": round(percentile(times, 95), 3),
-            "throughput_per_s": round(len(texts) / elapsed, 1)}
+            "throughput_per_s": round(len(batch) / elapsed, 1)}
 
 
 # ---------------------------------------------------------------------------------------------
