@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import signal
 import subprocess
 import tempfile
 import time
@@ -96,14 +97,35 @@ class Page:
                 if e.get("method") == "Network.requestWillBeSent"]
 
 
+def stop_group(proc: subprocess.Popen) -> None:
+    """SIGTERM to the process group `proc` leads, then SIGKILL to what is left of it after 10 s;
+    returns once no process of the group remains (or after another 10 s)."""
+    for sig in (signal.SIGTERM, signal.SIGKILL):
+        try:
+            os.killpg(proc.pid, sig)
+        except ProcessLookupError:
+            break
+        end = time.monotonic() + 10
+        while time.monotonic() < end:
+            proc.poll()  # reaps the leader, so only live members keep the group alive
+            try:
+                os.killpg(proc.pid, 0)
+            except ProcessLookupError:
+                return
+            time.sleep(0.05)
+
+
 @pytest.fixture()
 def page():
     from websockets.sync.client import connect
 
     exe = chromium()
+    # chromium's helper processes (renderer, crashpad, utility) can outlive the main one and still
+    # write into the profile while it is removed ("Directory not empty: 'Default'" at teardown):
+    # the browser gets its own process group, and the whole group is stopped before the cleanup
     with tempfile.TemporaryDirectory() as profile:
         proc = subprocess.Popen([exe, *FLAGS, f"--user-data-dir={profile}", "about:blank"],
-                                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+                                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
         try:
             port_file = Path(profile) / "DevToolsActivePort"
             end = time.monotonic() + 30
@@ -115,12 +137,7 @@ def page():
             with connect(f"ws://127.0.0.1:{port}{path}", max_size=None, open_timeout=30) as ws:
                 yield Page(ws)
         finally:
-            proc.terminate()
-            try:
-                proc.wait(10)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait(10)
+            stop_group(proc)
 
 
 IMAGES = "[...document.images].map(i => ({id: i.id, w: i.naturalWidth, h: i.naturalHeight, ok: i.complete}))"
