@@ -6,7 +6,10 @@ from __future__ import annotations
 import json
 import os
 import random
+import signal
 import string
+import subprocess
+import time
 from pathlib import Path
 
 import pytest
@@ -46,6 +49,25 @@ def write_jsonl(path: Path, rows: list[dict]) -> Path:
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text("".join(json.dumps(r) + "\n" for r in rows))
     return path
+
+
+def stop_group(proc: subprocess.Popen, grace: float = 10.0) -> None:
+    """SIGTERM to the process group `proc` leads (started with start_new_session=True), then
+    SIGKILL to what is left of it after `grace` s; returns once no process of the group remains
+    (or after another `grace` s). A group's helpers can outlive its leader."""
+    for sig in (signal.SIGTERM, signal.SIGKILL):
+        try:
+            os.killpg(proc.pid, sig)
+        except ProcessLookupError:
+            break
+        end = time.monotonic() + grace
+        while time.monotonic() < end:
+            proc.poll()  # reaps the leader, so only live members keep the group alive
+            try:
+                os.killpg(proc.pid, 0)
+            except ProcessLookupError:
+                return
+            time.sleep(0.05)
 
 
 def build_tiny_bert(path: Path, layers: int = 4) -> Path:

@@ -10,13 +10,13 @@ from __future__ import annotations
 import json
 import os
 import shutil
-import signal
 import subprocess
 import tempfile
 import time
 from pathlib import Path
 
 import pytest
+from conftest import stop_group
 from test_report_support import report_task  # noqa: F401
 
 FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
@@ -97,31 +97,13 @@ class Page:
                 if e.get("method") == "Network.requestWillBeSent"]
 
 
-def stop_group(proc: subprocess.Popen) -> None:
-    """SIGTERM to the process group `proc` leads, then SIGKILL to what is left of it after 10 s;
-    returns once no process of the group remains (or after another 10 s)."""
-    for sig in (signal.SIGTERM, signal.SIGKILL):
-        try:
-            os.killpg(proc.pid, sig)
-        except ProcessLookupError:
-            break
-        end = time.monotonic() + 10
-        while time.monotonic() < end:
-            proc.poll()  # reaps the leader, so only live members keep the group alive
-            try:
-                os.killpg(proc.pid, 0)
-            except ProcessLookupError:
-                return
-            time.sleep(0.05)
-
-
 @pytest.fixture()
 def page():
     from websockets.sync.client import connect
 
     exe = chromium()
-    # chromium's helper processes (renderer, crashpad, utility) can outlive the main one and still
-    # write into the profile while it is removed ("Directory not empty: 'Default'" at teardown):
+    # chromium's helper processes (renderer, storage, GPU, utility) can outlive the main one and
+    # still write into the profile while it is removed ("Directory not empty: 'Default'" at teardown):
     # the browser gets its own process group, and the whole group is stopped before the cleanup
     with tempfile.TemporaryDirectory() as profile:
         proc = subprocess.Popen([exe, *FLAGS, f"--user-data-dir={profile}", "about:blank"],

@@ -14,6 +14,7 @@ import time
 
 import httpx
 import pytest
+from conftest import stop_group
 from fake_openai import FakeOpenAI
 from test_serve_support import LABELS, free_port, fresh_run, queue_rows, tiny_run  # noqa: F401
 
@@ -92,11 +93,7 @@ def test_two_workers_share_one_port_and_one_sqlite_queue(tiny_run, tmp_path):
                 assert time.monotonic() - t0 < 120, f"no replacement worker (pids {now})"
                 time.sleep(1)
         finally:
-            os.killpg(p.pid, signal.SIGTERM)
-            try:
-                p.wait(30)
-            except subprocess.TimeoutExpired:
-                os.killpg(p.pid, signal.SIGKILL)
+            stop_group(p, grace=30)
     rows = queue_rows(run)
     by_input = collections.Counter(r["input"] for r in rows)
     assert max(by_input.values()) == 1  # none twice
