@@ -1,11 +1,11 @@
 """Timing a classify run's models fairly: batch-1 latency interleaved, and validation batch order.
 
-1. Batch-1 latency. The evaluation stage times each model right after scoring it. On a shared or
-   noisy machine, timings taken minutes apart drift. Here the run's models (teacher, student,
-   baseline: those that are encoder classifiers in the run directory) answer the same seeded test
-   texts one request at a time, in turn: text 1 to each model, then text 2, and so on. Their p50 /
-   p95 and the teacher's p50 over each model's are then comparable. This is repeated `--repeats`
-   times.
+1. Batch-1 latency. The run's models (teacher, student, baseline: those that are encoder
+   classifiers in the run directory) answer the same seeded test texts one request at a time, in
+   turn: text 1 to each model, then text 2, and so on (potstill/timing.py, as the evaluation stage
+   times them). Their p50 / p95 and the teacher's p50 over each model's are comparable; timed
+   minutes apart, on a shared or noisy machine, they would not be. Repeated `--repeats` times
+   with a new sample each.
 2. Validation batch order. One pass over the validation split at batch 128, in file order and in
    length order (what the trainer does since 2026-11-29). It shows what padding to each batch's
    longest text costs. This part runs at torch's default thread count, as training does.
@@ -20,7 +20,6 @@ from __future__ import annotations
 import argparse
 import json
 import platform
-import random
 import sys
 import time
 from pathlib import Path
@@ -33,8 +32,8 @@ sys.path.insert(0, str(ROOT))
 from potstill.data.inputs import read_jsonl  # noqa: E402
 from potstill.paths import RunPaths  # noqa: E402
 from potstill.serve.calibrate import load_run_spec, resolve_data_path  # noqa: E402
-from potstill.students.classifier import load_classifier  # noqa: E402
-from potstill.students.hf import percentile  # noqa: E402
+from potstill.students.classifier import classifier_timer, load_classifier  # noqa: E402
+from potstill.timing import time_interleaved  # noqa: E402
 
 
 def main() -> None:
@@ -58,20 +57,10 @@ def main() -> None:
         m.eval()
 
     latency = []
-    for rep in range(args.repeats):
-        rng = random.Random(rep)
-        sample = [test[rng.randrange(len(test))] for _ in range(args.samples)]
-        times: dict[str, list[float]] = {n: [] for n in models}
-        with torch.inference_mode():
-            for t in sample[:10]:  # warm-up
-                for m, tok in models.values():
-                    m(**tok(t, return_tensors="pt", truncation=True, max_length=max_len))
-            for t in sample:
-                for name, (m, tok) in models.items():
-                    t0 = time.perf_counter()
-                    m(**tok(t, return_tensors="pt", truncation=True, max_length=max_len)).logits.argmax(-1).item()
-                    times[name].append((time.perf_counter() - t0) * 1000)
-        latency.append({n: {"p50": percentile(v, 50), "p95": percentile(v, 95)} for n, v in times.items()})
+    timers = {name: classifier_timer(m, tok, args.samples, max_len) for name, (m, tok) in models.items()}
+    for rep in range(args.repeats):  # the evaluation stage's own interleaved timing (potstill/timing.py)
+        res = time_interleaved(timers, test, seed=rep)
+        latency.append({n: {"p50": v["latency_ms_p50"], "p95": v["latency_ms_p95"]} for n, v in res.items()})
         print(f"repeat {rep + 1}: " + ", ".join(f"{n} p50 {v['p50']:.2f} ms" for n, v in latency[-1].items()),
               flush=True)
 

@@ -32,6 +32,7 @@ import typer
 from .curve import curve
 from .errors import PotstillError
 from .paths import COMPARE_DIR, COMPARE_JSON, COMPARE_MD, KEPT, MANIFEST, PREDICTIONS, SOFT, SPLITS, RunPaths
+from .timing import time_alone
 
 OBJECTIVES = ("gold", "distill", "both")
 
@@ -389,7 +390,8 @@ def compare(spec_path: str | Path, overrides: Sequence[str] = (), workdir: str |
         if prev and prev.get("fingerprint") == fp and prev.get("accuracy") is not None:
             rows.append(prev)
             continue
-        pred, info, _ = student.evaluate(spec, task, out, texts, inputs.labels, v.name)
+        pred, info, ex = student.evaluate(spec, task, out, texts, inputs.labels, v.name)
+        info.update(time_alone(ex["timer"], texts))
         rows.append({
             "name": v.name, "objective": v.objective, "gold_share": v.gold_share, "gold_labels":
             n_gold if v.objective != "distill" else 0, "teacher_labels": n_kept if v.objective != "gold" else 0,

@@ -2,8 +2,10 @@
 
 One harness for every task and student kind: the teacher is asked once, through the same cached
 interface that labelled the data; each trained model answers through its `Student`; the `Task`
-scores the predictions and renders its section. Timing is measured here on this machine: p50/p95
-latency of one input at a time (after warm-up) and batch throughput over the test texts.
+scores the predictions and renders its section. Timing is measured here on this machine: batch
+throughput over the test texts, and p50/p95 latency of one input at a time, the local models
+(teacher, student, baseline) taking turns on the same inputs (timing.py), so their ratio is not
+the machine's drift between one model's timing and the next.
 Writes `report.json` (with the task and student kinds, so readers never guess the renderer),
 `report.md` and `eval/predictions.jsonl`.
 """
@@ -36,14 +38,16 @@ from ..students.hf import percentile
 from ..tasks import get_task
 from ..teachers import answer_cached, make_teacher
 from ..threads import limit_threads
+from ..timing import Timer, time_interleaved
 from ..verdict import next_steps, verdict, with_verdict
 from .prepare import prepare_inputs
 
 
 def teacher_answers(spec: TaskSpec, run: RunPaths, texts: list[str], labels: list[str]
-                    ) -> tuple[list[Any], dict[str, Any]]:
-    """The teacher's predictions on `texts` (the task's form) and its report row: a local model's
-    size and timing, or an API's latency and what this evaluation spent."""
+                    ) -> tuple[list[Any], dict[str, Any], Timer | None]:
+    """The teacher's predictions on `texts` (the task's form), its report row (a local model's
+    size and throughput, or an API's latency and what this evaluation spent) and, for a local
+    model, its batch-1 timer."""
     task = get_task(spec.kind)
     with Store(run.db) as store:
         teacher = make_teacher(spec, run, labels)
@@ -52,8 +56,8 @@ def teacher_answers(spec: TaskSpec, run: RunPaths, texts: list[str], labels: lis
             answers = answer_cached(teacher, texts, store, spec.spec_hash(), bar.advance)
         after = store.spend(teacher.identity)
     info: dict[str, Any] = {"identity": teacher.identity}
-    describe = getattr(teacher, "describe", None)
-    if describe is not None:  # a local model: its size and its own timing on this machine
+    describe, timer = getattr(teacher, "describe", None), getattr(teacher, "timer", None)
+    if describe is not None:  # a local model: its size and throughput on this machine
         info.update(describe(texts, spec.eval))
     else:
         lat = [a.latency_ms for a in answers if a.latency_ms is not None]
@@ -61,7 +65,7 @@ def teacher_answers(spec: TaskSpec, run: RunPaths, texts: list[str], labels: lis
                      "latency_ms_p95": round(percentile(lat, 95), 1) if lat else None,
                      "throughput_per_s": None,
                      "eval_spend_usd": round(after["cost_usd"] - before["cost_usd"], 6)})
-    return [task.teacher_prediction(a) for a in answers], info
+    return [task.teacher_prediction(a) for a in answers], info, timer(spec.eval) if timer else None
 
 
 def evaluate(spec: TaskSpec, run: RunPaths) -> dict[str, Any]:
@@ -76,16 +80,26 @@ def evaluate(spec: TaskSpec, run: RunPaths) -> dict[str, Any]:
     preds: dict[str, list[Any]] = {}
     models: dict[str, dict[str, Any]] = {}
     extras: dict[str, dict[str, Any]] = {}
-    preds["teacher"], models["teacher"] = teacher_answers(spec, run, texts, labels)
+    timers: dict[str, Timer] = {}
+    preds["teacher"], models["teacher"], teacher_timer = teacher_answers(spec, run, texts, labels)
+    if teacher_timer is not None:
+        timers["teacher"] = teacher_timer
     for name in ("student", "baseline"):
         d = run.model_dir(name)
         if not student.trained(d):
             continue
         preds[name], info, extras[name] = student.evaluate(spec, task, d, texts, labels, name)
+        if (timer := extras[name].pop("timer", None)) is not None:
+            timers[name] = timer
         m = read_manifest(d)
         info.update({"objective": m.get("objective"), "init_from": m.get("init_from"),
                      "train_seconds": m.get("metrics", {}).get("seconds")})
         models[name] = info
+    if len(timers) > 1:
+        log(f"eval: batch-1 latency of the {', '.join(timers)}, in turn on the same inputs")
+    for name, lat in time_interleaved(timers, texts).items():
+        models[name].update(lat)
+    timers.clear()  # the models they hold are not needed any more
     if spec.eval.runtimes and "student" in models:  # the same student on ONNX Runtime, own rows
         _runtime_rows(spec, run, preds, models)
     for name, pred in preds.items():

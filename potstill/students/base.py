@@ -35,5 +35,7 @@ class Student(Protocol):
 
     def evaluate(self, spec: TaskSpec, task: Any, path: Path, texts: list[str], labels: list[str],
                  name: str) -> tuple[list[Any], dict[str, Any], dict[str, Any]]:
-        """(predictions in the task's form, info for report.json: params, size, latency p50/p95,
-        throughput, extras: per-row data for eval/ such as logits or confidences)."""
+        """(predictions in the task's form, info for report.json: params, size, throughput;
+        extras: per-row data for eval/ such as logits or confidences, and `timer`: a
+        `timing.Timer` that answers one input at a time, which the evaluation times in turn
+        with the teacher's and the other model's for the latency columns)."""

@@ -44,7 +44,7 @@ import random
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal, Sequence
+from typing import Any, Callable, Literal, Sequence
 
 import torch
 import torch.nn.functional as F
@@ -58,6 +58,7 @@ from ..paths import CHECKPOINTS, HISTORY, KEPT, RunPaths
 from ..progress import log, progress
 from ..schedule import EarlyStopping, Schedule, plan_schedule, schedule_fields
 from ..spec import TaskSpec
+from ..timing import Timer, time_alone
 from .base import Student
 from .hf import dir_size_mb
 from .lm_checkpoint import load_best, load_lm_checkpoint, load_trainable, save_best, save_lm_checkpoint, trainable_state
@@ -1021,27 +1022,24 @@ def train_causal_student(spec: TaskSpec, run: RunPaths, inputs: Inputs,
                           **({"layers": keep} if keep is not None else {}))
 
 
+def generation_timer(model, tok, max_new_tokens: int, max_length: int, objective: str = "sequence",
+                     samples: int = 8, render: Callable[[str], str] = str) -> Timer:
+    """One answer at a time (batch 1, greedy, to EOS or max_new_tokens) from the prompt `render`
+    makes of an input; its rate is generated tokens per second at batch 1."""
+    return Timer(lambda text: generate(model, tok, [render(text)], max_new_tokens, 1, objective, max_length)[0],
+                 samples, warmup=1, units=lambda g: len(g.token_logprobs), rate_key="gen_tokens_per_s_b1")
+
+
 def time_generation(model, tok, prompts: Sequence[str], max_new_tokens: int, max_length: int,
                     objective: str = "sequence", n: int = 8) -> dict[str, Any]:
-    """Latency of single answers (batch 1, greedy, to EOS or max_new_tokens) over the first `n`
-    prompts: p50 / p95 ms, and generated tokens per second at batch 1."""
-    import time
-
-    import numpy as np
-
-    generate(model, tok, list(prompts[:1]), 2, 1, objective, max_length)  # warm-up
-    ms, toks = [], 0
-    for p in list(prompts[:n]):
-        t0 = time.perf_counter()
-        g = generate(model, tok, [p], max_new_tokens, 1, objective, max_length)[0]
-        ms.append((time.perf_counter() - t0) * 1000)
-        toks += len(g.token_logprobs)
-    return {"latency_ms_p50": round(float(np.percentile(ms, 50)), 1),
-            "latency_ms_p95": round(float(np.percentile(ms, 95)), 1),
-            "gen_tokens_per_s_b1": round(toks / max(sum(ms) / 1000, 1e-9), 1)}
+    """One model alone: latency of single answers over `n` of the prompts (p50 / p95 ms), and
+    generated tokens per second at batch 1."""
+    return time_alone(generation_timer(model, tok, max_new_tokens, max_length, objective, n), list(prompts))
 
 
-def _student_answers(path, prompts: list[str], spec: TaskSpec) -> tuple[list[Any], dict[str, Any]]:
+def _student_answers(path, prompts: list[str], spec: TaskSpec, render: Callable[[str], str]
+                     ) -> tuple[list[Any], dict[str, Any], Timer]:
+    """The answers to `prompts` (batched), the report row's figures, and the batch-1 timer."""
     meta = json.loads((path / STUDENT_META).read_text())
     model, tok = load_causal_lm(path)
     t0 = time.perf_counter()
@@ -1052,9 +1050,10 @@ def _student_answers(path, prompts: list[str], spec: TaskSpec) -> tuple[list[Any
     return gens, {"params": total, "adapter_size_mb": dir_size_mb(path), "method": meta.get("method"),
                   "layers": getattr(model.config, "num_hidden_layers", None),
                   "answers_per_s": round(len(prompts) / max(elapsed, 1e-9), 2),
-                  "gen_tokens_per_s": round(sum(len(g.token_logprobs) for g in gens) / max(elapsed, 1e-9), 1),
-                  **time_generation(model, tok, prompts, spec.student.max_new_tokens, spec.student.max_length,
-                                    meta.get("objective", "sequence"), spec.eval.latency_samples_generate)}
+                  "gen_tokens_per_s": round(sum(len(g.token_logprobs) for g in gens) / max(elapsed, 1e-9), 1)
+                  }, generation_timer(model, tok, spec.student.max_new_tokens, spec.student.max_length,
+                                      meta.get("objective", "sequence"), spec.eval.latency_samples_generate,
+                                      render)
 
 
 class CausalLMStudent:
@@ -1078,13 +1077,14 @@ class CausalLMStudent:
     def evaluate(self, spec: TaskSpec, task: Any, path: Path, texts: list[str], labels: list[str],
                  name: str) -> tuple[list[Any], dict[str, Any], dict[str, Any]]:
         prompts = [spec.render_prompt(t, labels) for t in texts]
-        gens, info = _student_answers(Path(path), prompts, spec)
+        gens, info, timer = _student_answers(Path(path), prompts, spec,
+                                             lambda t: spec.render_prompt(t, labels))
         metrics = read_manifest(path).get("metrics", {})
         info.update({"general_ppl_base": metrics.get("general_ppl_base"),
                      "general_ppl_student": metrics.get("general_ppl_student")})
         preds = [task.from_text(g.text, spec, labels) for g in gens]
         conf = [{"mean_logprob": round(g.mean_logprob, 5), "min_logprob": round(g.min_logprob, 5)} for g in gens]
-        return preds, info, {"confidence": conf, "texts": [g.text for g in gens]}
+        return preds, info, {"confidence": conf, "texts": [g.text for g in gens], "timer": timer}
 
 
 STUDENT: Student = CausalLMStudent()

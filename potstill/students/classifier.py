@@ -27,6 +27,7 @@ from ..paths import CHECKPOINTS, HISTORY, KEPT, SOFT, RunPaths
 from ..progress import log, progress
 from ..schedule import EarlyStopping, plan_schedule, schedule_fields
 from ..spec import TaskSpec
+from ..timing import Timer, time_alone
 from .base import Student
 from .hf import (
     build_encoder,
@@ -35,7 +36,6 @@ from .hf import (
     encoder_init,
     length_grouped_batches,
     load_encoder,
-    percentile,
     pick_precision,
     resolve_model_path,
 )
@@ -444,31 +444,33 @@ def throughput_sample(texts: Sequence[str], seed: int = 0) -> list[str]:
     return random.Random(seed).sample(list(texts), THROUGHPUT_SAMPLE)
 
 
-def time_model(model, tokenizer, texts: Sequence[str], n_single: int, batch_size: int,
-               max_length: int, seed: int = 0) -> dict[str, float]:
-    """p50/p95 single-input latency (ms) over `n_single` texts, and batch throughput (inputs/s)
-    over `throughput_sample(texts)`."""
-    import torch
-
-    rng = random.Random(seed)
-    sample = [texts[rng.randrange(len(texts))] for _ in range(n_single)]
+def classifier_timer(model, tokenizer, samples: int, max_length: int) -> Timer:
+    """One input at a time: tokenise, forward, the top label (the evaluation's latency columns)."""
     model.eval()
-    with torch.inference_mode():
-        for t in sample[:10]:  # warm-up: allocator, kernels
-            model(**tokenizer(t, return_tensors="pt", truncation=True, max_length=max_length))
-        times = []
-        for t in sample:
-            t0 = time.perf_counter()
-            enc = tokenizer(t, return_tensors="pt", truncation=True, max_length=max_length)
-            model(**enc).logits.argmax(-1).item()
-            times.append((time.perf_counter() - t0) * 1000)
+
+    def call(text: str) -> int:
+        with torch.inference_mode():
+            enc = tokenizer(text, return_tensors="pt", truncation=True, max_length=max_length)
+            return int(model(**enc).logits.argmax(-1).item())
+
+    return Timer(call, samples)
+
+
+def batch_throughput(model, tokenizer, texts: Sequence[str], batch_size: int, max_length: int,
+                     seed: int = 0) -> dict[str, float]:
+    """Batch throughput (inputs/s) over `throughput_sample(texts)`."""
     batch = throughput_sample(texts, seed)
     t0 = time.perf_counter()
     predict_logits(model, tokenizer, batch, batch_size=batch_size, max_length=max_length)
-    elapsed = time.perf_counter() - t0
-    return {"latency_ms_p50": round(percentile(times, 50), 3),
-            "latency_ms_p95": round(percentile(times, 95), 3),
-            "throughput_per_s": round(len(batch) / elapsed, 1)}
+    return {"throughput_per_s": round(len(batch) / (time.perf_counter() - t0), 1)}
+
+
+def time_model(model, tokenizer, texts: Sequence[str], n_single: int, batch_size: int,
+               max_length: int, seed: int = 0) -> dict[str, float]:
+    """One model alone: p50/p95 single-input latency (ms) over `n_single` texts, and batch
+    throughput (inputs/s) over `throughput_sample(texts)`."""
+    return {**time_alone(classifier_timer(model, tokenizer, n_single, max_length), texts, seed),
+            **batch_throughput(model, tokenizer, texts, batch_size, max_length, seed)}
 
 
 # ---------------------------------------------------------------------------------------------
@@ -605,12 +607,13 @@ class ClassifierStudent:
         max_len = spec.student.max_length
         logits = predict_logits(model, tok, texts, spec.eval.batch_size, max_len, show=f"eval {name}")
         pred = [own[i] for i in logits.argmax(-1)]
-        timing = time_model(model, tok, texts, spec.eval.latency_samples, spec.eval.batch_size, max_len)
         metrics = read_manifest(path).get("metrics", {})
         info = {"params": count_params(model), "size_mb": dir_size_mb(path),
-                "layers": model.config.num_hidden_layers, **timing,
+                "layers": model.config.num_hidden_layers,
+                **batch_throughput(model, tok, texts, spec.eval.batch_size, max_len),
                 "best_val_accuracy": metrics.get("best_val_accuracy")}
-        return pred, info, {"logits": (own, logits)}
+        return pred, info, {"logits": (own, logits),
+                            "timer": classifier_timer(model, tok, spec.eval.latency_samples, max_len)}
 
 
 STUDENT: Student = ClassifierStudent()

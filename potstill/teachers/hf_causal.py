@@ -21,6 +21,7 @@ from ..answers import generate_answer
 from ..errors import PotstillError
 from ..spec import TaskSpec
 from ..tasks.generate import generate_prompt
+from ..timing import Timer
 from .base import Answer
 from .hf_local import local_identity
 
@@ -75,10 +76,13 @@ class HFCausalTeacher:
                 yield s + j, a
 
     def describe(self, texts: Sequence[str], ev: Any) -> dict[str, Any]:
-        """Size and batch-1 generation latency on this machine (the evaluation's teacher row)."""
-        from ..students.causal_lm import time_generation
+        """Size on this machine (the evaluation's teacher row; its batch-1 generation latency is
+        timed through `timer`, in turn with the students)."""
+        return {"params": self.params, "layers": getattr(self.model.config, "num_hidden_layers", None)}
 
-        prompts = [self.request(t)["prompt"] for t in texts]
-        return {"params": self.params, "layers": getattr(self.model.config, "num_hidden_layers", None),
-                **time_generation(self.model, self.tokenizer, prompts, self.max_new_tokens, self.max_length,
-                                  n=ev.latency_samples_generate)}
+    def timer(self, ev: Any) -> Timer:
+        """One answer at a time from this teacher's own prompt, as the students are timed."""
+        from ..students.causal_lm import generation_timer
+
+        return generation_timer(self.model, self.tokenizer, self.max_new_tokens, self.max_length,
+                                samples=ev.latency_samples_generate, render=lambda t: self.request(t)["prompt"])

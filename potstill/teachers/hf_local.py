@@ -10,8 +10,15 @@ import numpy as np
 
 from ..errors import PotstillError
 from ..manifest import file_hash
-from ..students.classifier import load_classifier, model_labels, predict_logits
+from ..students.classifier import (
+    batch_throughput,
+    classifier_timer,
+    load_classifier,
+    model_labels,
+    predict_logits,
+)
 from ..students.hf import resolve_model_path
+from ..timing import Timer
 from .base import Answer
 
 
@@ -56,13 +63,16 @@ class HFTeacher:
 
 
     def describe(self, texts: Sequence[str], ev: Any) -> dict[str, Any]:
-        """Size and timing on this machine (the evaluation's teacher row)."""
-        from ..students.classifier import time_model
+        """Size and batch throughput on this machine (the evaluation's teacher row; its batch-1
+        latency is timed through `timer`, in turn with the students)."""
         from ..students.hf import count_params
 
         return {"params": count_params(self.model), "layers": self.model.config.num_hidden_layers,
-                **time_model(self.model, self.tokenizer, list(texts), ev.latency_samples, ev.batch_size,
-                             self.max_length)}
+                **batch_throughput(self.model, self.tokenizer, list(texts), ev.batch_size, self.max_length)}
+
+    def timer(self, ev: Any) -> Timer:
+        """One input at a time, as the students are timed (timing.py)."""
+        return classifier_timer(self.model, self.tokenizer, ev.latency_samples, self.max_length)
 
 
 def local_identity(path: str | Path) -> str:

@@ -9,6 +9,7 @@ from typing import Any, Iterator, Sequence
 
 from ..answers import canonical_json, schema_fields, validate_fields
 from ..errors import PotstillError
+from ..timing import Timer
 from .base import Answer
 from .hf_local import local_identity
 from .openai_compat import _short
@@ -59,10 +60,16 @@ class TaggerTeacher:
                                         extra={"confidence": p.confidence})
 
     def describe(self, texts: Sequence[str], ev: Any) -> dict[str, Any]:
-        """Size and timing on this machine (the evaluation's teacher row)."""
+        """Size and batch throughput on this machine (the evaluation's teacher row; its batch-1
+        latency is timed through `timer`, in turn with the students)."""
         from ..students.hf import count_params
-        from ..students.tagger import time_tagger
+        from ..students.tagger import tagger_throughput
 
         return {"params": count_params(self.model), "layers": self.model.config.num_hidden_layers,
-                **time_tagger(self.model, self.tokenizer, list(texts), ev.latency_samples, ev.batch_size,
-                              self.max_length)}
+                **tagger_throughput(self.model, self.tokenizer, list(texts), ev.batch_size, self.max_length)}
+
+    def timer(self, ev: Any) -> Timer:
+        """One input at a time, as the students are timed (timing.py)."""
+        from ..students.tagger import tagger_timer
+
+        return tagger_timer(self.model, self.tokenizer, ev.latency_samples, self.max_length)
