@@ -38,17 +38,25 @@ def _pct(xs: Sequence[float], q: float) -> float:
     return float(np.percentile(np.asarray(xs), q)) if len(xs) else float("nan")
 
 
-def time_interleaved(timers: dict[str, Timer], texts: Sequence[str], seed: int = 0
-                     ) -> dict[str, dict[str, float]]:
+def calls(timers: dict[str, Timer]) -> int:
+    """How many calls `time_interleaved` makes, warm-ups included (for a progress bar)."""
+    return sum(t.warmup + t.samples for t in timers.values())
+
+
+def time_interleaved(timers: dict[str, Timer], texts: Sequence[str], seed: int = 0,
+                     advance: Callable[[], Any] | None = None) -> dict[str, dict[str, float]]:
     """{name: {latency_ms_p50, latency_ms_p95[, rate_key]}}: each model timed on the first
-    `samples` of one seeded sample of `texts`, the models taking turns input by input."""
+    `samples` of one seeded sample of `texts`, the models taking turns input by input.
+    `advance()` after every call."""
     if not timers or not texts:
         return {}
+    tick = advance or (lambda: None)
     rng = random.Random(seed)
     sample = [texts[rng.randrange(len(texts))] for _ in range(max(t.samples for t in timers.values()))]
     for t in timers.values():
         for x in sample[: t.warmup]:
             t.call(x)
+            tick()
     names = list(timers)
     ms: dict[str, list[float]] = {n: [] for n in names}
     units: dict[str, int] = {n: 0 for n in names}
@@ -61,6 +69,7 @@ def time_interleaved(timers: dict[str, Timer], texts: Sequence[str], seed: int =
             t0 = time.perf_counter()
             out = t.call(x)
             ms[n].append((time.perf_counter() - t0) * 1000)
+            tick()
             if t.units is not None:
                 units[n] += t.units(out)
     res: dict[str, dict[str, float]] = {}

@@ -41,17 +41,18 @@ def test_taking_turns_cancels_the_machine_s_drift(monkeypatch):
     assert alone[1]["latency_ms_p50"] / alone[0]["latency_ms_p50"] > 1.3  # drift, one after the other
 
     m.log.clear()
+    ticks = []
     res = time_interleaved({"a": Timer(m.model("a"), samples=20, warmup=2),
                             "b": Timer(m.model("b"), samples=20, warmup=2),
                             "c": Timer(m.model("c"), samples=3, warmup=1, units=len, rate_key="chars_per_s")},
-                           texts, seed=3)
+                           texts, seed=3, advance=lambda: ticks.append(1))
     assert res["b"]["latency_ms_p50"] / res["a"]["latency_ms_p50"] == pytest.approx(1.0, abs=0.03)
     timed = m.log[5:]  # after the warm-ups: 2 + 2 + 1 calls
     assert [n for n, _ in m.log[:5]] == ["a", "a", "b", "b", "c"]
     # input by input, every model in turn, the first to answer rotating; c only on the first 3
     assert [n for n, _ in timed[:9]] == ["a", "b", "c", "b", "c", "a", "c", "a", "b"]
     assert [n for n, _ in timed[9:13]] == ["a", "b", "b", "a"]
-    assert len(timed) == 20 + 20 + 3
+    assert len(timed) == 20 + 20 + 3 and len(ticks) == len(m.log)  # progress: one tick a call
     by_input = {}
     for n, t in timed:
         by_input.setdefault(t, set()).add(n)
@@ -79,14 +80,14 @@ def test_the_evaluation_times_teacher_student_and_baseline_in_turn(tiny_run, tmp
     calls = []
     real = stage.time_interleaved
 
-    def spy(timers, texts, seed=0):
+    def spy(timers, texts, seed=0, advance=None):
         wrapped = {}
         for name, t in timers.items():
             def call(x, _n=name, _c=t.call):
                 calls.append(_n)
                 return _c(x)
             wrapped[name] = Timer(call, t.samples, t.warmup, t.units, t.rate_key)
-        return real(wrapped, texts, seed)
+        return real(wrapped, texts, seed, advance)
 
     monkeypatch.setattr(stage, "time_interleaved", spy)
     report = stage.evaluate(spec, run_paths(spec))

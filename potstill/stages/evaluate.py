@@ -38,7 +38,7 @@ from ..students.hf import percentile
 from ..tasks import get_task
 from ..teachers import answer_cached, make_teacher
 from ..threads import limit_threads
-from ..timing import Timer, time_interleaved
+from ..timing import Timer, calls, time_interleaved
 from ..verdict import next_steps, verdict, with_verdict
 from .prepare import prepare_inputs
 
@@ -95,10 +95,10 @@ def evaluate(spec: TaskSpec, run: RunPaths) -> dict[str, Any]:
         info.update({"objective": m.get("objective"), "init_from": m.get("init_from"),
                      "train_seconds": m.get("metrics", {}).get("seconds")})
         models[name] = info
-    if len(timers) > 1:
-        log(f"eval: batch-1 latency of the {', '.join(timers)}, in turn on the same inputs")
-    for name, lat in time_interleaved(timers, texts).items():
-        models[name].update(lat)
+    if timers:
+        with progress(calls(timers), f"eval latency ({', '.join(timers)}, in turn)") as bar:
+            for name, lat in time_interleaved(timers, texts, advance=bar.advance).items():
+                models[name].update(lat)
     timers.clear()  # the models they hold are not needed any more
     if spec.eval.runtimes and "student" in models:  # the same student on ONNX Runtime, own rows
         _runtime_rows(spec, run, preds, models)
