@@ -40,7 +40,8 @@ def _pct(xs: Sequence[float], q: float) -> float:
 
 def calls(timers: dict[str, Timer]) -> int:
     """How many calls `time_interleaved` makes, warm-ups included (for a progress bar)."""
-    return sum(t.warmup + t.samples for t in timers.values())
+    n = max((t.samples for t in timers.values()), default=0)
+    return sum(min(t.warmup, n) + t.samples for t in timers.values())
 
 
 def time_interleaved(timers: dict[str, Timer], texts: Sequence[str], seed: int = 0,

@@ -10,7 +10,7 @@ import pytest
 from test_serve_support import tiny_run  # noqa: F401  (fixture)
 
 from potstill import timing
-from potstill.timing import Timer, time_alone, time_interleaved
+from potstill.timing import Timer, calls, time_alone, time_interleaved
 
 
 class DriftingMachine:
@@ -53,6 +53,10 @@ def test_taking_turns_cancels_the_machine_s_drift(monkeypatch):
     assert [n for n, _ in timed[:9]] == ["a", "b", "c", "b", "c", "a", "c", "a", "b"]
     assert [n for n, _ in timed[9:13]] == ["a", "b", "b", "a"]
     assert len(timed) == 20 + 20 + 3 and len(ticks) == len(m.log)  # progress: one tick a call
+    few = {"d": Timer(m.model("d"), samples=3, warmup=10)}  # warm-ups: no more than the inputs drawn
+    m.log.clear()
+    time_interleaved(few, texts)
+    assert len(m.log) == calls(few) == 6
     by_input = {}
     for n, t in timed:
         by_input.setdefault(t, set()).add(n)
