@@ -28,7 +28,6 @@ from __future__ import annotations
 import argparse
 import json
 import shutil
-import time
 from pathlib import Path
 
 import yaml
@@ -51,27 +50,15 @@ def write_spec(base: Path, data: Path, name: str, label_field: str, max_train: i
 
 
 def run_variant(spec_path: Path, workdir: Path, overrides: list[str]) -> dict:
-    from potstill.config import load_spec
+    """schedule_kd's run of one variant, plus the rows the student saw and the overrides."""
+    from schedule_kd import run_variant as run_one
+
     from potstill.manifest import read_manifest
     from potstill.paths import RunPaths
-    from potstill.pipeline import run_all
 
-    spec = load_spec(spec_path, overrides)
-    t0 = time.monotonic()
-    rep = run_all(spec, workdir)
-    wall = time.monotonic() - t0
-    run = RunPaths(workdir)
-    train = {}
-    for name in ("teacher", "student", "baseline"):
-        m = (read_manifest(run.model_dir(name)).get("metrics") or {}) if (
-            run.model_dir(name) / "manifest.json").exists() else {}
-        train[name] = {k: m.get(k) for k in ("steps", "seconds", "stopped_early", "best_val_accuracy")}
-    label_summary = read_manifest(run.labels).get("summary") or {}
-    ms = rep["models"]
-    return {"teacher": ms["teacher"]["accuracy"], "student": ms["student"]["accuracy"],
-            "baseline": (ms.get("baseline") or {}).get("accuracy"), "verdict": rep["verdict"]["deploy"],
-            "test_rows": rep["test_rows"], "student_rows": label_summary.get("inputs"), "train": train,
-            "overrides": overrides, "wall_s": round(wall, 1)}
+    res = run_one(spec_path, workdir, overrides)
+    summary = read_manifest(RunPaths(workdir).labels).get("summary") or {}
+    return {**res, "student_rows": summary.get("inputs"), "overrides": overrides}
 
 
 def overrides_for(variant: str) -> list[str]:

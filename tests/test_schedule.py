@@ -184,6 +184,6 @@ def test_throughput_is_timed_on_a_bounded_sample(tiny_bert, monkeypatch):
     monkeypatch.setattr(C, "THROUGHPUT_SAMPLE", 20)
     monkeypatch.setattr(C, "predict_logits", spy)
     model, tok = C.build_classifier(str(tiny_bert), LABELS, layers=[0, 3])
-    out = C.time_model(model, tok, [f"text number {i}" for i in range(50)], 12, 8, 16)
+    out = C.batch_throughput(model, tok, [f"text number {i}" for i in range(50)], 8, 16)
     assert timed == [20] and out["throughput_per_s"] > 0
     assert C.throughput_sample(["a", "b"]) == ["a", "b"]

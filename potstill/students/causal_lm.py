@@ -1037,9 +1037,11 @@ def time_generation(model, tok, prompts: Sequence[str], max_new_tokens: int, max
     return time_alone(generation_timer(model, tok, max_new_tokens, max_length, objective, n), list(prompts))
 
 
-def _student_answers(path, prompts: list[str], spec: TaskSpec, render: Callable[[str], str]
+def _student_answers(path, texts: list[str], spec: TaskSpec, render: Callable[[str], str]
                      ) -> tuple[list[Any], dict[str, Any], Timer]:
-    """The answers to `prompts` (batched), the report row's figures, and the batch-1 timer."""
+    """The answers to the prompts `render` makes of `texts` (batched), the report row's figures,
+    and the batch-1 timer."""
+    prompts = [render(t) for t in texts]
     meta = json.loads((path / STUDENT_META).read_text())
     model, tok = load_causal_lm(path)
     t0 = time.perf_counter()
@@ -1076,9 +1078,7 @@ class CausalLMStudent:
 
     def evaluate(self, spec: TaskSpec, task: Any, path: Path, texts: list[str], labels: list[str],
                  name: str) -> tuple[list[Any], dict[str, Any], dict[str, Any]]:
-        prompts = [spec.render_prompt(t, labels) for t in texts]
-        gens, info, timer = _student_answers(Path(path), prompts, spec,
-                                             lambda t: spec.render_prompt(t, labels))
+        gens, info, timer = _student_answers(Path(path), texts, spec, lambda t: spec.render_prompt(t, labels))
         metrics = read_manifest(path).get("metrics", {})
         info.update({"general_ppl_base": metrics.get("general_ppl_base"),
                      "general_ppl_student": metrics.get("general_ppl_student")})

@@ -27,7 +27,7 @@ from ..paths import CHECKPOINTS, HISTORY, KEPT, SOFT, RunPaths
 from ..progress import log, progress
 from ..schedule import EarlyStopping, plan_schedule, schedule_fields
 from ..spec import TaskSpec
-from ..timing import Timer, time_alone
+from ..timing import Timer
 from .base import Student
 from .hf import (
     build_encoder,
@@ -463,14 +463,6 @@ def batch_throughput(model, tokenizer, texts: Sequence[str], batch_size: int, ma
     t0 = time.perf_counter()
     predict_logits(model, tokenizer, batch, batch_size=batch_size, max_length=max_length)
     return {"throughput_per_s": round(len(batch) / (time.perf_counter() - t0), 1)}
-
-
-def time_model(model, tokenizer, texts: Sequence[str], n_single: int, batch_size: int,
-               max_length: int, seed: int = 0) -> dict[str, float]:
-    """One model alone: p50/p95 single-input latency (ms) over `n_single` texts, and batch
-    throughput (inputs/s) over `throughput_sample(texts)`."""
-    return {**time_alone(classifier_timer(model, tokenizer, n_single, max_length), texts, seed),
-            **batch_throughput(model, tokenizer, texts, batch_size, max_length, seed)}
 
 
 # ---------------------------------------------------------------------------------------------
