@@ -128,14 +128,9 @@ def recommend(rows: list[dict[str, Any]], test_rows: int) -> dict[str, Any]:
 def fair_min_steps(spec, n_gold: int) -> int | None:
     """The adaptive step budget of the full gold set: the floor every gold-share variant gets, so
     a smaller gold set is not simply trained for fewer steps. None for the fixed schedule."""
-    from .schedule import plan_schedule, schedule_fields
+    from .schedule import adaptive_steps
 
-    t = spec.train
-    if t.schedule != "adaptive" or n_gold < 1:
-        return None
-    f = {k: v for k, v in schedule_fields(t).items() if k != "schedule"}
-    return plan_schedule(n_gold, t.batch_size, mode="adaptive", epochs=t.epochs,
-                         warmup_ratio=t.warmup_ratio, **f).total_steps
+    return adaptive_steps(spec.train, n_gold)
 
 
 def table_rows(c: dict[str, Any]) -> tuple[list[str], list[list[str]]]:

@@ -145,6 +145,16 @@ class EarlyStopping:
         return cls(patience, min_delta, -math.inf if best is None else float(best), int(state.get("bad", 0)))
 
 
+def adaptive_steps(part: Any, n_rows: int) -> int | None:
+    """The adaptive schedule's step budget for `n_rows` training rows under a spec part (TrainSpec):
+    the floor that gives a variant with fewer rows as many steps. None for the fixed schedule."""
+    if part.schedule != "adaptive" or n_rows < 1:
+        return None
+    f = {k: v for k, v in schedule_fields(part).items() if k != "schedule"}
+    return plan_schedule(n_rows, part.batch_size, mode="adaptive", epochs=part.epochs,
+                         warmup_ratio=part.warmup_ratio, **f).total_steps
+
+
 def schedule_fields(part: Any) -> dict[str, Any]:
     """The TrainConfig schedule fields from a spec part (TrainSpec or FitSpec)."""
     return {"schedule": part.schedule, "min_steps": part.min_steps, "max_steps": part.max_steps,

@@ -374,9 +374,13 @@ def test_bundled_example_inits_and_its_data_fits_its_schema(tmp_path):
 
     res = CliRunner().invoke(app, ["init", str(tmp_path / "invoices"), "--example", "snips-extract"])
     assert res.exit_code == 0, res.output
-    for f in ("LICENSE", "PROVENANCE.md", "data/train.jsonl", "data/validation.jsonl", "data/test.jsonl"):
+    for f in ("LICENSE", "PROVENANCE.md", "data/train.jsonl", "data/unlabelled.jsonl", "data/validation.jsonl",
+              "data/test.jsonl"):
         assert (tmp_path / "invoices" / f).exists(), f
     spec = load_spec(tmp_path / "invoices/potstill.yaml")
     assert spec.kind == "extract" and spec.student.kind == "tagger" and spec.teacher.kind == "fit"
     inputs = prepare_inputs(spec, RunPaths(tmp_path / "run"))  # every gold object fits the schema
-    assert len(inputs.labels) == 39 and len(inputs.test) == 700 and len(inputs.train) == spec.data.max_train
+    assert len(inputs.labels) == 39 and len(inputs.test) == 700
+    # 4,000 labelled requests for the teacher; the logged ones, without gold, only for it to label
+    gold = [ex for ex in inputs.train if ex.gold is not None]
+    assert len(gold) == 4000 and len(inputs.train) - len(gold) == 8829  # after duplicates and test overlaps go

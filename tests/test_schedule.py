@@ -1,6 +1,7 @@
 """Adaptive schedules (potstill/schedule.py) and the training loop that runs them."""
 
 import hashlib
+import json
 import math
 
 import pytest
@@ -187,3 +188,41 @@ def test_throughput_is_timed_on_a_bounded_sample(tiny_bert, monkeypatch):
     out = C.batch_throughput(model, tok, [f"text number {i}" for i in range(50)], 8, 16)
     assert timed == [20] and out["throughput_per_s"] > 0
     assert C.throughput_sample(["a", "b"]) == ["a", "b"]
+
+
+def test_the_baseline_trains_at_least_the_students_steps(tmp_path):
+    """A baseline with fewer rows than the student (whose inputs also count unlabelled or
+    augmented ones) gets the student's step budget as its floor; unchanged otherwise."""
+    from potstill.spec import TrainSpec
+    from potstill.students.base import baseline_train
+
+    t = TrainSpec(schedule="adaptive", epochs=2, batch_size=8, min_steps=0, max_steps=100)
+    kept = tmp_path / "kept.jsonl"
+    assert baseline_train(t, kept) is t  # no records yet (`train --baseline` before labelling)
+    kept.write_text('{"text": "x"}\n' * 80)
+    assert baseline_train(t, kept).min_steps == 20  # 2 passes over 80 inputs in batches of 8
+    kept.write_text('{"text": "x"}\n' * 800)
+    assert baseline_train(t, kept).min_steps == 100  # the cap holds
+    assert baseline_train(t.model_copy(update={"min_steps": 500, "max_steps": 1000}), kept).min_steps == 500
+    assert baseline_train(t.model_copy(update={"schedule": "fixed"}), kept).schedule == "fixed"
+    assert baseline_train(t.model_copy(update={"schedule": "fixed"}), kept).min_steps == 0
+
+
+def test_a_run_gives_its_baseline_the_students_steps(task_dir):
+    """With data.augment the student learns from twice the inputs the gold-only baseline has; on
+    the adaptive schedule both train the same number of steps."""
+    from potstill.config import load_spec, run_paths
+    from potstill.data.inputs import read_jsonl
+    from potstill.pipeline import run_all
+
+    sets = ["data.augment=1", "train.schedule=adaptive", "train.epochs=1", "train.min_steps=0",
+            "train.max_steps=200", "train.patience=null", "train.eval_every=1000"]
+    spec = load_spec(task_dir / "potstill.yaml", sets)
+    run = run_paths(spec, task_dir / "run")
+    run_all(spec, run.root)
+    kept = len(read_jsonl(run.filtered / "kept.jsonl"))
+    assert kept > 300  # the 240 gold inputs and their perturbed copies
+    steps = {m: (json.loads((run.root / m / "manifest.json").read_text())["metrics"]["steps"])
+             for m in ("student", "baseline")}
+    assert steps["student"] == math.ceil(kept / 8)
+    assert steps["baseline"] == steps["student"]  # not 30, the 240 gold rows' one pass

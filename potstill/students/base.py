@@ -12,7 +12,9 @@ from typing import Any, Literal, Protocol
 
 from ..data.inputs import Inputs
 from ..paths import RunPaths
-from ..spec import TaskSpec
+from ..progress import log
+from ..schedule import adaptive_steps
+from ..spec import TaskSpec, TrainSpec
 
 
 class Student(Protocol):
@@ -39,3 +41,20 @@ class Student(Protocol):
         extras: per-row data for eval/ such as logits or confidences, and `timer`: a
         `timing.Timer` that answers one input at a time, which the evaluation times in turn
         with the teacher's and the other model's for the latency columns)."""
+
+
+def baseline_train(t: TrainSpec, kept: Path) -> TrainSpec:
+    """The gold-only baseline's `train` part. On the adaptive schedule it trains for at least the
+    steps that the distilled student's inputs (the kept records in `kept`) give the student: a
+    baseline with fewer rows than the student (whose inputs also count unlabelled or augmented
+    ones) is not simply trained for fewer steps. Early stopping on validation still ends it
+    sooner. `t` as it is when the records are not there yet or the schedule is fixed."""
+    if t.schedule != "adaptive" or not kept.exists():
+        return t
+    with kept.open(encoding="utf-8") as f:
+        n = sum(1 for line in f if line.strip())
+    steps = adaptive_steps(t, n)
+    if steps is None or steps <= t.min_steps:
+        return t
+    log(f"baseline: at least {steps} steps, the student's budget for its {n} inputs")
+    return t.model_copy(update={"min_steps": steps})

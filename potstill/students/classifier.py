@@ -28,7 +28,7 @@ from ..progress import log, progress
 from ..schedule import EarlyStopping, plan_schedule, schedule_fields
 from ..spec import TaskSpec
 from ..timing import Timer
-from .base import Student
+from .base import Student, baseline_train
 from .hf import (
     build_encoder,
     count_params,
@@ -512,6 +512,8 @@ def train_classifier_student(spec: TaskSpec, run: RunPaths, inputs: Inputs,
     objective = "gold" if mode == "baseline" else t.objective
     out = out or run.model_dir(mode)
     records = records or run.filtered
+    if mode == "baseline":
+        t = baseline_train(t, records / KEPT)
     labels = inputs.labels
     index = {l: i for i, l in enumerate(labels)}
     val_rows = gold_rows(inputs.validation, labels)

@@ -42,7 +42,7 @@ from ..schedule import schedule_fields
 from ..spec import TaskSpec
 from ..tasks.align import Span, align_fields
 from ..timing import Timer
-from .base import Student
+from .base import Student, baseline_train
 from .classifier import TrainConfig, throughput_sample, train_classifier
 from .hf import (
     build_encoder,
@@ -397,6 +397,8 @@ def train_tagger_student(spec: TaskSpec, run: RunPaths, inputs: Inputs, mode: Li
     objective = "gold" if mode == "baseline" else t.objective
     out = out or run.model_dir(mode)
     records = records or run.filtered
+    if mode == "baseline":
+        t = baseline_train(t, records / KEPT)
     fields = inputs.labels
     tags = tag_names(fields)
     vt, vs, _ = gold_spans(inputs.validation)
