@@ -32,6 +32,7 @@ import typer
 from .curve import curve
 from .errors import PotstillError
 from .paths import COMPARE_DIR, COMPARE_JSON, COMPARE_MD, KEPT, MANIFEST, PREDICTIONS, SOFT, SPLITS, RunPaths
+from .schedule import adaptive_steps
 from .timing import time_alone
 
 OBJECTIVES = ("gold", "distill", "both")
@@ -123,14 +124,6 @@ def recommend(rows: list[dict[str, Any]], test_rows: int) -> dict[str, Any]:
                     + f" — {who}")
             reasons.append(line)
     return {"choice": choice, "noise_margin": margin, "reasons": reasons}
-
-
-def fair_min_steps(spec, n_gold: int) -> int | None:
-    """The adaptive step budget of the full gold set: the floor every gold-share variant gets, so
-    a smaller gold set is not simply trained for fewer steps. None for the fixed schedule."""
-    from .schedule import adaptive_steps
-
-    return adaptive_steps(spec.train, n_gold)
 
 
 def table_rows(c: dict[str, Any]) -> tuple[list[str], list[list[str]]]:
@@ -357,7 +350,9 @@ def compare(spec_path: str | Path, overrides: Sequence[str] = (), workdir: str |
                                      {normalise(e.text) for e in inputs.validation + inputs.test})
     else:
         n_gold_all = sum(e.gold is not None for e in inputs.train)
-    fair = fair_min_steps(spec, n_gold_all)
+    # the adaptive step budget of the full gold set: the floor every gold-share variant gets, so
+    # a smaller gold set is not simply trained for fewer steps (None: the fixed schedule)
+    fair = adaptive_steps(spec.train, n_gold_all)
     for v in variants:
         out = base / v.name.replace("@", "_share")
         data = gold_dir if v.objective != "distill" else None  # distill reads no gold

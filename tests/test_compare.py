@@ -121,14 +121,14 @@ def test_compare_on_a_tiny_task(report_task, tmp_path):
 def test_compare_gives_every_gold_share_the_full_step_budget(report_task, tmp_path):
     """Adaptive schedule: gold@0.25 (60 labels, 8 steps per epoch) trains for as many steps as the
     full gold set (240 labels) gets, not for a quarter of them."""
-    from potstill.compare import fair_min_steps
     from potstill.config import load_spec
+    from potstill.schedule import adaptive_steps
 
     spec = copy_run(report_task, tmp_path / "task")
     run = spec.parent / "runs" / "tiny"
     sets = ["train.schedule=adaptive", "train.min_steps=10", "train.max_steps=40", "train.patience=null"]
-    assert fair_min_steps(load_spec(spec, sets), 240) == 40  # 3 epochs x 30 steps, capped at 40
-    assert fair_min_steps(load_spec(spec, sets), 60) == 24
+    assert adaptive_steps(load_spec(spec, sets).train, 240) == 40  # 3 epochs x 30 steps, capped at 40
+    assert adaptive_steps(load_spec(spec, sets).train, 60) == 24
     doc = compare(spec, sets, None, [0.25])
     assert doc["fair_min_steps"] == 40
     steps = {r["name"]: r["train_steps"] for r in doc["rows"]}
