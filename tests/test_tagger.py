@@ -166,3 +166,23 @@ def test_build_cut_predict_and_rows(tiny_bert):
     assert len(preds) == 2 and all(0 < p.token_confidence <= 1 for p in preds)
     for p in preds:  # whatever an untrained model tags, values are pieces of the text
         assert all(v in ("send money to mom", "hey")[preds.index(p)] for v in p.fields.values())
+
+
+def test_prediction_turns_eval_mode_on_once_not_on_every_call(tiny_bert, monkeypatch):
+    """model.eval() walks every module (most of a millisecond on a 2-layer tagger): a model in
+    training mode is switched once, one already in eval mode (as loaded, as served) is left alone."""
+    from potstill.students.classifier import build_classifier, predict_logits
+
+    tagger, tok = build_tagger(str(tiny_bert), FIELDS, layers=[0, 3])
+    classifier, ctok = build_classifier(str(tiny_bert), ["a", "b"], layers=[0, 3])
+    for model in (tagger, classifier):
+        model.train()
+    predict_tags(tagger, tok, ["send money to mom"], 1, 32)
+    predict_logits(classifier, ctok, ["send money to mom"], 1, 32)
+    for model in (tagger, classifier):  # dropout off
+        assert not model.training and not any(m.training for m in model.modules())
+    calls = []
+    monkeypatch.setattr(torch.nn.Module, "train", lambda self, mode=True: calls.append(mode) or self)
+    predict_tags(tagger, tok, ["send money to mom"], 1, 32)
+    predict_logits(classifier, ctok, ["send money to mom"], 1, 32)
+    assert calls == []

@@ -66,7 +66,8 @@ def model_labels(model) -> list[str]:
 def predict_logits(model, tokenizer, texts: Sequence[str], batch_size: int = 64,
                    max_length: int = 128, show: str | None = None) -> np.ndarray:
     """Logits for `texts`, (N, C) float32. Batches are formed by length to pad little."""
-    model.eval()
+    if model.training:  # eval() walks every module: once, not on each call (the server calls per request)
+        model.eval()
     device = next(model.parameters()).device
     order = sorted(range(len(texts)), key=lambda i: len(texts[i]))
     out = np.zeros((len(texts), model.config.num_labels), dtype=np.float32)

@@ -167,7 +167,8 @@ def predict_tags(model, tokenizer, texts: Sequence[str], batch_size: int = 64,
                  max_length: int = 64, with_logits: bool = False):
     """Predictions for `texts` (batches formed by length); with_logits also returns the
     per-text (T_i, K) float32 logits of the real tokens' positions (special tokens included)."""
-    model.eval()
+    if model.training:  # eval() walks every module: once, not on each call (the server calls per request)
+        model.eval()
     device = next(model.parameters()).device
     tags = model_tags(model)
     order = sorted(range(len(texts)), key=lambda i: len(texts[i]))
