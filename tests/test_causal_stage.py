@@ -129,3 +129,17 @@ def test_potstill_run_classify_with_a_causal_student(task_dir, lms):
     html = write_report(task_dir / "run")["html"].read_text()
     assert "macro-F1" in html
     assert (task_dir / "run/student/adapter_config.json").exists()
+
+
+def test_the_causal_baseline_trains_the_students_steps(tmp_path, lms):
+    """The student's inputs (48 gold rows' and 48 more the teacher answered) outnumber the baseline's
+    48 gold rows: on the adaptive schedule the baseline gets the student's 12 steps, not 6."""
+    from potstill.stages.train import train_student
+
+    spec, run = _task(tmp_path, lms, ", schedule: adaptive, min_steps: 0, eval_every: 100")
+    kept = (run.filtered / "kept.jsonl").read_text().splitlines()
+    extra = [json.dumps({**json.loads(r), "id": f"u{i}", "text": json.loads(r)["text"] + " please", "gold": None})
+             for i, r in enumerate(kept)]
+    (run.filtered / "kept.jsonl").write_text("\n".join(kept + extra) + "\n")
+    b = train_student(spec, run, "baseline")
+    assert b["objective"] == "gold" and b["metrics"]["steps"] == 12

@@ -59,7 +59,7 @@ from ..progress import log, progress
 from ..schedule import EarlyStopping, Schedule, plan_schedule, schedule_fields
 from ..spec import TaskSpec
 from ..timing import Timer, time_alone
-from .base import Student
+from .base import Student, baseline_train
 from .hf import dir_size_mb
 from .lm_checkpoint import load_best, load_lm_checkpoint, load_trainable, save_best, save_lm_checkpoint, trainable_state
 from .prune import hidden_pairs, select_layers
@@ -900,6 +900,8 @@ def train_causal_student(spec: TaskSpec, run: RunPaths, inputs: Inputs,
     objective = "gold" if mode == "baseline" else CAUSAL_OBJECTIVES[t.objective]
     out = out or run.model_dir(mode)
     records = records or run.filtered
+    if mode == "baseline":
+        t = baseline_train(t, records / KEPT)
     render = lambda text: spec.render_prompt(text, inputs.labels)  # noqa: E731
     parents: dict[str, str] = {"inputs": str(run.inputs)}
     teacher_identity = None
