@@ -198,14 +198,15 @@ def test_the_baseline_trains_at_least_the_students_steps(tmp_path):
 
     t = TrainSpec(schedule="adaptive", epochs=2, batch_size=8, min_steps=0, max_steps=100)
     kept = tmp_path / "kept.jsonl"
-    assert baseline_train(t, kept) is t  # no records yet (`train --baseline` before labelling)
+    assert baseline_train(t, kept, 40) is t  # no records yet (`train --baseline` before labelling)
     kept.write_text('{"text": "x"}\n' * 80)
-    assert baseline_train(t, kept).min_steps == 20  # 2 passes over 80 inputs in batches of 8
+    assert baseline_train(t, kept, 40).min_steps == 20  # 2 passes over 80 inputs in batches of 8
+    assert baseline_train(t, kept, 80) is t  # as many rows as the student: left as it is
     kept.write_text('{"text": "x"}\n' * 800)
-    assert baseline_train(t, kept).min_steps == 100  # the cap holds
-    assert baseline_train(t.model_copy(update={"min_steps": 500, "max_steps": 1000}), kept).min_steps == 500
-    assert baseline_train(t.model_copy(update={"schedule": "fixed"}), kept).schedule == "fixed"
-    assert baseline_train(t.model_copy(update={"schedule": "fixed"}), kept).min_steps == 0
+    assert baseline_train(t, kept, 40).min_steps == 100  # the cap holds
+    assert baseline_train(t.model_copy(update={"min_steps": 500, "max_steps": 1000}), kept, 40).min_steps == 500
+    fixed = t.model_copy(update={"schedule": "fixed"})
+    assert baseline_train(fixed, kept, 40) is fixed
 
 
 def test_a_run_gives_its_baseline_the_students_steps(task_dir):

@@ -43,18 +43,19 @@ class Student(Protocol):
         with the teacher's and the other model's for the latency columns)."""
 
 
-def baseline_train(t: TrainSpec, kept: Path) -> TrainSpec:
-    """The gold-only baseline's `train` part. On the adaptive schedule it trains for at least the
-    steps that the distilled student's inputs (the kept records in `kept`) give the student: a
-    baseline with fewer rows than the student (whose inputs also count unlabelled or augmented
-    ones) is not simply trained for fewer steps. Early stopping on validation still ends it
-    sooner. `t` as it is when the records are not there yet or the schedule is fixed."""
+def baseline_train(t: TrainSpec, kept: Path, n_own: int) -> TrainSpec:
+    """The gold-only baseline's `train` part, for its `n_own` training rows. On the adaptive
+    schedule it trains for at least the steps that the distilled student's inputs (the kept
+    records in `kept`) give the student: a baseline with fewer rows than the student (whose inputs
+    also count unlabelled or augmented ones) is not simply trained for fewer steps. Early stopping
+    on validation still ends it sooner. `t` as it is when its own budget is already as large,
+    when the records are not there yet, or on the fixed schedule."""
     if t.schedule != "adaptive" or not kept.exists():
         return t
     with kept.open(encoding="utf-8") as f:
         n = sum(1 for line in f if line.strip())
-    steps = adaptive_steps(t, n)
-    if steps is None or steps <= t.min_steps:
+    steps, own = adaptive_steps(t, n), adaptive_steps(t, n_own)
+    if steps is None or own is None or steps <= own:
         return t
-    log(f"baseline: at least {steps} steps, the student's budget for its {n} inputs")
+    log(f"baseline: {steps} steps, the student's budget for its {n} inputs ({own} for its own {n_own} rows)")
     return t.model_copy(update={"min_steps": steps})

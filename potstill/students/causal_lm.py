@@ -900,8 +900,6 @@ def train_causal_student(spec: TaskSpec, run: RunPaths, inputs: Inputs,
     objective = "gold" if mode == "baseline" else CAUSAL_OBJECTIVES[t.objective]
     out = out or run.model_dir(mode)
     records = records or run.filtered
-    if mode == "baseline":
-        t = baseline_train(t, records / KEPT)
     render = lambda text: spec.render_prompt(text, inputs.labels)  # noqa: E731
     parents: dict[str, str] = {"inputs": str(run.inputs)}
     teacher_identity = None
@@ -955,6 +953,8 @@ def train_causal_student(spec: TaskSpec, run: RunPaths, inputs: Inputs,
         parents["filtered"] = str(records)
     if not rows:
         raise PotstillError(f"no training rows for the {mode} ({objective}); check the filter report")
+    if mode == "baseline":
+        t = baseline_train(t, records / KEPT, len(rows))
     if missing:
         log(f"{mode}: {missing} of {len(kept)} records had no {'rationale' if objective == 'rationale' else 'usable top-k logprobs'}"
             "; they train on the answer text alone")

@@ -513,8 +513,6 @@ def train_classifier_student(spec: TaskSpec, run: RunPaths, inputs: Inputs,
     objective = "gold" if mode == "baseline" else t.objective
     out = out or run.model_dir(mode)
     records = records or run.filtered
-    if mode == "baseline":
-        t = baseline_train(t, records / KEPT)
     labels = inputs.labels
     index = {l: i for i, l in enumerate(labels)}
     val_rows = gold_rows(inputs.validation, labels)
@@ -546,6 +544,8 @@ def train_classifier_student(spec: TaskSpec, run: RunPaths, inputs: Inputs,
         parents["filtered"] = str(records)
     if not rows:
         raise PotstillError(f"no training rows for the {mode} ({objective}); check the filter report")
+    if mode == "baseline":
+        t = baseline_train(t, records / KEPT, len(rows))
     # the gold-only baseline never sees the teacher, not even its weights: it is what
     # fine-tuning the small model alone gives, the other side of "fine-tune or distill?"
     init = spec.student.model if mode == "baseline" else encoder_init(spec, run)

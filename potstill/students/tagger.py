@@ -398,8 +398,6 @@ def train_tagger_student(spec: TaskSpec, run: RunPaths, inputs: Inputs, mode: Li
     objective = "gold" if mode == "baseline" else t.objective
     out = out or run.model_dir(mode)
     records = records or run.filtered
-    if mode == "baseline":
-        t = baseline_train(t, records / KEPT)
     fields = inputs.labels
     tags = tag_names(fields)
     vt, vs, _ = gold_spans(inputs.validation)
@@ -430,6 +428,8 @@ def train_tagger_student(spec: TaskSpec, run: RunPaths, inputs: Inputs, mode: Li
         parents["filtered"] = str(records)
     if not texts:
         raise PotstillError(f"no training rows for the {mode} ({objective}); check the filter report")
+    if mode == "baseline":
+        t = baseline_train(t, records / KEPT, len(texts))
     # the gold-only baseline never sees the teacher, not even its weights
     init = s.model if mode == "baseline" else encoder_init(spec, run)
     init_path = Path(resolve_model_path(init))
