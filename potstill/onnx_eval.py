@@ -4,15 +4,16 @@ latency. `evaluate_onnx(spec, run)` returns one row per runtime (and writes `onn
 run directory); `potstill eval` can add them to its report as their own rows.
 
 Each row: accuracy and macro-F1 against gold, agreement with the PyTorch student's labels,
-p50/p95 latency of one input at a time (tokenisation included, after a warm-up), batch
-throughput over the test texts, and the size of the model file. All runtimes use the same number
-of threads (`eval.threads`), so the comparison is of the runtimes, not of the thread counts.
+p50/p95 latency of one input at a time (tokenisation included, after a warm-up; the runtimes take
+turns input by input, timing.py), batch throughput over the test texts, and the size of the model
+file. All runtimes use the same number of threads (`eval.threads`), so the comparison is of the
+runtimes, not of the thread counts. `potstill eval` times them in turn with the teacher, student
+and baseline instead (`timed=False` hands it the timers).
 """
 
 from __future__ import annotations
 
 import json
-import random
 import time
 from pathlib import Path
 from typing import Any, Sequence
@@ -22,41 +23,29 @@ import numpy as np
 from .paths import RunPaths
 from .spec import TaskSpec
 from .threads import limit_threads
+from .timing import Timer, time_interleaved
 
 RESULT = "onnx_eval.json"
 
 
-def _time(predict_one, predict_many, texts: Sequence[str], n_single: int, seed: int = 0) -> dict[str, float]:
-    from .students.hf import percentile
-
-    rng = random.Random(seed)
-    sample = [texts[rng.randrange(len(texts))] for _ in range(n_single)]
-    for t in sample[:10]:  # warm-up
-        predict_one(t)
-    times = []
-    for t in sample:
-        t0 = time.perf_counter()
-        predict_one(t)
-        times.append((time.perf_counter() - t0) * 1000)
+def _throughput(predict_many, texts: Sequence[str]) -> float:
     t0 = time.perf_counter()
     predict_many(texts)
-    elapsed = time.perf_counter() - t0
-    return {"latency_ms_p50": round(percentile(times, 50), 3),
-            "latency_ms_p95": round(percentile(times, 95), 3),
-            "throughput_per_s": round(len(texts) / elapsed, 1)}
+    return round(len(texts) / (time.perf_counter() - t0), 1)
 
 
 def evaluate_onnx(spec: TaskSpec, run: RunPaths, which: str = "student",
-                  runtimes: Sequence[str] = ("torch", "onnx", "onnx_int8")) -> dict[str, Any]:
+                  runtimes: Sequence[str] = ("torch", "onnx", "onnx_int8"), timed: bool = True) -> dict[str, Any]:
     """Rows {runtime: metrics} for the run's classifier `which` (see module doc); exports the ONNX
     graphs first when missing or stale. `predictions` ({runtime: labels of the test texts}) is
-    returned too (for `potstill eval`'s scoring), not written to onnx_eval.json."""
-    import torch
+    returned too (for `potstill eval`'s scoring), not written to onnx_eval.json. With
+    `timed=False` the rows have no latency; `timers` ({runtime: Timer}) is returned for the caller
+    to time them with its own models."""
 
     from .onnx_export import onnx_dir, session
     from .serve.onnx_runtime import ensure_export
     from .stages.prepare import prepare_inputs
-    from .students.classifier import load_classifier, model_labels, predict_logits
+    from .students.classifier import classifier_timer, load_classifier, model_labels, predict_logits
     from .tasks.base import agreement
     from .tasks.classify import accuracy, macro_f1
 
@@ -78,12 +67,10 @@ def evaluate_onnx(spec: TaskSpec, run: RunPaths, which: str = "student",
     labels = model_labels(model)
     rows: dict[str, dict[str, Any]] = {}
     preds: dict[str, list[str]] = {}
+    timers: dict[str, Timer] = {}
     for rt in runtimes:
         if rt == "torch":
-            def one(t: str, model=model) -> int:
-                with torch.inference_mode():
-                    return int(model(**tok(t, return_tensors="pt", truncation=True,
-                                           max_length=max_len)).logits.argmax(-1).item())
+            timer = classifier_timer(model, tok, n_single, max_len)
 
             def many(ts: Sequence[str]) -> np.ndarray:
                 return predict_logits(model, tok, ts, batch_size=bs, max_length=max_len)
@@ -97,6 +84,8 @@ def evaluate_onnx(spec: TaskSpec, run: RunPaths, which: str = "student",
             def one(t: str, sess=sess, names=names) -> int:
                 enc = tok(t, return_tensors="np", truncation=True, max_length=max_len)
                 return int(sess.run(["logits"], {n: enc[n].astype(np.int64) for n in names})[0].argmax(-1)[0])
+
+            timer = Timer(one, n_single)
 
             def many(ts: Sequence[str], sess=sess, names=names) -> np.ndarray:
                 order = sorted(range(len(ts)), key=lambda i: len(ts[i]))
@@ -113,13 +102,17 @@ def evaluate_onnx(spec: TaskSpec, run: RunPaths, which: str = "student",
         preds[rt] = [labels[i] for i in logits.argmax(-1)]
         rows[rt] = {"accuracy": round(accuracy(gold, preds[rt]), 4),
                     "macro_f1": round(macro_f1(gold, preds[rt], inputs.labels), 4),
-                    "size_mb": round(size / 2**20, 2), **_time(one, many, texts, n_single)}
+                    "size_mb": round(size / 2**20, 2), "throughput_per_s": _throughput(many, texts)}
+        timers[rt] = timer
+    if timed:
+        for rt, lat in time_interleaved(timers, texts).items():
+            rows[rt] = {**rows[rt], **lat}
     if "torch" in preds:
         for rt in rows:
             rows[rt]["agreement_with_torch"] = round(agreement(preds[rt], preds["torch"]), 4)
     result = {"which": which, "n_test": len(texts), "threads": threads, "rows": rows}
     (run.root / RESULT).write_text(json.dumps(result, indent=2))
-    return {**result, "predictions": preds}
+    return {**result, "predictions": preds, **({} if timed else {"timers": timers})}
 
 
 def markdown(result: dict[str, Any]) -> str:

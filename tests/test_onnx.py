@@ -111,7 +111,7 @@ def test_a_stale_export_is_redone(classifier, tmp_path):
     np.testing.assert_allclose(got, torch_logits(model, enc_texts), atol=1e-4)
 
 
-def test_export_command_and_serving_and_evaluation_on_onnx(tiny_run, tmp_path):
+def test_export_command_and_serving_and_evaluation_on_onnx(tiny_run, tmp_path, monkeypatch):
     import httpx
     import typer
     from typer.testing import CliRunner
@@ -160,13 +160,18 @@ def test_export_command_and_serving_and_evaluation_on_onnx(tiny_run, tmp_path):
     from fake_openai import FakeOpenAI
     from test_serve_support import LABELS
 
-    from potstill.stages.evaluate import evaluate
+    from potstill.stages import evaluate as stage
 
+    timed = []  # the runtimes are timed in turn with the PyTorch student, in one run
+    real = stage.time_interleaved
+    monkeypatch.setattr(stage, "time_interleaved", lambda timers, *a, **k: timed.append(sorted(timers))
+                        or real(timers, *a, **k))
     with FakeOpenAI(label_fn=lambda t: "balance", labels=LABELS) as url:
         spec = spec.model_copy(update={
             "eval": spec.eval.model_copy(update={"runtimes": ["onnx", "onnx_int8"]}),
             "teacher": spec.teacher.model_copy(update={"base_url": url})})
-        report = evaluate(spec, rp)
+        report = stage.evaluate(spec, rp)
+    assert timed == [["student", "student_onnx", "student_onnx_int8"]]
     m = report["models"]
     assert m["student_onnx"]["accuracy"] == m["student"]["accuracy"]
     assert m["student_onnx"]["agreement_with_student"] == 1.0

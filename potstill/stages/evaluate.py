@@ -95,13 +95,13 @@ def evaluate(spec: TaskSpec, run: RunPaths) -> dict[str, Any]:
         info.update({"objective": m.get("objective"), "init_from": m.get("init_from"),
                      "train_seconds": m.get("metrics", {}).get("seconds")})
         models[name] = info
+    if spec.eval.runtimes and "student" in models:  # the same student on ONNX Runtime, own rows
+        timers.update(_runtime_rows(spec, run, preds, models))
     if timers:
         with progress(calls(timers), f"eval latency ({', '.join(timers)}, in turn)") as bar:
             for name, lat in time_interleaved(timers, texts, advance=bar.advance).items():
                 models[name].update(lat)
     timers.clear()  # the models they hold are not needed any more
-    if spec.eval.runtimes and "student" in models:  # the same student on ONNX Runtime, own rows
-        _runtime_rows(spec, run, preds, models)
     for name, pred in preds.items():
         models[name].update(task.score(gold, pred, labels, None if name == "teacher" else preds["teacher"], spec))
     metric = task.metric_for(spec)
@@ -137,20 +137,21 @@ def evaluate(spec: TaskSpec, run: RunPaths) -> dict[str, Any]:
 
 
 def _runtime_rows(spec: TaskSpec, run: RunPaths, preds: dict[str, list[Any]],
-                  models: dict[str, dict[str, Any]]) -> None:
+                  models: dict[str, dict[str, Any]]) -> dict[str, Timer]:
     """`eval.runtimes`: the student on ONNX Runtime as rows `student_<runtime>`, scored like the
-    others (onnx_eval.py exports the graphs when missing or stale and times them)."""
+    others (onnx_eval.py exports the graphs when missing or stale); returns their timers, which
+    the evaluation times in turn with the other models'."""
     from ..onnx_eval import evaluate_onnx
     from ..tasks.base import agreement
 
-    res = evaluate_onnx(spec, run, "student", runtimes=list(spec.eval.runtimes))
+    res = evaluate_onnx(spec, run, "student", runtimes=list(spec.eval.runtimes), timed=False)
     for rt, row in res["rows"].items():
         preds[f"student_{rt}"] = res["predictions"][rt]
         models[f"student_{rt}"] = {"params": models["student"].get("params"), "runtime": rt,
-                                   **{k: row[k] for k in ("size_mb", "latency_ms_p50", "latency_ms_p95",
-                                                          "throughput_per_s")},
+                                   **{k: row[k] for k in ("size_mb", "throughput_per_s")},
                                    "agreement_with_student": round(agreement(res["predictions"][rt],
                                                                              preds["student"]), 4)}
+    return {f"student_{rt}": t for rt, t in res["timers"].items()}
 
 
 def _why_no_baseline(spec: TaskSpec, inputs) -> str:
