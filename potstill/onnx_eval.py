@@ -41,7 +41,6 @@ def evaluate_onnx(spec: TaskSpec, run: RunPaths, which: str = "student",
     returned too (for `potstill eval`'s scoring), not written to onnx_eval.json. With
     `timed=False` the rows have no latency; `timers` ({runtime: Timer}) is returned for the caller
     to time them with its own models."""
-
     from .onnx_export import onnx_dir, session
     from .serve.onnx_runtime import ensure_export
     from .stages.prepare import prepare_inputs
