@@ -198,9 +198,14 @@ def test_degraded_items_are_committed_in_the_students_thread(tmp_path):
         breaker.failure("connection refused")  # open: the teacher is not asked
         tc = TeacherClient(teacher, store, "h", breaker=breaker) if teacher is not None else None
         router = Router(student, Policy(confidence_threshold=0.5), queue, tc, window_ms=5)
+        before = len(student.batches)
         low1, low2, sure = run_router(router, queue, ["low1", "low2", "sure"])
         assert [r.route for r in (low1, low2, sure)] == ["degraded", "degraded", "student"]
-        assert store.writers == ["student-0"]  # one transaction, in the student's thread
+        # in the student's thread, one transaction per student batch at most: the three usually
+        # share a batch, but the batcher may send the first alone when it wakes before the others
+        # are queued (its adaptive window), so the count is not fixed
+        assert set(store.writers) == {"student-0"}
+        assert 1 <= len(store.writers) <= len(student.batches) - before
         rows = store.queue_items()
         assert [(r["request_id"], r["kind"]) for r in rows] == [("r0", "degraded"), ("r1", "degraded")]
         assert [low1.queue_id, low2.queue_id] == [r["id"] for r in rows]
