@@ -78,6 +78,16 @@ def run_variant(spec_path: Path, workdir: Path, overrides: list[str]) -> dict:
             "test_rows": rep["test_rows"], "train": steps, "wall_s": round(wall, 1)}
 
 
+def append_results(out: Path, table: str, record: dict) -> None:
+    """Print the table and append it to `out` (markdown) and the record to out's .json (one line)."""
+    print(table)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    with open(out, "a") as f:
+        f.write(table + "\n")
+    with open(out.with_suffix(".json"), "a") as f:
+        f.write(json.dumps(record) + "\n")
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--data", required=True, type=Path)
@@ -126,14 +136,8 @@ def main() -> None:
             + " | " + " / ".join("—" if tr[k]["seconds"] is None else f"{tr[k]['seconds']:.0f}"
                                  for k in ("teacher", "student", "baseline")) + " |")
     lines += ["", "`*`: stopped early on validation. Seconds on a shared 2-core machine (indicative only).", ""]
-    table = "\n".join(lines)
-    print(table)
-    a.out.parent.mkdir(parents=True, exist_ok=True)
-    with open(a.out, "a") as f:
-        f.write(table + "\n")
-    with open(a.out.with_suffix(".json"), "a") as f:
-        f.write(json.dumps({"name": a.name, "max_train": a.max_train, "hidden_weight": a.hidden_weight,
-                            "results": results}) + "\n")
+    append_results(a.out, "\n".join(lines), {"name": a.name, "max_train": a.max_train,
+                                               "hidden_weight": a.hidden_weight, "results": results})
 
 
 if __name__ == "__main__":

@@ -24,7 +24,7 @@ sys.path.insert(0, str(ROOT))
 from potstill.data.inputs import read_jsonl  # noqa: E402
 from potstill.paths import RunPaths  # noqa: E402
 from potstill.serve.calibrate import load_run_spec, resolve_data_path  # noqa: E402
-from potstill.students.tagger import load_tagger, predict_tags  # noqa: E402
+from potstill.students.tagger import load_tagger, tagger_timer  # noqa: E402
 from potstill.timing import Timer, time_interleaved  # noqa: E402
 
 
@@ -42,16 +42,13 @@ def main() -> None:
     timers = {}
     for name in ("teacher", "student"):
         model, tok = load_tagger(a.run / name)
-        model.eval()
+        now = tagger_timer(model, tok, a.samples, n)  # what the evaluation times
 
-        def now(text, model=model, tok=tok):
-            return predict_tags(model, tok, [text], 1, n)
-
-        def old(text, model=model, tok=tok):
+        def old(text, model=model, call=now.call):
             model.eval()
-            return predict_tags(model, tok, [text], 1, n)
+            return call(text)
 
-        timers[f"{name}, now"] = Timer(now, a.samples)
+        timers[f"{name}, now"] = now
         timers[f"{name}, eval() per call"] = Timer(old, a.samples)
     res = time_interleaved(timers, texts, seed=0)
     p50 = {k: v["latency_ms_p50"] for k, v in res.items()}

@@ -116,14 +116,10 @@ def main() -> None:
             f"{gap} | {r['verdict']} | {r['student_rows']} | {st['steps']}{'*' if st['stopped_early'] else ''} | "
             f"{secs} |")
     lines += ["", "`*`: stopped early on validation. Seconds are indicative (a shared 2-core machine).", ""]
-    table = "\n".join(lines)
-    print(table)
-    a.out.parent.mkdir(parents=True, exist_ok=True)
-    with open(a.out, "a") as f:
-        f.write(table + "\n")
-    with open(a.out.with_suffix(".json"), "a") as f:
-        f.write(json.dumps({"name": a.name, "max_train": a.max_train, "spec": str(a.spec),
-                            "set": a.set, "results": results}) + "\n")
+    from schedule_kd import append_results
+
+    append_results(a.out, "\n".join(lines), {"name": a.name, "max_train": a.max_train, "spec": str(a.spec),
+                                               "set": a.set, "results": results})
 
 
 if __name__ == "__main__":
