@@ -221,7 +221,10 @@ class StudentSpec(_Strict):
 
 class TrainSpec(_Strict):
     objective: Literal["distill", "gold", "both", "sequence", "logit_kd", "rationale"] = "distill"
-    """distill: teacher labels only; gold: gold labels only (the fine-tuning baseline); both.
+    """distill: teacher labels only; gold: gold labels only (the fine-tuning baseline); both: the
+    gold label where an input has one, the teacher's elsewhere, with the teacher's soft labels
+    (causal-LM students: token KD along those answers from a local causal-LM teacher that shares
+    the tokenizer, else cross-entropy on them).
     Causal-LM students: sequence (train on the teacher's kept outputs; `distill` means this too),
     logit_kd (token KD against a local teacher's logits or an API teacher's top-k logprobs),
     rationale (the teacher's rationale and answer as two tagged tasks, Distilling step-by-step)."""

@@ -92,6 +92,31 @@ def test_gold_baseline_and_logit_kd_with_local_teacher(tmp_path, lms):
     assert b["objective"] == "gold" and (run.baseline / "adapter_config.json").exists()
 
 
+def test_both_trains_on_gold_answers_with_token_kd_from_the_teacher(tmp_path, lms, monkeypatch):
+    """objective both: the gold answer where the input has one (not the teacher's), gold inputs the
+    filter dropped included, with token KD from the local causal-LM teacher along them."""
+    from potstill.stages.train import train_student
+    from potstill.students import causal_lm
+
+    spec, run = _task(tmp_path, lms, ", objective: both, epochs: 0.2, general_ratio: 0.0")
+    kept = [json.loads(x) for x in (run.filtered / "kept.jsonl").read_text().splitlines()]
+    wrong = [{**r, "label": "weather" if r["gold"] != "weather" else "balance"} for r in kept[4:]]
+    write_jsonl(run.filtered / "kept.jsonl", wrong)  # 4 inputs dropped, every teacher answer wrong
+    seen = {}
+    real = causal_lm.train_causal_lm
+
+    def spy(model, tok, rows, cfg, teacher=None, *a, **k):
+        seen.update(rows=rows, cfg=cfg, teacher=teacher)
+        return real(model, tok, rows, cfg, teacher, *a, **k)
+
+    monkeypatch.setattr(causal_lm, "train_causal_lm", spy)
+    m = train_student(spec, run)
+    gold = {r["text"]: r["gold"] for r in kept}
+    assert sorted(r.completion for r in seen["rows"]) == sorted(gold.values())  # 48 rows, all gold
+    assert seen["cfg"].objective == "logit_kd" and seen["teacher"] is not None
+    assert m["objective"] == "both" and m["metrics"]["losses"][-1]["kd"] > 0
+
+
 def test_logit_kd_refuses_a_teacher_of_another_tokenizer(tmp_path, lms):
     from causal_fixtures import build_tokenizer
 

@@ -173,6 +173,50 @@ def test_lm_loss_chunked_path_equals_full_logits_path(llama4, tmp_path):
         assert torch.allclose(full, chunked, atol=1e-5), obj
 
 
+def test_cached_teacher_states_give_the_same_loss_with_one_teacher_pass_per_row(llama4, tmp_path):
+    """Several epochs of logit KD run the teacher's decoder once per row (its hidden states at the
+    answer positions cached), not once per step, and train to the same losses."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from potstill.students.causal_kd import cache_teacher_hidden
+    from potstill.students.causal_lm import (
+        LMRow,
+        LMTrainConfig,
+        build_causal_lm,
+        collate,
+        encode_row,
+        lm_loss,
+        train_causal_lm,
+    )
+
+    teacher_dir = build_tiny_llama(tmp_path / "t", layers=2, hidden=64, seed=3,
+                                   tokenizer=AutoTokenizer.from_pretrained(llama4))
+    teacher = AutoModelForCausalLM.from_pretrained(teacher_dir).eval()
+    rows = [LMRow(f"request number {i} " + "word " * (i % 4), f"answer {i % 3}") for i in range(6)]
+    rows.append(LMRow("", "the cat sat on the mat", "general"))
+    model, tok = build_causal_lm(str(llama4), "full", layers=[0, 3])
+    enc = [encode_row(tok, r, 64) for r in rows]
+    cfg = LMTrainConfig(objective="logit_kd", kd_chunk=3, temperature=2.0)
+    live = lm_loss(model, collate(tok, enc, rows), cfg, teacher, len(tok))[0]
+    cached = cache_teacher_hidden(teacher, enc, [r.kind != "general" for r in rows], 4,
+                                  lambda e: collate(tok, e, rows[:len(e)]), torch.no_grad, "cpu")
+    with_cache = [{**e, "t_hidden": h} for e, h in zip(enc, cached)]
+    assert torch.allclose(lm_loss(model, collate(tok, with_cache, rows), cfg, teacher, len(tok))[0], live, atol=1e-5)
+
+    calls = []
+    teacher.model.register_forward_hook(lambda *a: calls.append(1))
+    histories = []
+    for cache in (True, False):
+        calls.clear()
+        model, tok = build_causal_lm(str(llama4), "full", layers=[0, 3])
+        cfg = LMTrainConfig(objective="logit_kd", max_steps=6, batch_size=3, log_every=1, kd_chunk=3,
+                            cache_teacher=cache, seed=1)
+        histories.append(train_causal_lm(model, tok, rows, cfg, teacher=teacher))
+        assert len(calls) == (2 if cache else 6)  # 6 KD rows in batches of 3, once; else every step
+    for a, b in zip(*(h["losses"] for h in histories)):
+        assert a["loss"] == pytest.approx(b["loss"], abs=1e-4)
+
+
 # -- through the train stage ------------------------------------------------------------------------
 
 def test_pruned_student_trains_with_logit_and_hidden_kd_and_saves_whole(tmp_path):

@@ -9,6 +9,12 @@ supervised (completion tokens), and `losses.chunked_kd_ce` applies the student's
 teacher's heads `cfg.kd_chunk` positions at a time. Optional hidden-state KD pairs the pruned
 student's blocks with the teacher blocks they were initialised from (`prune.hidden_pairs`).
 
+When every row is visited more than once (several epochs), the teacher's part does not change
+between visits: `cache_teacher_hidden` runs the teacher's decoder once per row and keeps its
+final hidden states at the supervised positions, and the loss applies the teacher's head to those
+(`teacher_hidden` in the batch) instead of running the teacher again each step. Same loss, one
+teacher pass instead of one per epoch. Not with hidden-state KD, which needs every paired layer.
+
 Used for LoRA and full fine-tuning (prefix / prompt tuning prepend virtual tokens inside peft's
 forward, and rows with an API teacher's top-k data need the full logits: those keep the
 unchunked path).
@@ -62,7 +68,10 @@ def chunked_lm_loss(model, batch: dict[str, torch.Tensor], cfg, teacher=None, vo
     kd_rows = batch["kd"][:, None].expand_as(mask)[mask]  # (N,) general text: CE only
     kd_on = teacher is not None and cfg.objective == "logit_kd"
     t_h = t_head = t_out = None
-    if kd_on:
+    if kd_on and "teacher_hidden" in batch and not want_hidden:
+        t_head = _parts(teacher)[1]
+        t_h = batch["teacher_hidden"]  # (N, H_t), cached in the same row-major order as `mask`
+    elif kd_on:
         t_dec, t_head = _parts(teacher)
         with torch.no_grad():
             t_out = t_dec(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"],
@@ -82,3 +91,43 @@ def chunked_lm_loss(model, batch: dict[str, torch.Tensor], cfg, teacher=None, vo
         loss = loss + cfg.hidden_weight * hid
         parts["hidden"] = float(hid.detach())
     return loss, parts
+
+
+CACHE_LIMIT_BYTES = 1 << 30
+"""Cache the teacher's hidden states only while they take at most this much memory."""
+
+
+@torch.no_grad()
+def cache_teacher_hidden(teacher, encoded: list[dict[str, Any]], kd_rows: list[bool], batch_size: int,
+                         collate, autocast, device, progress_desc: str | None = None,
+                         limit_bytes: int = CACHE_LIMIT_BYTES) -> list[torch.Tensor] | None:
+    """Per row, the teacher's final hidden states at the positions whose next token is supervised,
+    (n_i, H) on the CPU, in position order: what `chunked_lm_loss` gathers from the teacher each
+    step. Rows that take no KD (general text) get zeros. None when the cache would pass
+    `limit_bytes` (the loss then runs the teacher each step, as without a cache).
+
+    encoded: `causal_lm.encode_row` dicts; collate(list of encoded) -> batch dict; autocast() -> a
+    context manager for the training precision. Rows are batched by length; right padding does
+    not change a causal model's states at the real positions."""
+    t_dec = _parts(teacher)[0]
+    hidden = int(teacher.config.hidden_size)
+    counts = [sum(1 for x in e["labels"][1:] if x != IGNORE) for e in encoded]
+    if sum(counts) * hidden * 4 > limit_bytes:
+        return None
+    from ..progress import progress
+
+    order = sorted((i for i in range(len(encoded)) if kd_rows[i]), key=lambda i: len(encoded[i]["input_ids"]))
+    out: list[torch.Tensor | None] = [None] * len(encoded)
+    chunks = [order[k:k + batch_size] for k in range(0, len(order), batch_size)]
+    with progress(len(chunks), progress_desc or "teacher pass") as bar:
+        for idx in chunks:
+            b = collate([encoded[i] for i in idx])
+            ids, attn, labels = (b[k].to(device) for k in ("input_ids", "attention_mask", "labels"))
+            with autocast():
+                last = t_dec(input_ids=ids, attention_mask=attn).last_hidden_state[:, :-1]
+            mask = labels[:, 1:] != IGNORE
+            for j, i in enumerate(idx):
+                out[i] = last[j][mask[j]].detach().cpu()
+            bar.advance()
+    dtype = next((t.dtype for t in out if t is not None), torch.float32)
+    return [t if t is not None else torch.zeros(n, hidden, dtype=dtype) for t, n in zip(out, counts)]

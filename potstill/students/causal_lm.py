@@ -169,6 +169,8 @@ def collate(tokenizer, encoded: list[dict[str, Any]], rows: list[LMRow]) -> dict
                 tk_lp[i, start + j, :len(a_lp)] = torch.tensor(a_lp)
             has[i] = True
         batch.update(topk_ids=tk_ids, topk_logprobs=tk_lp, has_topk=has)
+    if encoded and all("t_hidden" in e for e in encoded):
+        batch["teacher_hidden"] = torch.cat([e["t_hidden"] for e in encoded])
     return batch
 
 
@@ -402,6 +404,9 @@ class LMTrainConfig:
     """logit_kd with a depth-pruned student: weight of hidden-state KD over `hidden_pairs`."""
     hidden_pairs: list[tuple[int, int]] | None = None
     """(student, teacher) hidden-state indices paired for hidden-state KD (prune.hidden_pairs)."""
+    cache_teacher: bool = True
+    """logit_kd with a local teacher, rows visited more than once: run the teacher once per row and
+    keep its final hidden states at the answer positions (causal_kd.cache_teacher_hidden)."""
 
 
 def shifted(logits: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
@@ -572,6 +577,17 @@ def train_causal_lm(model, tokenizer, rows: list[LMRow], cfg: LMTrainConfig, tea
                                "schedule": plan.as_dict()}
     if plan.mode == "adaptive":
         log(f"{desc}: {plan.describe()}")
+    if use_teacher_cache(model, teacher, rows, cfg, total_steps):
+        from .causal_kd import cache_teacher_hidden
+
+        cached = cache_teacher_hidden(teacher, encoded, [r.kind != "general" for r in rows], cfg.batch_size,
+                                      lambda enc: collate(tokenizer, enc, [LMRow("", "")] * len(enc)),
+                                      lambda: _autocast(precision, device), device, f"{desc}: teacher pass")
+        if cached is not None:
+            for e, h in zip(encoded, cached):
+                e["t_hidden"] = h
+            log(f"{desc}: the teacher's hidden states at {sum(len(h) for h in cached)} answer positions "
+                "cached: one teacher pass, not one per epoch")
     # adaptive: the gold answers' mean NLL on the validation rows, lower is better (the score is
     # its negative); the best weights are kept in memory (and in the checkpoint, for a resume)
     stopper = EarlyStopping(plan.patience)
@@ -672,6 +688,21 @@ def train_causal_lm(model, tokenizer, rows: list[LMRow], cfg: LMTrainConfig, tea
                 "train.general_ratio against forgetting")
     model.eval()
     return history
+
+
+def use_teacher_cache(model, teacher, rows: Sequence[LMRow], cfg: LMTrainConfig, total_steps: int) -> bool:
+    """Whether logit KD can read the teacher's cached hidden states (pure but for the model
+    checks): a local teacher, the chunked loss, no hidden-state KD, no API top-k rows, and rows
+    visited more than once."""
+    if not (cfg.cache_teacher and teacher is not None and cfg.objective == "logit_kd" and cfg.kd_chunk > 0):
+        return False
+    if (cfg.hidden_weight > 0 and cfg.hidden_pairs) or any(r.topk is not None for r in rows):
+        return False
+    if total_steps * cfg.batch_size <= len(rows):
+        return False
+    from .causal_kd import supports_chunked
+
+    return supports_chunked(model) and supports_chunked(teacher)
 
 
 def check_shared_vocab(student_tokenizer, teacher_tokenizer=None, student=None, teacher=None) -> int:
@@ -805,7 +836,7 @@ def aligned_topk(tokenizer, completion: str, token_logprobs: Sequence[TokenLP] |
 # the Student: stage hooks (train, evaluate)
 
 
-CAUSAL_OBJECTIVES = {"distill": "sequence", "both": "sequence", "sequence": "sequence",
+CAUSAL_OBJECTIVES = {"distill": "sequence", "both": "both", "sequence": "sequence",
                      "logit_kd": "logit_kd", "rationale": "rationale", "gold": "gold"}
 
 
@@ -914,8 +945,11 @@ def train_causal_student(spec: TaskSpec, run: RunPaths, inputs: Inputs,
             raise PotstillError(f"{kept_path}: no filtered records; run `potstill filter` first")
         kept = read_jsonl(kept_path)
         tok_for_topk = None
+        # both: the gold answer where the input has one, over the teacher's; gold inputs the
+        # filter dropped still teach (as for encoder students)
+        gold = {ex.text: ex.gold for ex in inputs.train if ex.gold is not None} if objective == "both" else {}
         for rec in kept:
-            target = record_target(rec)
+            target = gold.get(rec["text"]) or record_target(rec)
             if target is None:
                 continue
             prompt = render(rec["text"])
@@ -943,6 +977,9 @@ def train_causal_student(spec: TaskSpec, run: RunPaths, inputs: Inputs,
                 if row.topk is None:
                     missing += 1
             rows.append(row)
+        if gold:
+            have = {r["text"] for r in kept}
+            rows += [LMRow(render(text), answer) for text, answer in gold.items() if text not in have]
         if objective == "logit_kd" and spec.teacher.kind == "openai" and missing == len(rows):
             raise PotstillError(
                 "train.objective logit_kd with an API teacher needs the teacher's top-k logprobs cached "
@@ -992,13 +1029,22 @@ def train_causal_student(spec: TaskSpec, run: RunPaths, inputs: Inputs,
                              "teacher.model a causal LM sharing the student's tokenizer, or teacher.kind "
                              "openai with cached top-k logprobs")
         teacher = load_teacher_lm(spec.teacher.model, tok)
+    elif objective == "both" and spec.teacher.kind == "hf":
+        # token KD from a local causal-LM teacher along the gold (else the teacher's) answers
+        try:
+            teacher = load_teacher_lm(spec.teacher.model, tok)
+        except PotstillError as e:
+            log(f"{mode}: both: no token KD ({e}); the answers train by cross-entropy alone")
+    loss_objective = "logit_kd" if objective == "both" and teacher is not None else (
+        "sequence" if objective in ("gold", "both") else objective)
     n_train, n_total = count_trainable(model)
-    log(f"{mode}: {objective} objective, {len(rows)} rows ({sum(r.kind == 'general' for r in rows)} general), "
+    how = " (token KD along the gold answers)" if objective == "both" and teacher is not None else ""
+    log(f"{mode}: {objective} objective{how}, {len(rows)} rows ({sum(r.kind == 'general' for r in rows)} general), "
         f"{lora.method}, {n_train / 1e6:.2f}M of {n_total / 1e6:.1f}M params train")
     cfg = LMTrainConfig(
-        objective="sequence" if objective == "gold" else objective, kd_loss=t.kd_loss,
+        objective=loss_objective, kd_loss=t.kd_loss,
         temperature=t.temperature, jsd_beta=t.jsd_beta, kd_weight=t.kd_weight,
-        ce_weight=t.ce_weight if objective == "logit_kd" else 1.0, epochs=t.epochs,
+        ce_weight=t.ce_weight if loss_objective == "logit_kd" else 1.0, epochs=t.epochs,
         **{**schedule_fields(t), **({"max_steps": None} if t.schedule == "fixed" else {})},
         batch_size=t.batch_size, lr=t.lr, weight_decay=t.weight_decay, warmup_ratio=t.warmup_ratio,
         seed=t.seed, precision=t.precision, max_length=s.max_length, checkpoint_every=t.checkpoint_every,
