@@ -11,12 +11,19 @@ runs/snips-json/filtered/kept.jsonl). Each variant cuts the teacher to `--keep` 
 - block: the contiguous block of layers whose input and output hidden states are closest in
   angular distance on the training rows is dropped, the last layer kept (Gromov et al., 2024,
   "The Unreasonable Ineffectiveness of the Deeper Layers"; students/prune.py `block_drop`),
+- greedy: in 5 rounds, the layers whose removal alone raises the gold answers' NLL least on 16
+  training rows are dropped (`causal_lm.choose_layers_greedy`),
 
 then trains it with potstill's loop for the same steps, batch, lr and precision:
 
 - gold: the gold JSON (the example's baseline);
 - sequence: the teacher's answers, cross-entropy;
 - logit_kd: the teacher's answers, forward KL against the full teacher's logits + ce_weight x CE.
+
+A variant may add options after a third colon, joined by `+`: `rows=gold` (logit KD on the
+gold answers instead of the teacher's: KL to the teacher's distributions along the gold sequence
+plus ce_weight x CE on gold), `lr=5e-4`, `hidden=1.0` (hidden-state KD weight over the kept
+layers' pairs, prune.hidden_pairs), `steps=200`. Example: `block:logit_kd:rows=gold+hidden=1`.
 
 Reported per variant: validation NLL of the gold answers right after the cut and after training,
 field F1 / JSON validity / exact match of greedy answers on the example's 100 test rows (the extract
@@ -65,6 +72,7 @@ def main() -> None:
         LMRow,
         LMTrainConfig,
         build_causal_lm,
+        choose_layers_greedy,
         generate,
         load_teacher_lm,
         mean_nll,
@@ -84,24 +92,38 @@ def main() -> None:
     kept = read_jsonl(Path(args.run) / "filtered/kept.jsonl")
     rows = {"gold": [LMRow(render(r["text"]), r["label"]) for r in train],
             "teacher": [LMRow(render(r["text"]), record_target(r)) for r in kept if record_target(r)]}
+    hows = {v.split(":")[0] for v in args.variants.split(",")}
     layer_sets = {how: pruned_layers(args.teacher, args.keep, how, rows["gold"], spec.student.max_length)
                   for how in ("spread", "block")}
+    if "greedy" in hows:
+        full, tok = build_causal_lm(args.teacher, "full")
+        t0 = time.perf_counter()
+        layer_sets["greedy"] = choose_layers_greedy(full, tok, rows["gold"], args.keep, spec.student.max_length)
+        print(f"greedy layers {layer_sets['greedy']} chosen in {time.perf_counter() - t0:.0f} s", flush=True)
+        del full
     teacher = None
     results: dict = {"args": vars(args), "layers": layer_sets, "variants": {}}
     prompts = [render(r["text"]) for r in test]
+    from potstill.students.prune import hidden_pairs
+
     for variant in args.variants.split(","):
-        how, objective = variant.split(":")
+        how, objective, *extra = variant.split(":")
+        opts = dict(kv.split("=") for kv in extra[0].split("+")) if extra else {}
         keep = layer_sets[how]
         model, tok = build_causal_lm(args.teacher, "full", seed=1, layers=keep)
         nll_cut = mean_nll(model, tok, val, spec.student.max_length)
         if objective == "logit_kd" and teacher is None:
             teacher = load_teacher_lm(args.teacher, tok)
-        cfg = LMTrainConfig(objective="sequence" if objective == "gold" else objective, max_steps=args.steps,
-                            batch_size=args.batch, lr=args.lr, precision="fp32",
+        hidden = float(opts.get("hidden", 0))
+        cfg = LMTrainConfig(objective="sequence" if objective == "gold" else objective,
+                            max_steps=int(opts.get("steps", args.steps)), batch_size=args.batch,
+                            lr=float(opts.get("lr", args.lr)), precision="fp32",
                             ce_weight=args.ce_weight if objective == "logit_kd" else 1.0,
-                            max_length=spec.student.max_length, seed=1)
+                            max_length=spec.student.max_length, seed=1, hidden_weight=hidden,
+                            hidden_pairs=hidden_pairs(keep) if hidden else None)
+        source = opts.get("rows", "gold" if objective == "gold" else "teacher")
         t0 = time.perf_counter()
-        hist = train_causal_lm(model, tok, rows["gold" if objective == "gold" else "teacher"], cfg,
+        hist = train_causal_lm(model, tok, rows[source], cfg,
                                teacher=teacher if objective == "logit_kd" else None, desc=variant)
         secs = time.perf_counter() - t0
         nll = mean_nll(model, tok, val, spec.student.max_length)
@@ -135,7 +157,7 @@ def write(results: dict, out: Path) -> None:
         f"{a['lr']}, fp32, full fine-tuning; greedy answers on {a['test']} test rows. Machine: "
         f"{results['machine']['cpu']}, {results['machine']['torch_threads']} torch threads.", "",
         f"Command: `{cmd}`", "",
-        f"Layers kept: spread {results['layers']['spread']}; block {results['layers']['block']}.", "",
+        "Layers kept: " + "; ".join(f"{k} {v}" for k, v in results["layers"].items()) + ".", "",
         "| variant | val NLL after the cut | val NLL after training | field F1 | JSON validity | exact match "
         "| tokens/s (batch 1) | train s |",
         "|---|---:|---:|---:|---:|---:|---:|---:|",

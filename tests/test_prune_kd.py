@@ -105,6 +105,32 @@ def test_choose_layers_drops_the_block_that_changes_the_hidden_state_least(llama
     assert model.training is False
 
 
+def test_greedy_choice_drops_the_layers_whose_removal_costs_least(llama4):
+    """choose_layers_greedy drops, round by round, the layer whose removal gives the lowest answer
+    NLL (checked against models cut by hand); the last layer stays and the model is left whole."""
+    import copy
+
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from potstill.students.causal_lm import LMRow, choose_layers_greedy, mean_nll
+
+    model = AutoModelForCausalLM.from_pretrained(llama4).eval()
+    tok = AutoTokenizer.from_pretrained(llama4)
+    rows = [LMRow(f"text {i} about the weather", "sunny and warm") for i in range(5)]
+    before = mean_nll(model, tok, rows)
+
+    def nll_without(kept: list[int]) -> float:
+        return mean_nll(prune_decoder(copy.deepcopy(model), kept), tok, rows)
+
+    current = [0, 1, 2, 3]
+    for _ in range(2):  # by hand: one layer a round
+        drop = min(current[:-1], key=lambda i: nll_without([j for j in current if j != i]))
+        current = [j for j in current if j != drop]
+    assert choose_layers_greedy(model, tok, rows, keep=2, rounds=2) == current and current[-1] == 3
+    assert choose_layers_greedy(model, tok, rows, keep=1) == [3]
+    assert len(model.model.layers) == 4 and mean_nll(model, tok, rows) == pytest.approx(before)
+
+
 # -- chunked loss against the unchunked value ------------------------------------------------------
 
 @pytest.mark.parametrize("kind", ["forward_kl", "reverse_kl", "jsd"])
@@ -270,11 +296,12 @@ train: {{objective: logit_kd, hidden_weight: 1.0, epochs: 1, lr: 0.01, batch_siz
     assert "field F1" in run.report_md.read_text()
 
 
-@pytest.mark.parametrize("prune, want", [("block", [2, 3]), ("spread", [0, 3])])
-def test_a_layer_count_is_cut_by_block_drop_the_same_for_student_and_baseline(tmp_path, prune, want):
+@pytest.mark.parametrize("prune, want", [("block", [2, 3]), ("spread", [0, 3]), ("greedy", None)])
+def test_a_layer_count_is_cut_by_block_drop_the_same_for_student_and_baseline(tmp_path, prune, want,
+                                                                               monkeypatch):
     """`student.layers: 2` of a 4-layer model: `prune: block` drops the two blocks that change
     nothing (0 and 1 are zeroed to identities), `prune: spread` keeps the first and the last;
-    the gold-only baseline gets the student's shape."""
+    the gold-only baseline gets the student's shape. `prune: greedy` is measured once per run."""
     from conftest import make_rows, write_jsonl
     from transformers import AutoModelForCausalLM
 
@@ -305,8 +332,15 @@ train: {{objective: sequence, epochs: 1, batch_size: 8, precision: fp32}}
     inputs = prepare_inputs(spec, run)
     write_jsonl(run.filtered / "kept.jsonl", [{"id": ex.id, "text": ex.text, "output": ex.gold}
                                               for ex in inputs.train])
-    assert train_student(spec, run)["layers"] == want
-    assert train_student(spec, run, "baseline")["layers"] == want
+    from potstill.students import causal_lm
+
+    calls = []
+    real = causal_lm.choose_layers_greedy
+    monkeypatch.setattr(causal_lm, "choose_layers_greedy", lambda *a, **k: calls.append(1) or real(*a, **k))
+    got = train_student(spec, run)["layers"]
+    assert got == (want or got) and len(got) == 2 and got[-1] == 3
+    assert train_student(spec, run, "baseline")["layers"] == got
+    assert len(calls) == (prune == "greedy")  # chosen once, read back for the baseline
 
 
 def test_spec_layers_for_causal_students():

@@ -904,22 +904,86 @@ def choose_layers(model, tokenizer, rows: Sequence[LMRow], keep: int, max_length
     return block_drop((sums / max(count, 1)).tolist(), n, keep)
 
 
+@torch.no_grad()
+def choose_layers_greedy(model, tokenizer, rows: Sequence[LMRow], keep: int, max_length: int = 256,
+                         max_rows: int = 16, rounds: int = 5, desc: str = "pruning") -> list[int]:
+    """The `keep` decoder layers left after dropping, round by round, the layers whose removal
+    raises the answers' NLL on up to `max_rows` of `rows` least (each round removes every
+    remaining candidate alone and drops the best (n - keep) / rounds of them; the last layer is
+    kept). The model is left whole."""
+    from .prune import decoder_layers
+
+    stack = decoder_layers(model)
+    full = list(stack)
+    n = len(full)
+    if keep >= n:
+        return list(range(n))
+    from .causal_kd import chunked_lm_loss
+
+    parent = next(m for m in model.modules() if any(c is stack for c in m.children()))
+    name = next(k for k, v in parent.named_children() if v is stack)
+    probe = list(rows[:max_rows])
+    device = next(model.parameters()).device
+    batch = {k: v.to(device) for k, v in
+             collate(tokenizer, [encode_row(tokenizer, r, max_length) for r in probe], probe).items()}
+    cfg = LMTrainConfig(objective="sequence")
+    current = list(range(n))
+    per_round = math.ceil((n - keep) / rounds)
+    was_training = model.training
+    model.eval()
+
+    def nll(layers: list[int]) -> float:  # the answers' mean NLL, logits at their positions only
+        setattr(parent, name, torch.nn.ModuleList([full[i] for i in layers]))
+        return float(chunked_lm_loss(model, batch, cfg)[0])
+
+    try:
+        with progress(n - keep, desc) as bar:
+            while len(current) > keep:
+                scores = {i: nll([j for j in current if j != i]) for i in current[:-1]}
+                drop = sorted(scores, key=scores.get)[:min(per_round, len(current) - keep)]
+                current = [i for i in current if i not in drop]
+                bar.advance(len(drop))
+    finally:
+        setattr(parent, name, stack)
+        model.train(was_training)
+    return current
+
+
 def pruned_layers(init: str, layers, prune: str = "spread", rows: Sequence[LMRow] = (),
                   max_length: int = 256) -> list[int] | None:
     """The decoder layers a causal student keeps (`student.layers`, students/prune.py), or None
-    when it keeps them all. prune "block" with `layers` auto or a count: the block to drop is
-    chosen on `rows` with the `init` model (`choose_layers`); a list is kept as given."""
+    when it keeps them all. With `layers` auto or a count, prune "block" drops the block chosen on
+    `rows` with the `init` model (`choose_layers`), "greedy" the layers chosen round by round on
+    them (`choose_layers_greedy`); a list is kept as given."""
     if layers is None:
         return None
     from transformers import AutoConfig
 
     n = AutoConfig.from_pretrained(init).num_hidden_layers
     keep = select_layers(layers, n)
-    if prune == "block" and not isinstance(layers, list) and keep is not None and len(keep) < n and rows:
+    if prune in ("block", "greedy") and not isinstance(layers, list) and keep is not None and len(keep) < n and rows:
         model, tok = build_causal_lm(init, "full")
-        keep = choose_layers(model, tok, rows, len(keep), max_length)
+        choose = choose_layers if prune == "block" else choose_layers_greedy
+        keep = choose(model, tok, rows, len(keep), max_length)
         del model
     return None if keep == list(range(n)) else keep
+
+
+def run_pruned_layers(run: RunPaths, init_weights: str, init: str, layers, prune: str,
+                      rows: Sequence[LMRow], max_length: int) -> list[int] | None:
+    """`pruned_layers`, chosen once per run: the student and the baseline get the same cut, and
+    a choice measured on the model (block, greedy) is read back from run/pruned_layers.json while
+    the base weights, the spec's choice and the probe rows stay the same."""
+    key = fingerprint(init_weights, layers, prune, [(r.prompt, r.completion) for r in rows], max_length)
+    path = run.root / "pruned_layers.json"
+    saved = json.loads(path.read_text()) if path.exists() else {}
+    if key in saved:
+        return saved[key]
+    keep = pruned_layers(init, layers, prune, rows, max_length)
+    if prune != "spread" and keep is not None:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(json.dumps({**saved, key: keep}, indent=2))
+    return keep
 
 
 def train_causal_student(spec: TaskSpec, run: RunPaths, inputs: Inputs,
@@ -1013,11 +1077,11 @@ def train_causal_student(spec: TaskSpec, run: RunPaths, inputs: Inputs,
     if up_to_date(out, fp, STUDENT_META, HISTORY):
         log(f"{mode}: up to date in {out}")
         return read_manifest(out)
-    # depth pruning (students/prune.py), None: all layers. The block to drop is chosen on the
-    # training inputs with their gold answers where there are some: the same rows for the student
-    # and the baseline, so both get the same shape.
+    # depth pruning (students/prune.py), None: all layers. The layers to drop are chosen once per
+    # run on the training inputs with their gold answers where there are some: the student and
+    # the baseline get the same shape.
     probe = [LMRow(render(ex.text), ex.gold or "") for ex in inputs.train[:64]]
-    keep = pruned_layers(init, s.layers, s.prune, probe, s.max_length)
+    keep = run_pruned_layers(run, init_weights, init, s.layers, s.prune, probe, s.max_length)
     if keep is not None:
         log(f"{mode}: keeps decoder layers {keep} of {init}")
     model, tok = build_causal_lm(s.model, lora.method, lora.r, lora.alpha, lora.dropout, lora.target_modules,
