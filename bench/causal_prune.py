@@ -23,7 +23,8 @@ then trains it with potstill's loop for the same steps, batch, lr and precision:
 A variant may add options after a third colon, joined by `+`: `rows=gold` (logit KD on the
 gold answers instead of the teacher's: KL to the teacher's distributions along the gold sequence
 plus ce_weight x CE on gold), `lr=5e-4`, `hidden=1.0` (hidden-state KD weight over the kept
-layers' pairs, prune.hidden_pairs), `steps=200`. Example: `block:logit_kd:rows=gold+hidden=1`.
+layers' pairs, prune.hidden_pairs), `steps=200`, `cache=0` (run the teacher every step instead
+of reading its cached hidden states: the same loss, for timing). Example: `block:logit_kd:rows=gold+hidden=1`.
 
 Reported per variant: validation NLL of the gold answers right after the cut and after training,
 field F1 / JSON validity / exact match of greedy answers on the example's 100 test rows (the extract
@@ -60,6 +61,7 @@ def main() -> None:
     ap.add_argument("--lr", type=float, default=2e-4)
     ap.add_argument("--ce-weight", type=float, default=0.5)
     ap.add_argument("--test", type=int, default=100)
+    ap.add_argument("--train-rows", type=int, default=None, help="train on the first N rows only")
     ap.add_argument("--threads", type=int, default=os.cpu_count() or 1)
     ap.add_argument("--out", default=str(ROOT / "docs" / "bench_causal_prune"))
     args = ap.parse_args()
@@ -92,6 +94,7 @@ def main() -> None:
     kept = read_jsonl(Path(args.run) / "filtered/kept.jsonl")
     rows = {"gold": [LMRow(render(r["text"]), r["label"]) for r in train],
             "teacher": [LMRow(render(r["text"]), record_target(r)) for r in kept if record_target(r)]}
+    rows = {k: v[:args.train_rows] for k, v in rows.items()}
     hows = {v.split(":")[0] for v in args.variants.split(",")}
     layer_sets = {how: pruned_layers(args.teacher, args.keep, how, rows["gold"], spec.student.max_length)
                   for how in ("spread", "block")}
@@ -120,7 +123,8 @@ def main() -> None:
                             lr=float(opts.get("lr", args.lr)), precision="fp32",
                             ce_weight=args.ce_weight if objective == "logit_kd" else 1.0,
                             max_length=spec.student.max_length, seed=1, hidden_weight=hidden,
-                            hidden_pairs=hidden_pairs(keep) if hidden else None)
+                            hidden_pairs=hidden_pairs(keep) if hidden else None,
+                            cache_teacher=opts.get("cache", "1") != "0")
         source = opts.get("rows", "gold" if objective == "gold" else "teacher")
         t0 = time.perf_counter()
         hist = train_causal_lm(model, tok, rows[source], cfg,
