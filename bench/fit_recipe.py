@@ -6,7 +6,8 @@ classification data set (train/validation/test JSONL) for a fixed number of opti
 (linear decay to 0 at the last step, no early stopping), validates a few times on the way, and
 scores the last model on the test split. Variants are comma-separated `key=value` lists joined by
 `;`, keys: lr, head (head_lr_scale: the classifier and pooler learn at lr x head), layers (a
-`+`-joined cut, e.g. 0+5; default all 6), steps (overrides --steps).
+`+`-joined cut, e.g. 0+5; default all 6), steps (overrides --steps), freeze (1: word embeddings
+fixed, `train.freeze_embeddings`).
 
     python bench/fit_recipe.py --data examples/clinc150/data --name clinc150 --max-train 4500 \\
         --steps 300 --variants "lr=1e-4;lr=2e-4;lr=1e-4,head=10"
@@ -46,8 +47,10 @@ def parse_variant(text: str) -> dict:
             v[k] = int(val)
         elif k in ("lr", "head"):
             v[k] = float(val)
+        elif k == "freeze":
+            v[k] = val == "1"
         else:
-            raise SystemExit(f"unknown variant key {k!r} in {text!r}; keys: lr, head, layers, steps")
+            raise SystemExit(f"unknown variant key {k!r} in {text!r}; keys: lr, head, layers, steps, freeze")
     return v
 
 
@@ -89,6 +92,7 @@ def main() -> None:
         model, tok = build_classifier("minilm", labels, v.get("layers"), seed=args.seed)
         cfg = TrainConfig(epochs=1, batch_size=args.batch_size, lr=v.get("lr", 1e-4),
                           head_lr_scale=v.get("head", 1.0), kd_weight=0.0, ce_weight=1.0,
+                          freeze_embeddings=v.get("freeze", False),
                           seed=args.seed, schedule="adaptive", min_steps=steps, max_steps=steps,
                           eval_every=max(1, steps // args.evals), patience=None,
                           checkpoint_every=10**9)

@@ -10,11 +10,14 @@ cross-entropy, fused AdamW:
 
 - one process at 1 thread and at 2 threads;
 - two 1-thread processes at once (their steps/s added up: the work done per second);
-- two 1-thread DDP processes (gloo), each on half of every batch of 32.
+- two 1-thread DDP processes (gloo), each on half of every batch of 32;
+- one process at 2 threads with the word embeddings frozen (`train.freeze_embeddings`): no
+  gradient and no AdamW update for the 30,522 x 384 matrix. It and the plain 2-thread job run in
+  turn, twice, and each column is the mean of its two.
 
 Prints a table of optimizer steps per second and writes docs/bench_train_threads.{md,json}.
 
-    .venv/bin/python bench/train_threads.py            # about 4 minutes on 2 cores
+    .venv/bin/python bench/train_threads.py            # about 6 minutes on 2 cores
 """
 
 from __future__ import annotations
@@ -32,7 +35,7 @@ ROOT = Path(__file__).resolve().parent.parent
 DATA = ROOT / "examples" / "clinc150" / "data" / "train.jsonl"
 
 
-def worker(layers: str, threads: int, steps: int, ddp: bool) -> None:
+def worker(layers: str, threads: int, steps: int, ddp: bool, freeze: bool = False) -> None:
     """One timed training job; prints `steps/s` on its last line (rank 0 only under DDP)."""
     import random
 
@@ -56,9 +59,11 @@ def worker(layers: str, threads: int, steps: int, ddp: bool) -> None:
     model, tok = build_classifier(resolve_model_path("minilm"), labels,
                                   layers=None if layers == "6" else [0, 5])
     model.train()
+    if freeze:
+        model.get_input_embeddings().weight.requires_grad_(False)
     if ddp:
         model = torch.nn.parallel.DistributedDataParallel(model)
-    opt = torch.optim.AdamW(model.parameters(), lr=1e-4, fused=True)
+    opt = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-4, fused=True)
     rows.sort(key=lambda r: len(r["text"]))
     rng = random.Random(0)
     starts = [rng.randrange(0, len(rows) - 32) for _ in range(steps + 10)]
@@ -94,25 +99,27 @@ def run(cmds: list[list[str]]) -> list[float]:
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--steps", type=int, default=50)
-    ap.add_argument("--worker", nargs=3, metavar=("LAYERS", "THREADS", "DDP"), help=argparse.SUPPRESS)
+    ap.add_argument("--worker", nargs=3, metavar=("LAYERS", "THREADS", "MODE"), help=argparse.SUPPRESS)
     ap.add_argument("--out", type=Path, default=ROOT / "docs" / "bench_train_threads")
     args = ap.parse_args()
     if args.worker:
-        layers, threads, ddp = args.worker
-        worker(layers, int(threads), args.steps, ddp == "ddp")
+        layers, threads, mode = args.worker
+        worker(layers, int(threads), args.steps, mode == "ddp", mode == "freeze")
         return
     me = [sys.executable, __file__, "--steps", str(args.steps), "--worker"]
     torchrun = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2"]
     rows = []
     for layers, name in (("6", "MiniLM-L6 (teacher)"), ("2", "2-layer cut (student, baseline)")):
         one = run([me + [layers, "1", "-"]])[0]
-        two = run([me + [layers, "2", "-"]])[0]
+        # plain and frozen at 2 threads in turn, twice (their ratio is what counts): the means
+        two_frozen = [run([me + [layers, "2", mode]])[0] for mode in ("-", "freeze", "-", "freeze")]
+        two, frozen = sum(two_frozen[0::2]) / 2, sum(two_frozen[1::2]) / 2
         pair = run([me + [layers, "1", "-"], me + [layers, "1", "-"]])
         ddp = run([torchrun + [__file__, "--steps", str(args.steps), "--worker", layers, "1", "ddp"]])[0]
         rows.append({"model": name, "1 thread": one, "2 threads": two, "two 1-thread jobs": sum(pair),
-                     "DDP, 2 x 1 thread": ddp})
+                     "DDP, 2 x 1 thread": ddp, "2 threads, embeddings frozen": frozen})
         print(rows[-1], flush=True)
-    head = ["1 thread", "2 threads", "two 1-thread jobs", "DDP, 2 x 1 thread"]
+    head = ["1 thread", "2 threads", "two 1-thread jobs", "DDP, 2 x 1 thread", "2 threads, embeddings frozen"]
     lines = ["| model | " + " | ".join(head) + " |", "|---|" + "---:|" * len(head)]
     for r in rows:
         base = r["2 threads"]

@@ -131,6 +131,8 @@ class TrainConfig:
     head_lr_scale: float = 1.0
     """A new head's (classifier and pooler) learning rate is lr times this (a head kept from a
     fitted teacher, `potstill_new_head` False, learns at lr)."""
+    freeze_embeddings: bool = False
+    """Keep the input word embeddings as they are (no gradient, no optimizer state)."""
 
 
 def _collate(tokenizer, max_length: int, n_labels: int):
@@ -174,6 +176,8 @@ def param_groups(model, lr: float, weight_decay: float, head_lr_scale: float = 1
     no_decay = ("bias", "LayerNorm.weight", "layer_norm.weight", "norm.weight")
     groups: dict[tuple[bool, bool], list] = {}
     for n, p in model.named_parameters():
+        if not p.requires_grad:
+            continue
         head = head_lr_scale != 1.0 and any(k in n for k in HEAD_PARAMS)
         groups.setdefault((head, any(k in n for k in no_decay)), []).append(p)
     return [{"params": ps, "weight_decay": 0.0 if nd else weight_decay,
@@ -258,6 +262,10 @@ def train_classifier(
     # 9x longer than the fused one for MiniLM-L6, more than forward and backward together.
     # a head kept from a fitted teacher is trained already: only a new one learns faster
     head_scale = cfg.head_lr_scale if getattr(model, "potstill_new_head", True) else 1.0
+    if cfg.freeze_embeddings:
+        # the word-embedding matrix is half of MiniLM-L6's parameters (30,522 x 384) and three
+        # quarters of a 2-layer cut's: its gradient and AdamW update are a large share of a step
+        model.get_input_embeddings().weight.requires_grad_(False)
     groups = param_groups(model, cfg.lr, cfg.weight_decay, head_scale)
     if projection is not None:
         groups.append({"params": list(projection.parameters()), "weight_decay": 0.0})
@@ -482,7 +490,7 @@ def fit_classifier_teacher(spec: TaskSpec, run: RunPaths, inputs: Inputs) -> dic
     train_rows = gold_rows(inputs.train, inputs.labels)
     if not train_rows:
         raise PotstillError(f"{spec.data.train}: no gold labels to fit a teacher on")
-    fp = fingerprint("teacher", inputs.dataset_hash, inputs.labels, f.model_dump(), spec.train.seed,
+    fp = fingerprint("teacher", inputs.dataset_hash, inputs.labels, f.identity(), spec.train.seed,
                      spec.train.precision)
     if up_to_date(run.teacher, fp, "config.json"):
         log(f"teacher fit: up to date in {run.teacher}")
@@ -492,7 +500,7 @@ def fit_classifier_teacher(spec: TaskSpec, run: RunPaths, inputs: Inputs) -> dic
                       max_length=f.max_length,
                       kd_weight=0.0, ce_weight=1.0, seed=spec.train.seed,
                       precision=spec.train.precision, checkpoint_every=spec.train.checkpoint_every,
-                      **schedule_fields(f))
+                      freeze_embeddings=f.freeze_embeddings, **schedule_fields(f))
     result = train_classifier(model, tok, train_rows, gold_rows(inputs.validation, inputs.labels),
                               run.teacher, cfg, fp, desc="teacher fit")
     return write_manifest(run.teacher, "teacher_fit", spec, fingerprint=fp,
@@ -555,7 +563,7 @@ def train_classifier_student(spec: TaskSpec, run: RunPaths, inputs: Inputs,
     teacher_weights = hidden_teacher_hash(spec, run, objective)
     # the baseline never reads the teacher: its hidden-state weight is not part of what it is
     skip = {"baseline", "hidden_weight"} if objective == "gold" else {"baseline"}
-    fp = fingerprint(mode, objective, data_hash, labels, s.model_dump(), t.model_dump(exclude=skip),
+    fp = fingerprint(mode, objective, data_hash, labels, s.model_dump(), t.identity(exclude=skip),
                      init, init_weights, *([teacher_weights] if teacher_weights else []))
     if up_to_date(out, fp, "config.json", HISTORY):
         log(f"{mode}: up to date in {out}")
@@ -570,7 +578,8 @@ def train_classifier_student(spec: TaskSpec, run: RunPaths, inputs: Inputs,
                       kd_weight=0.0 if objective == "gold" else t.kd_weight,
                       ce_weight=1.0 if objective == "gold" else t.ce_weight,
                       seed=t.seed, precision=t.precision, max_length=s.max_length,
-                      checkpoint_every=t.checkpoint_every, **schedule_fields(t),
+                      checkpoint_every=t.checkpoint_every, freeze_embeddings=t.freeze_embeddings,
+                      **schedule_fields(t),
                       hidden_weight=t.hidden_weight if teacher is not None else 0.0, layer_map=layer_map)
     result = train_classifier(model, tok, rows, val_rows, out, cfg, fp, desc=mode, teacher=teacher)
     return write_manifest(out, mode, spec, fingerprint=fp, objective=objective, init_from=init,

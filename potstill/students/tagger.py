@@ -338,7 +338,7 @@ def fit_tagger_teacher(spec: TaskSpec, run: RunPaths, inputs: Inputs) -> dict[st
     texts, spans, dropped = gold_spans(inputs.train)
     if not texts:
         raise PotstillError(f"{spec.data.train}: no gold fields to fit a teacher on")
-    fp = fingerprint("teacher", "tagger", inputs.dataset_hash, fields, f.model_dump(), spec.train.seed,
+    fp = fingerprint("teacher", "tagger", inputs.dataset_hash, fields, f.identity(), spec.train.seed,
                      spec.train.precision)
     if up_to_date(run.teacher, fp, "config.json"):
         log(f"teacher fit: up to date in {run.teacher}")
@@ -353,7 +353,7 @@ def fit_tagger_teacher(spec: TaskSpec, run: RunPaths, inputs: Inputs) -> dict[st
                       max_length=f.max_length,
                       kd_weight=0.0, ce_weight=1.0, seed=spec.train.seed,
                       precision=spec.train.precision, checkpoint_every=spec.train.checkpoint_every,
-                      **schedule_fields(f))
+                      freeze_embeddings=f.freeze_embeddings, **schedule_fields(f))
     result = train_tagger(model, tok, rows, tag_rows(tok, vt, vs, tags, f.max_length), run.teacher,
                           cfg, fp, desc="teacher fit")
     return write_manifest(run.teacher, "teacher_fit", spec, fingerprint=fp, base_model=f.model,
@@ -439,7 +439,7 @@ def train_tagger_student(spec: TaskSpec, run: RunPaths, inputs: Inputs, mode: Li
                        if teacher_dir is not None and any(teacher_dir.glob("*.safetensors")) else None)
     hidden_hash = hidden_teacher_hash(spec, run, objective)
     fp = fingerprint(mode, "tagger", objective, data_hash, fields, s.model_dump(),
-                     t.model_dump(exclude={"baseline", "hidden_weight"} if objective == "gold" else {"baseline"}),
+                     t.identity(exclude={"baseline", "hidden_weight"} if objective == "gold" else {"baseline"}),
                      init, init_weights, teacher_weights,
                      *([hidden_hash] if hidden_hash else []))
     if up_to_date(out, fp, "config.json", HISTORY):
@@ -462,7 +462,8 @@ def train_tagger_student(spec: TaskSpec, run: RunPaths, inputs: Inputs, mode: Li
                       kd_weight=t.kd_weight if soft is not None else 0.0,
                       ce_weight=t.ce_weight if soft is not None else 1.0,
                       seed=t.seed, precision=t.precision, max_length=s.max_length,
-                      checkpoint_every=t.checkpoint_every, **schedule_fields(t),
+                      checkpoint_every=t.checkpoint_every, freeze_embeddings=t.freeze_embeddings,
+                      **schedule_fields(t),
                       hidden_weight=t.hidden_weight if hidden is not None else 0.0, layer_map=layer_map)
     result = train_tagger(model, tok, rows, tag_rows(tok, vt, vs, tags, s.max_length), out, cfg, fp, desc=mode,
                           teacher=hidden)
