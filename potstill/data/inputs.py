@@ -239,3 +239,10 @@ class Inputs:
     validation: list[Example]
     test: list[Example]
     dataset_hash: str
+
+    @property
+    def gold_hash(self) -> str:
+        """The hash of what a gold-only model (a fitted teacher, the baseline) reads: the training
+        inputs with gold, validation and test. Inputs added without gold (`data.unlabelled`) leave
+        it alone, so they do not refit the teacher; with gold on every input it is dataset_hash."""
+        return examples_hash([ex for ex in self.train if ex.gold is not None] + self.validation + self.test)

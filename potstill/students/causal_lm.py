@@ -1002,7 +1002,7 @@ def train_causal_student(spec: TaskSpec, run: RunPaths, inputs: Inputs,
     missing = 0
     if objective == "gold":
         rows = [LMRow(render(ex.text), ex.gold) for ex in inputs.train if ex.gold is not None]
-        data_hash = inputs.dataset_hash
+        data_hash = inputs.gold_hash
     else:
         kept_path = records / KEPT
         if not kept_path.exists():

@@ -490,7 +490,7 @@ def fit_classifier_teacher(spec: TaskSpec, run: RunPaths, inputs: Inputs) -> dic
     train_rows = gold_rows(inputs.train, inputs.labels)
     if not train_rows:
         raise PotstillError(f"{spec.data.train}: no gold labels to fit a teacher on")
-    fp = fingerprint("teacher", inputs.dataset_hash, inputs.labels, f.identity(), spec.train.seed,
+    fp = fingerprint("teacher", inputs.gold_hash, inputs.labels, f.identity(), spec.train.seed,
                      spec.train.precision)
     if up_to_date(run.teacher, fp, "config.json"):
         log(f"teacher fit: up to date in {run.teacher}")
@@ -530,7 +530,7 @@ def train_classifier_student(spec: TaskSpec, run: RunPaths, inputs: Inputs,
     teacher_identity = None
     if objective == "gold":
         rows = gold_rows(inputs.train, labels)
-        data_hash = inputs.dataset_hash
+        data_hash = inputs.gold_hash
         if not rows:
             raise PotstillError(f"{spec.data.train}: no gold labels for the gold-only objective")
     else:

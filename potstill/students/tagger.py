@@ -338,7 +338,7 @@ def fit_tagger_teacher(spec: TaskSpec, run: RunPaths, inputs: Inputs) -> dict[st
     texts, spans, dropped = gold_spans(inputs.train)
     if not texts:
         raise PotstillError(f"{spec.data.train}: no gold fields to fit a teacher on")
-    fp = fingerprint("teacher", "tagger", inputs.dataset_hash, fields, f.identity(), spec.train.seed,
+    fp = fingerprint("teacher", "tagger", inputs.gold_hash, fields, f.identity(), spec.train.seed,
                      spec.train.precision)
     if up_to_date(run.teacher, fp, "config.json"):
         log(f"teacher fit: up to date in {run.teacher}")
@@ -407,7 +407,7 @@ def train_tagger_student(spec: TaskSpec, run: RunPaths, inputs: Inputs, mode: Li
     teacher_identity = None
     if objective == "gold":
         texts, spans, _ = gold_spans(inputs.train)
-        data_hash = inputs.dataset_hash
+        data_hash = inputs.gold_hash
     else:
         kept_path = records / KEPT
         if not kept_path.exists():
