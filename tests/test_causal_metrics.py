@@ -59,4 +59,10 @@ def test_snips_json_example_specs_agree_and_its_data_fits_the_schema():
         for r in rows:
             obj = json.loads(r["label"])
             assert set(obj) <= fields and all(v in r["text"] for v in obj.values())
+    # the logged requests the teacher answers for the student: text only, none of them gold or held out
+    assert [Path(p).name for p in spec.data.unlabelled] == ["unlabelled.jsonl"] and not teacher.data.unlabelled
+    logs = [json.loads(l) for l in (here / "data/unlabelled.jsonl").read_text().splitlines()]
+    known = {json.loads(l)["text"] for split in ("train", "validation", "test")
+             for l in (here / "data" / f"{split}.jsonl").read_text().splitlines()}
+    assert len(logs) == 799 and all(set(r) == {"text"} and r["text"] not in known for r in logs)
     assert (here / "LICENSE").exists()

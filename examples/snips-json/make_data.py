@@ -3,6 +3,10 @@ a seeded subsample, each row {"text", "intent", "label"} with `label` the slots 
 string (slot -> value, in the order the slots occur in the text). Rows in which a slot repeats
 (the converter stores a list there) are left out, as in examples/snips-extract.
 
+unlabelled.jsonl holds the texts alone of the next 800 shuffled training rows (less any that repeat
+a gold row's text): requests from the logs, for the teacher to answer and the student to learn
+from (`data.unlabelled`); the gold-only baseline cannot use them.
+
     python examples/snips-json/make_data.py /work/shared/data/snips
 """
 
@@ -14,6 +18,7 @@ import sys
 from pathlib import Path
 
 SIZES = {"train": 400, "validation": 40, "test": 100}
+UNLABELLED = 800
 SEED = 0
 
 
@@ -37,6 +42,12 @@ def main(src: str) -> None:
         (here / f"{split}.jsonl").write_text("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rs[:n]),
                                              encoding="utf-8")
         print(split, len(rs[:n]), "of", len(rs))
+        if split == "train":
+            gold = {r["text"] for r in rs[:n]}
+            extra = [{"text": r["text"]} for r in rs[n:n + UNLABELLED] if r["text"] not in gold]
+            (here / "unlabelled.jsonl").write_text("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in extra),
+                                                   encoding="utf-8")
+            print("unlabelled", len(extra))
 
 
 if __name__ == "__main__":

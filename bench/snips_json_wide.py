@@ -1,0 +1,144 @@
+"""examples/snips-json's causal models scored on more test rows than the example's 100, with
+paired bootstrap intervals: is one model better than another, or is the difference the noise of
+a small test set? Not a test; prints a table and writes docs/bench_snips_json_wide.{md,json}.
+
+The rows are the SNIPS test split's (shared/data/snips, CC0 1.0, filtered as make_data.py does:
+no repeated slot) that are in none of the example's data files, so no model has seen them. Each
+model answers them greedily, batched, with the example's prompt (potstill's `generate`), and is
+scored with the extract task's scorer (field-level micro F1 over (field, value) pairs). Intervals:
+1,000 bootstrap resamples of the rows, the same resample for every model, so a difference
+between two models gets a paired interval.
+
+Usage: python bench/snips_json_wide.py --model teacher=DIR --model student=DIR [--model ...]
+           [--pair student-teacher ...] [--rows 600] [--src /work/shared/data/snips]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import random
+import sys
+import time
+from pathlib import Path
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+EX = ROOT / "examples" / "snips-json"
+RESAMPLES = 1000
+
+
+def held_out_rows(src: Path, n: int | None) -> list[dict]:
+    """The SNIPS test rows (every slot one string) that none of the example's files holds."""
+    seen = set()
+    for f in EX.glob("data/*.jsonl"):
+        seen |= {json.loads(line)["text"] for line in f.read_text(encoding="utf-8").splitlines() if line.strip()}
+    out = []
+    for line in (src / "test.jsonl").read_text(encoding="utf-8").splitlines():
+        r = json.loads(line)
+        if r["text"] in seen or any(not isinstance(v, str) for v in r["fields"].values()):
+            continue
+        out.append({"text": r["text"], "gold": r["fields"]})
+    return out[:n]
+
+
+def counts(gold: dict, pred: dict | None) -> tuple[int, int, int]:
+    """(tp, fp, fn) of one row's (field, value) pairs, as the extract scorer counts them."""
+    from potstill.tasks.extract import norm_value
+
+    g = {(k, norm_value(v)) for k, v in gold.items()}
+    p = {(k, norm_value(v)) for k, v in (pred or {}).items()}
+    return len(g & p), len(p - g), len(g - p)
+
+
+def f1(rows: list[tuple[int, int, int]]) -> float:
+    tp, fp, fn = (sum(r[i] for r in rows) for i in range(3))
+    return 2 * tp / (2 * tp + fp + fn) if tp else 0.0
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--model", action="append", required=True, help="NAME=DIR (a causal model directory)")
+    ap.add_argument("--pair", action="append", default=[], help="A-B: a paired interval for F1(A) - F1(B)")
+    ap.add_argument("--rows", type=int, default=None, help="the first N held-out rows (default: all)")
+    ap.add_argument("--src", type=Path, default=Path("/work/shared/data/snips"))
+    ap.add_argument("--batch", type=int, default=32)
+    ap.add_argument("--threads", type=int, default=os.cpu_count() or 1)
+    ap.add_argument("--out", default=str(ROOT / "docs" / "bench_snips_json_wide"))
+    args = ap.parse_args()
+
+    import torch
+
+    from potstill.config import load_spec
+    from potstill.students.causal_lm import generate, load_causal_lm
+    from potstill.tasks.extract import model_metrics
+    from potstill.tasks.generate import json_objects
+
+    torch.set_num_threads(args.threads)
+    spec = load_spec(EX / "potstill.yaml")
+    rows = held_out_rows(args.src, args.rows)
+    prompts = [spec.render_prompt(r["text"], []) for r in rows]
+    fields = list(spec.json_schema["properties"])
+    models = dict(m.split("=", 1) for m in args.model)
+    per_row: dict[str, list[tuple[int, int, int]]] = {}
+    results: dict = {"args": {k: str(v) for k, v in vars(args).items()}, "rows": len(rows), "models": {}}
+    for name, path in models.items():
+        model, tok = load_causal_lm(path)
+        t0 = time.perf_counter()
+        answers = [g.text for g in generate(model, tok, prompts, max_new_tokens=spec.student.max_new_tokens,
+                                            batch_size=args.batch, max_length=spec.student.max_length)]
+        secs = time.perf_counter() - t0
+        pred = json_objects(answers, spec.json_schema)
+        m = model_metrics([r["gold"] for r in rows], pred, fields)
+        per_row[name] = [counts(r["gold"], p) for r, p in zip(rows, pred)]
+        assert abs(f1(per_row[name]) - m["field_f1"]) < 1e-3, (f1(per_row[name]), m["field_f1"])
+        results["models"][name] = {"dir": path, "field_f1": m["field_f1"], "json_validity": m["json_validity"],
+                                   "exact_match": m["exact_match"], "seconds": round(secs, 1)}
+        print(f"{name}: field F1 {m['field_f1']:.4f}, valid JSON {m['json_validity']:.3f} ({secs:.0f} s)", flush=True)
+        del model
+
+    rng = random.Random(0)
+    draws = [[rng.randrange(len(rows)) for _ in rows] for _ in range(RESAMPLES)]
+
+    def interval(score) -> tuple[float, float]:
+        vals = sorted(score(d) for d in draws)
+        return vals[int(0.025 * RESAMPLES)], vals[int(0.975 * RESAMPLES) - 1]
+
+    for name, c in per_row.items():
+        results["models"][name]["ci95"] = interval(lambda d, c=c: f1([c[i] for i in d]))
+    results["pairs"] = {}
+    for pair in args.pair:
+        a, b = pair.split("-", 1)
+        ca, cb = per_row[a], per_row[b]
+        diff = f1(ca) - f1(cb)
+        lo, hi = interval(lambda d: f1([ca[i] for i in d]) - f1([cb[i] for i in d]))
+        results["pairs"][pair] = {"diff": round(diff, 4), "ci95": (round(lo, 4), round(hi, 4)),
+                                  "ratio": round(f1(ca) / f1(cb), 4) if f1(cb) else None}
+
+    cmd = "python bench/snips_json_wide.py " + " ".join(
+        [f"--model {m}" for m in args.model] + [f"--pair {p}" for p in args.pair]
+        + ([f"--rows {args.rows}"] if args.rows else []))
+    lines = ["# snips-json's models on the held-out SNIPS test rows (bench/snips_json_wide.py)", "",
+             f"{len(rows)} SNIPS test rows in none of examples/snips-json's data files; greedy answers, batch "
+             f"{args.batch}; field-level micro F1 with 95% bootstrap intervals ({RESAMPLES} resamples of the rows).",
+             "", f"Command: `{cmd}`", "",
+             "| model | field F1 | 95% interval | valid JSON | exact match | seconds |", "|---|---:|---|---:|---:|---:|"]
+    for name, m in results["models"].items():
+        lo, hi = m["ci95"]
+        lines.append(f"| {name} | {m['field_f1']:.4f} | {lo:.4f}-{hi:.4f} | {m['json_validity']:.3f} | "
+                     f"{m['exact_match']:.3f} | {m['seconds']:.0f} |")
+    if results["pairs"]:
+        lines += ["", "| pair | F1 difference | paired 95% interval | ratio |", "|---|---:|---|---:|"]
+        for pair, p in results["pairs"].items():
+            lines.append(f"| {pair.replace('-', ' - ', 1)} | {p['diff']:+.4f} | {p['ci95'][0]:+.4f} to "
+                         f"{p['ci95'][1]:+.4f} | {p['ratio']} |")
+    Path(args.out + ".md").write_text("\n".join(lines) + "\n")
+    Path(args.out + ".json").write_text(json.dumps(results, indent=1))
+    print("\n".join(lines))
+
+
+if __name__ == "__main__":
+    main()
