@@ -82,7 +82,8 @@ def main() -> None:
             lines.append(f"| {run_name} | {model} | {kind} | {info.get('layers', '—')} | {params} | "
                          f"{m['field_f1']:.4f} | {m['json_validity']:.2f} | {m['exact_match']:.2f} | {p50} |")
     lines += ["", "Training data differ by design: snips-json's models see its 400 gold rows (teacher, "
-              "baseline) or the teacher's answers on them (student); snips-extract's tagger teacher "
+              "baseline) and, for the student, the teacher's answers to its 799 unlabelled requests; "
+              "snips-extract's tagger teacher "
               "and students see 4,000 training rows. Each row is the example as its spec ships.", ""]
     args.out.write_text("\n".join(lines))
     print("\n".join(lines))
