@@ -47,10 +47,9 @@ def held_out_rows(src: Path, n: int | None) -> list[dict]:
 
 def counts(gold: dict, pred: dict | None) -> tuple[int, int, int]:
     """(tp, fp, fn) of one row's (field, value) pairs, as the extract scorer counts them."""
-    from potstill.tasks.extract import norm_value
+    from potstill.tasks.extract import field_pairs
 
-    g = {(k, norm_value(v)) for k, v in gold.items()}
-    p = {(k, norm_value(v)) for k, v in (pred or {}).items()}
+    g, p = field_pairs(gold), field_pairs(pred)
     return len(g & p), len(p - g), len(g - p)
 
 

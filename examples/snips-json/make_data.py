@@ -33,20 +33,22 @@ def rows(path: Path) -> list[dict]:
     return out
 
 
+def write(path: Path, rs: list[dict]) -> None:
+    path.write_text("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rs), encoding="utf-8")
+
+
 def main(src: str) -> None:
     here = Path(__file__).parent / "data"
     here.mkdir(exist_ok=True)
     for split, n in SIZES.items():
         rs = rows(Path(src) / f"{split}.jsonl")
         random.Random(SEED).shuffle(rs)
-        (here / f"{split}.jsonl").write_text("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rs[:n]),
-                                             encoding="utf-8")
+        write(here / f"{split}.jsonl", rs[:n])
         print(split, len(rs[:n]), "of", len(rs))
         if split == "train":
             gold = {r["text"] for r in rs[:n]}
             extra = [{"text": r["text"]} for r in rs[n:n + UNLABELLED] if r["text"] not in gold]
-            (here / "unlabelled.jsonl").write_text("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in extra),
-                                                   encoding="utf-8")
+            write(here / "unlabelled.jsonl", extra)
             print("unlabelled", len(extra))
 
 

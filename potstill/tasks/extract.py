@@ -106,7 +106,8 @@ def norm_value(v: Any) -> str:
     return " ".join(unicodedata.normalize("NFKC", str(v)).casefold().split())
 
 
-def _pairs(obj: Obj | None) -> set[tuple[str, str]]:
+def field_pairs(obj: Obj | None) -> set[tuple[str, str]]:
+    """An object's (field, normalised value) pairs: what the field scores count (None: none)."""
     return {(k, norm_value(v)) for k, v in (obj or {}).items()}
 
 
@@ -122,7 +123,7 @@ def field_scores(gold: Sequence[Obj], pred: Sequence[Obj | None], fields: Sequen
     the number of gold values). Fields are those of the schema, in its order."""
     counts = {f: [0, 0, 0] for f in fields}  # tp, fp, fn
     for g, p in zip(gold, pred):
-        gp, pp = _pairs(g), _pairs(p)
+        gp, pp = field_pairs(g), field_pairs(p)
         for f, _ in gp & pp:
             counts.setdefault(f, [0, 0, 0])[0] += 1
         for f, _ in pp - gp:
@@ -136,7 +137,7 @@ def field_scores(gold: Sequence[Obj], pred: Sequence[Obj | None], fields: Sequen
 
 def exact_match(gold: Sequence[Obj | None], pred: Sequence[Obj | None]) -> float:
     """Share of rows whose predicted object equals the reference (None never matches)."""
-    hits = sum(g is not None and p is not None and _pairs(g) == _pairs(p) for g, p in zip(gold, pred))
+    hits = sum(g is not None and p is not None and field_pairs(g) == field_pairs(p) for g, p in zip(gold, pred))
     return hits / max(len(gold), 1)
 
 
