@@ -122,7 +122,7 @@ def test_length_grouped_batches_cover_everything_once_and_pad_little():
 def test_unlabelled_inputs_leave_the_gold_only_models_up_to_date(task_dir, tmp_path):
     """Adding `data.unlabelled` (logged requests, no gold) to a run feeds the teacher's labels and
     the student. The fitted teacher and the gold-only baseline read the gold alone, so they stay
-    up to date instead of training again (a refit of the CLINC150 teacher costs 12 minutes). On the
+    up to date instead of training again (the CLINC150 teacher's fit takes 757 s, docs/RESULTS.md). On the
     adaptive schedule the baseline does train again when the student's larger input set raises
     its step budget (students/base.py `baseline_train`); this spec's schedule is fixed."""
     from potstill.config import load_spec, run_paths
