@@ -10,12 +10,17 @@ scored with the extract task's scorer (field-level micro F1 over (field, value) 
 between two models gets a paired interval.
 
 Usage: python bench/snips_json_wide.py --model teacher=DIR --model student=DIR [--model ...]
-           [--pair student-teacher ...] [--rows 600] [--src /work/shared/data/snips]
+           [--reuse docs/bench_snips_json_wide.json] [--pair student-teacher ...] [--rows 600]
+           [--src /work/shared/data/snips]
+
+The JSON it writes keeps every model's per-row counts; `--reuse` reads them back, so a model
+scored once joins later comparisons without answering the rows again.
 """
 
 from __future__ import annotations
 
 import argparse
+import hashlib
 import json
 import os
 import random
@@ -60,7 +65,9 @@ def f1(rows: list[tuple[int, int, int]]) -> float:
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--model", action="append", required=True, help="NAME=DIR (a causal model directory)")
+    ap.add_argument("--model", action="append", default=[], help="NAME=DIR (a causal model directory)")
+    ap.add_argument("--reuse", action="append", default=[],
+                    help="an earlier run's JSON: its models' per-row counts join without generating again")
     ap.add_argument("--pair", action="append", default=[], help="A-B: a paired interval for F1(A) - F1(B)")
     ap.add_argument("--rows", type=int, default=None, help="the first N held-out rows (default: all)")
     ap.add_argument("--src", type=Path, default=Path("/work/shared/data/snips"))
@@ -82,8 +89,19 @@ def main() -> None:
     prompts = [spec.render_prompt(r["text"], []) for r in rows]
     fields = list(spec.json_schema["properties"])
     models = dict(m.split("=", 1) for m in args.model)
+    rows_sha = hashlib.sha256(json.dumps([r["text"] for r in rows]).encode()).hexdigest()[:16]
     per_row: dict[str, list[tuple[int, int, int]]] = {}
-    results: dict = {"args": {k: str(v) for k, v in vars(args).items()}, "rows": len(rows), "models": {}}
+    results: dict = {"args": {k: str(v) for k, v in vars(args).items()}, "rows": len(rows),
+                     "rows_sha": rows_sha, "models": {}}
+    for f in args.reuse:
+        old = json.loads(Path(f).read_text())
+        if old.get("rows_sha") != rows_sha:
+            sys.exit(f"--reuse {f}: scored on other rows than these {len(rows)} (rows_sha differs)")
+        for name, m in old["models"].items():
+            if name not in models and "per_row" in m:
+                per_row[name] = [tuple(c) for c in m["per_row"]]
+                results["models"][name] = {**m, "reused_from": f}
+                print(f"{name}: field F1 {m['field_f1']:.4f} (from {f})", flush=True)
     for name, path in models.items():
         model, tok = load_causal_lm(path)
         t0 = time.perf_counter()
@@ -95,10 +113,13 @@ def main() -> None:
         per_row[name] = [counts(r["gold"], p) for r, p in zip(rows, pred)]
         assert abs(f1(per_row[name]) - m["field_f1"]) < 1e-3, (f1(per_row[name]), m["field_f1"])
         results["models"][name] = {"dir": path, "field_f1": m["field_f1"], "json_validity": m["json_validity"],
-                                   "exact_match": m["exact_match"], "seconds": round(secs, 1)}
+                                   "exact_match": m["exact_match"], "seconds": round(secs, 1),
+                                   "per_row": per_row[name]}
         print(f"{name}: field F1 {m['field_f1']:.4f}, valid JSON {m['json_validity']:.3f} ({secs:.0f} s)", flush=True)
         del model
 
+    if not per_row:
+        sys.exit("nothing to score: give --model NAME=DIR or --reuse FILE")
     rng = random.Random(0)
     draws = [[rng.randrange(len(rows)) for _ in rows] for _ in range(RESAMPLES)]
 
@@ -118,7 +139,8 @@ def main() -> None:
                                   "ratio": round(f1(ca) / f1(cb), 4) if f1(cb) else None}
 
     cmd = "python bench/snips_json_wide.py " + " ".join(
-        [f"--model {m}" for m in args.model] + [f"--pair {p}" for p in args.pair]
+        [f"--model {m}" for m in args.model] + [f"--reuse {f}" for f in args.reuse]
+        + [f"--pair {p}" for p in args.pair]
         + ([f"--rows {args.rows}"] if args.rows else []))
     lines = ["# snips-json's models on the held-out SNIPS test rows (bench/snips_json_wide.py)", "",
              f"{len(rows)} SNIPS test rows in none of examples/snips-json's data files; greedy answers, batch "
@@ -128,7 +150,7 @@ def main() -> None:
     for name, m in results["models"].items():
         lo, hi = m["ci95"]
         lines.append(f"| {name} | {m['field_f1']:.4f} | {lo:.4f}-{hi:.4f} | {m['json_validity']:.3f} | "
-                     f"{m['exact_match']:.3f} | {m['seconds']:.0f} |")
+                     f"{m['exact_match']:.3f} | {m['seconds']:.0f}{' (reused)' if 'reused_from' in m else ''} |")
     if results["pairs"]:
         lines += ["", "| pair | F1 difference | paired 95% interval | ratio |", "|---|---:|---|---:|"]
         for pair, p in results["pairs"].items():

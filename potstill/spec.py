@@ -300,8 +300,10 @@ class TrainSpec(_Strict):
     (teacher.kind fit or hf): TinyBERT-style MSE between student layer i and the teacher layer
     student.layers[i] it was cut from, embeddings too (losses.hidden_state_loss). A depth-pruned
     causal student under logit_kd: each kept block against the teacher block it was initialised
-    from (losses.hidden_state_kd). Runs the teacher on every training batch; ignored for API
-    teachers and for the gold-only baseline."""
+    from (losses.hidden_state_kd). An encoder student runs the teacher on every training batch; a
+    causal student that visits its rows more than once reads the paired teacher states from a
+    cache filled in one teacher pass (bfloat16, up to 4 GiB with the final states). Ignored for
+    API teachers and for the gold-only baseline."""
     baseline: bool = True
     """`potstill run` also trains the same student on gold only, as the baseline."""
 

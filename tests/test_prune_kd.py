@@ -226,7 +226,7 @@ def test_cached_teacher_states_give_the_same_loss_with_one_teacher_pass_per_row(
     live = lm_loss(model, collate(tok, enc, rows), cfg, teacher, len(tok))[0]
     cached = cache_teacher_hidden(teacher, enc, [r.kind != "general" for r in rows], 4,
                                   lambda e: collate(tok, e, rows[:len(e)]), torch.no_grad, "cpu")
-    with_cache = [{**e, "t_hidden": h} for e, h in zip(enc, cached)]
+    with_cache = [{**e, **c} for e, c in zip(enc, cached)]
     assert torch.allclose(lm_loss(model, collate(tok, with_cache, rows), cfg, teacher, len(tok))[0], live, atol=1e-5)
 
     calls = []
@@ -241,6 +241,52 @@ def test_cached_teacher_states_give_the_same_loss_with_one_teacher_pass_per_row(
         assert len(calls) == (2 if cache else 6)  # 6 KD rows in batches of 3, once; else every step
     for a, b in zip(*(h["losses"] for h in histories)):
         assert a["loss"] == pytest.approx(b["loss"], abs=1e-4)
+
+
+def test_hidden_state_kd_reads_the_paired_teacher_layers_from_the_cache(llama4):
+    """Hidden-state KD of a pruned student: the cache keeps the paired teacher layers' states too
+    (in bfloat16), so several epochs still run the teacher once per row, to about the same loss."""
+    from transformers import AutoModelForCausalLM
+
+    from potstill.students.causal_kd import cache_teacher_hidden
+    from potstill.students.causal_lm import (
+        LMRow,
+        LMTrainConfig,
+        build_causal_lm,
+        collate,
+        encode_row,
+        lm_loss,
+        train_causal_lm,
+    )
+
+    teacher = AutoModelForCausalLM.from_pretrained(llama4).eval()  # the model the student is cut from
+    rows = [LMRow(f"request number {i} " + "word " * (i % 4), f"answer {i % 3}") for i in range(6)]
+    pairs = hidden_pairs([0, 2, 3])  # (1, 1): equal at the cut, (2, 3): not
+    model, tok = build_causal_lm(str(llama4), "full", layers=[0, 2, 3])
+    enc = [encode_row(tok, r, 64) for r in rows]
+    cfg = LMTrainConfig(objective="logit_kd", kd_chunk=3, hidden_weight=1.0, hidden_pairs=pairs)
+    live, live_parts = lm_loss(model, collate(tok, enc, rows), cfg, teacher, len(tok))
+    cached = cache_teacher_hidden(teacher, enc, [True] * len(rows), 4, lambda e: collate(tok, e, rows[:len(e)]),
+                                  torch.no_grad, "cpu", layers=[t for _, t in pairs])
+    assert all(c["t_layers"].shape == (2, len(e["input_ids"]), 32) for c, e in zip(cached, enc))
+    loss, parts = lm_loss(model, collate(tok, [{**e, **c} for e, c in zip(enc, cached)], rows), cfg, teacher,
+                          len(tok))
+    assert live_parts["hidden"] > 0.01
+    assert parts["hidden"] == pytest.approx(live_parts["hidden"], rel=1e-2)
+    assert float(loss) == pytest.approx(float(live), rel=1e-2)
+
+    calls = []
+    teacher.model.register_forward_hook(lambda *a: calls.append(1))
+    histories = []
+    for cache in (True, False):
+        calls.clear()
+        model, tok = build_causal_lm(str(llama4), "full", layers=[0, 2, 3])
+        cfg = LMTrainConfig(objective="logit_kd", max_steps=6, batch_size=3, log_every=1, kd_chunk=3,
+                            hidden_weight=1.0, hidden_pairs=pairs, cache_teacher=cache, seed=1)
+        histories.append(train_causal_lm(model, tok, rows, cfg, teacher=teacher))
+        assert len(calls) == (2 if cache else 6)  # 6 rows in batches of 3, once; else every step
+    for a, b in zip(*(h["losses"] for h in histories)):
+        assert a["hidden"] == pytest.approx(b["hidden"], rel=2e-2)
 
 
 # -- through the train stage ------------------------------------------------------------------------

@@ -171,6 +171,12 @@ def collate(tokenizer, encoded: list[dict[str, Any]], rows: list[LMRow]) -> dict
         batch.update(topk_ids=tk_ids, topk_logprobs=tk_lp, has_topk=has)
     if encoded and all("t_hidden" in e for e in encoded):
         batch["teacher_hidden"] = torch.cat([e["t_hidden"] for e in encoded])
+    if encoded and all("t_layers" in e for e in encoded):  # (pairs, B, T, H), zeros at the padding
+        first = encoded[0]["t_layers"]
+        t_layers = torch.zeros((first.shape[0], B, T, first.shape[2]), dtype=torch.float32)
+        for i, e in enumerate(encoded):
+            t_layers[:, i, :e["t_layers"].shape[1]] = e["t_layers"]
+        batch["teacher_layers"] = t_layers
     return batch
 
 
@@ -406,7 +412,8 @@ class LMTrainConfig:
     """(student, teacher) hidden-state indices paired for hidden-state KD (prune.hidden_pairs)."""
     cache_teacher: bool = True
     """logit_kd with a local teacher, rows visited more than once: run the teacher once per row and
-    keep its final hidden states at the answer positions (causal_kd.cache_teacher_hidden)."""
+    keep its final hidden states at the answer positions, and under hidden-state KD its paired
+    layers' states (causal_kd.cache_teacher_hidden)."""
 
 
 def shifted(logits: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
@@ -580,14 +587,17 @@ def train_causal_lm(model, tokenizer, rows: list[LMRow], cfg: LMTrainConfig, tea
     if use_teacher_cache(model, teacher, rows, cfg, total_steps):
         from .causal_kd import cache_teacher_hidden
 
+        layers = [t for _, t in cfg.hidden_pairs] if cfg.hidden_weight > 0 and cfg.hidden_pairs else []
         cached = cache_teacher_hidden(teacher, encoded, [r.kind != "general" for r in rows], cfg.batch_size,
                                       lambda enc: collate(tokenizer, enc, [LMRow("", "")] * len(enc)),
-                                      lambda: _autocast(precision, device), device, f"{desc}: teacher pass")
+                                      lambda: _autocast(precision, device), device, f"{desc}: teacher pass",
+                                      layers=layers)
         if cached is not None:
-            for e, h in zip(encoded, cached):
-                e["t_hidden"] = h
-            log(f"{desc}: the teacher's hidden states at {sum(len(h) for h in cached)} answer positions "
-                "cached: one teacher pass, not one per epoch")
+            for e, c in zip(encoded, cached):
+                e.update(c)
+            log(f"{desc}: the teacher's hidden states at {sum(len(c['t_hidden']) for c in cached)} answer "
+                "positions" + (f", and at every position in {len(layers)} paired layers," if layers else "")
+                + " cached: one teacher pass, not one per epoch")
     # adaptive: the gold answers' mean NLL on the validation rows, lower is better (the score is
     # its negative); the best weights are kept in memory (and in the checkpoint, for a resume)
     stopper = EarlyStopping(plan.patience)
@@ -691,12 +701,12 @@ def train_causal_lm(model, tokenizer, rows: list[LMRow], cfg: LMTrainConfig, tea
 
 
 def use_teacher_cache(model, teacher, rows: Sequence[LMRow], cfg: LMTrainConfig, total_steps: int) -> bool:
-    """Whether logit KD can read the teacher's cached hidden states (pure but for the model
-    checks): a local teacher, the chunked loss, no hidden-state KD, no API top-k rows, and rows
+    """Whether logit KD (and hidden-state KD with it) can read the teacher's cached hidden states
+    (pure but for the model checks): a local teacher, the chunked loss, no API top-k rows, and rows
     visited more than once."""
     if not (cfg.cache_teacher and teacher is not None and cfg.objective == "logit_kd" and cfg.kd_chunk > 0):
         return False
-    if (cfg.hidden_weight > 0 and cfg.hidden_pairs) or any(r.topk is not None for r in rows):
+    if any(r.topk is not None for r in rows):
         return False
     if total_steps * cfg.batch_size <= len(rows):
         return False
