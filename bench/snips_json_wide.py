@@ -93,6 +93,14 @@ def main() -> None:
     per_row: dict[str, list[tuple[int, int, int]]] = {}
     results: dict = {"args": {k: str(v) for k, v in vars(args).items()}, "rows": len(rows),
                      "rows_sha": rows_sha, "models": {}}
+    names = set(models) | {n for f in args.reuse for n in json.loads(Path(f).read_text())["models"]}
+    pairs = {}  # "A-B" -> (A, B): the one split at a hyphen whose two sides are model names
+    for pair in args.pair:
+        splits = [(pair[:i], pair[i + 1:]) for i, c in enumerate(pair) if c == "-"]
+        ok = [(a, b) for a, b in splits if a in names and b in names]
+        if len(ok) != 1:
+            sys.exit(f"--pair {pair}: not one A-B split into two of the models {sorted(names)}")
+        pairs[pair] = ok[0]
     for f in args.reuse:
         old = json.loads(Path(f).read_text())
         if old.get("rows_sha") != rows_sha:
@@ -131,7 +139,7 @@ def main() -> None:
         results["models"][name]["ci95"] = interval(lambda d, c=c: f1([c[i] for i in d]))
     results["pairs"] = {}
     for pair in args.pair:
-        a, b = pair.split("-", 1)
+        a, b = pairs[pair]
         ca, cb = per_row[a], per_row[b]
         diff = f1(ca) - f1(cb)
         lo, hi = interval(lambda d: f1([ca[i] for i in d]) - f1([cb[i] for i in d]))
@@ -154,7 +162,7 @@ def main() -> None:
     if results["pairs"]:
         lines += ["", "| pair | F1 difference | paired 95% interval | ratio |", "|---|---:|---|---:|"]
         for pair, p in results["pairs"].items():
-            lines.append(f"| {pair.replace('-', ' - ', 1)} | {p['diff']:+.4f} | {p['ci95'][0]:+.4f} to "
+            lines.append(f"| {' - '.join(pairs[pair])} | {p['diff']:+.4f} | {p['ci95'][0]:+.4f} to "
                          f"{p['ci95'][1]:+.4f} | {p['ratio']} |")
     Path(args.out + ".md").write_text("\n".join(lines) + "\n")
     Path(args.out + ".json").write_text(json.dumps(results, indent=1))

@@ -261,12 +261,13 @@ def test_hidden_state_kd_reads_the_paired_teacher_layers_from_the_cache(llama4):
 
     teacher = AutoModelForCausalLM.from_pretrained(llama4).eval()  # the model the student is cut from
     rows = [LMRow(f"request number {i} " + "word " * (i % 4), f"answer {i % 3}") for i in range(6)]
+    rows.append(LMRow("", "the cat sat on the mat", "general"))  # no token KD, but hidden-state KD
     pairs = hidden_pairs([0, 2, 3])  # (1, 1): equal at the cut, (2, 3): not
     model, tok = build_causal_lm(str(llama4), "full", layers=[0, 2, 3])
     enc = [encode_row(tok, r, 64) for r in rows]
     cfg = LMTrainConfig(objective="logit_kd", kd_chunk=3, hidden_weight=1.0, hidden_pairs=pairs)
     live, live_parts = lm_loss(model, collate(tok, enc, rows), cfg, teacher, len(tok))
-    cached = cache_teacher_hidden(teacher, enc, [True] * len(rows), 4, lambda e: collate(tok, e, rows[:len(e)]),
+    cached = cache_teacher_hidden(teacher, enc, [r.kind != "general" for r in rows], 4, lambda e: collate(tok, e, rows[:len(e)]),
                                   torch.no_grad, "cpu", layers=[t for _, t in pairs])
     assert all(c["t_layers"].shape == (2, len(e["input_ids"]), 32) for c, e in zip(cached, enc))
     loss, parts = lm_loss(model, collate(tok, [{**e, **c} for e, c in zip(enc, cached)], rows), cfg, teacher,
@@ -284,7 +285,7 @@ def test_hidden_state_kd_reads_the_paired_teacher_layers_from_the_cache(llama4):
         cfg = LMTrainConfig(objective="logit_kd", max_steps=6, batch_size=3, log_every=1, kd_chunk=3,
                             hidden_weight=1.0, hidden_pairs=pairs, cache_teacher=cache, seed=1)
         histories.append(train_causal_lm(model, tok, rows, cfg, teacher=teacher))
-        assert len(calls) == (2 if cache else 6)  # 6 rows in batches of 3, once; else every step
+        assert len(calls) == (3 if cache else 6)  # 7 rows in batches of 3, once; else every step
     for a, b in zip(*(h["losses"] for h in histories)):
         assert a["hidden"] == pytest.approx(b["hidden"], rel=2e-2)
 

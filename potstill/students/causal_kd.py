@@ -111,9 +111,9 @@ def cache_teacher_hidden(teacher, encoded: list[dict[str, Any]], kd_rows: list[b
     """Per row, what `chunked_lm_loss` reads from the teacher each step: `t_hidden`, its final
     hidden states at the positions whose next token is supervised, (n_i, H) on the CPU in position
     order; and with `layers` (teacher hidden-state indices, as in `hidden_pairs`), `t_layers`, those
-    states at every position of the row, (len(layers), T_i, H) in bfloat16. Rows that take no KD
-    (general text) get zeros. None when the cache would pass `limit_bytes` (the loss then runs the
-    teacher each step, as without a cache).
+    states at every position of the row, (len(layers), T_i, H) in bfloat16, for every row. Without
+    `layers`, rows that take no KD (general text) get zeros and no teacher pass. None when the cache
+    would pass `limit_bytes` (the loss then runs the teacher each step, as without a cache).
 
     encoded: `causal_lm.encode_row` dicts; collate(list of encoded) -> batch dict; autocast() -> a
     context manager for the training precision. Rows are batched by length; right padding does
@@ -127,7 +127,8 @@ def cache_teacher_hidden(teacher, encoded: list[dict[str, Any]], kd_rows: list[b
         return None
     from ..progress import progress
 
-    order = sorted((i for i in range(len(encoded)) if kd_rows[i]), key=lambda i: lengths[i])
+    # the hidden-state loss covers every row, general text too (it is masked by attention alone)
+    order = sorted((i for i in range(len(encoded)) if kd_rows[i] or layers), key=lambda i: lengths[i])
     out: list[dict[str, torch.Tensor] | None] = [None] * len(encoded)
     chunks = [order[k:k + batch_size] for k in range(0, len(order), batch_size)]
     with progress(len(chunks), progress_desc or "teacher pass") as bar:
