@@ -274,7 +274,7 @@ def test_hidden_state_kd_reads_the_paired_teacher_layers_from_the_cache(llama4):
                           len(tok))
     assert live_parts["hidden"] > 0.01
     assert parts["hidden"] == pytest.approx(live_parts["hidden"], rel=1e-2)
-    assert float(loss) == pytest.approx(float(live), rel=1e-2)
+    assert loss.item() == pytest.approx(live.item(), rel=1e-2)
 
     calls = []
     teacher.model.register_forward_hook(lambda *a: calls.append(1))
