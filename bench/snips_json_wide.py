@@ -63,6 +63,13 @@ def f1(rows: list[tuple[int, int, int]]) -> float:
     return 2 * tp / (2 * tp + fp + fn) if tp else 0.0
 
 
+def dump(results: dict) -> str:
+    """The results as JSON, one line per model (their per-row counts make a long line)."""
+    models = ",\n".join(f"  {json.dumps(k)}: {json.dumps(v)}" for k, v in results["models"].items())
+    rest = ",\n".join(f" {json.dumps(k)}: {json.dumps(v)}" for k, v in results.items() if k != "models")
+    return "{\n" + rest + ',\n "models": {\n' + models + "\n }\n}\n"
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--model", action="append", default=[], help="NAME=DIR (a causal model directory)")
@@ -165,7 +172,7 @@ def main() -> None:
             lines.append(f"| {' - '.join(pairs[pair])} | {p['diff']:+.4f} | {p['ci95'][0]:+.4f} to "
                          f"{p['ci95'][1]:+.4f} | {p['ratio']} |")
     Path(args.out + ".md").write_text("\n".join(lines) + "\n")
-    Path(args.out + ".json").write_text(json.dumps(results, indent=1))
+    Path(args.out + ".json").write_text(dump(results))
     print("\n".join(lines))
 
 
