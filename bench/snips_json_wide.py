@@ -100,7 +100,8 @@ def main() -> None:
     per_row: dict[str, list[tuple[int, int, int]]] = {}
     results: dict = {"args": {k: str(v) for k, v in vars(args).items()}, "rows": len(rows),
                      "rows_sha": rows_sha, "models": {}}
-    names = set(models) | {n for f in args.reuse for n in json.loads(Path(f).read_text())["models"]}
+    reused = {f: json.loads(Path(f).read_text()) for f in args.reuse}
+    names = set(models) | {n for old in reused.values() for n in old["models"]}
     pairs = {}  # "A-B" -> (A, B): the one split at a hyphen whose two sides are model names
     for pair in args.pair:
         splits = [(pair[:i], pair[i + 1:]) for i, c in enumerate(pair) if c == "-"]
@@ -108,8 +109,7 @@ def main() -> None:
         if len(ok) != 1:
             sys.exit(f"--pair {pair}: not one A-B split into two of the models {sorted(names)}")
         pairs[pair] = ok[0]
-    for f in args.reuse:
-        old = json.loads(Path(f).read_text())
+    for f, old in reused.items():
         if old.get("rows_sha") != rows_sha:
             sys.exit(f"--reuse {f}: scored on other rows than these {len(rows)} (rows_sha differs)")
         for name, m in old["models"].items():

@@ -146,9 +146,5 @@ def cache_teacher_hidden(teacher, encoded: list[dict[str, Any]], kd_rows: list[b
                         [res.hidden_states[t][j, :lengths[i]] for t in layers]).to(torch.bfloat16).cpu()
             bar.advance()
     dtype = next((o["t_hidden"].dtype for o in out if o is not None), torch.float32)
-    for i, o in enumerate(out):
-        if o is None:
-            out[i] = {"t_hidden": torch.zeros(counts[i], hidden, dtype=dtype)}
-            if layers:
-                out[i]["t_layers"] = torch.zeros(len(layers), lengths[i], hidden, dtype=torch.bfloat16)
-    return out  # type: ignore[return-value]
+    # only without `layers` are rows left out of the pass (general text): their loss takes no KD
+    return [o if o is not None else {"t_hidden": torch.zeros(n, hidden, dtype=dtype)} for o, n in zip(out, counts)]
