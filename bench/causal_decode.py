@@ -13,7 +13,10 @@ does not change the cost), the bench times, one thread as in the evaluation:
 - one decoding step with a KV cache after a prompt of the example (`model(next_token,
   past_key_values)`), the median of `--steps` steps;
 - the LM head alone on one hidden state;
-- a whole answer through potstill's `generate` (HF `generate`, greedy, logprobs kept), per token.
+- a whole answer through potstill's `generate` (HF `generate`, greedy, logprobs kept), per token;
+- the same answers decoded over a trimmed output vocabulary (`student.output_vocab: answers+input`,
+  students/output_vocab.py: the tokens of the example's gold training answers and of the request),
+  and that restricted head alone.
 The depths take turns, `--repeat` rounds, so a drift of the machine falls on all alike; medians.
 From the step times, a least-squares line step = fixed + depth x per-layer gives the per-layer
 cost and the cost that no cut removes, and so the largest speed-up a cut to k layers can give.
@@ -56,6 +59,7 @@ def main() -> None:
     from potstill.config import load_spec
     from potstill.data.inputs import read_jsonl
     from potstill.students.causal_lm import build_causal_lm, generate, prompt_ids, resolve_causal_path
+    from potstill.students.output_vocab import RestrictedHead, answer_ids, padded_ids, request_ids
     from potstill.students.prune import spread
 
     torch.set_num_threads(1)
@@ -73,8 +77,11 @@ def main() -> None:
     head_mb = head.weight.numel() * head.weight.element_size() / 1e6
     layer_mb = {k: sum(p.numel() * p.element_size() for p in m.model.layers.parameters()) / 1e6
                 for k, m in models.items()}
-    times: dict[int, dict[str, list[float]]] = {k: {"step": [], "head": [], "answer": []} for k in depths}
+    times: dict[int, dict[str, list[float]]] = {k: {"step": [], "head": [], "answer": [], "head_av": [],
+                                                    "answer_av": []} for k in depths}
     ids = torch.tensor([prompt_ids(tok, prompts[0])])
+    kept = answer_ids(tok, [r["label"] for r in read_jsonl(EX / "data/train.jsonl")])
+    allowed = padded_ids([set(kept) | request_ids(tok, prompts[0])], torch.device("cpu"))
     for rnd in range(args.repeat):
         for k in depths[rnd % len(depths):] + depths[:rnd % len(depths)]:
             m = models[k]
@@ -88,17 +95,21 @@ def main() -> None:
                     steps.append(time.perf_counter() - t0)
                     past, nxt = out.past_key_values, out.logits[:, -1].argmax(-1, keepdim=True)
                 h = torch.randn(1, 1, m.config.hidden_size)
-                heads = []
-                for _ in range(args.steps):
-                    t0 = time.perf_counter()
-                    m.get_output_embeddings()(h)
-                    heads.append(time.perf_counter() - t0)
-            t0, toks = time.perf_counter(), 0
-            for p in prompts:
-                toks += len(generate(m, tok, [p], spec.student.max_new_tokens, 1)[0].token_logprobs)
+                small = RestrictedHead(m.get_output_embeddings(), allowed)
+                for head, key in ((m.get_output_embeddings(), "head"), (small, "head_av")):
+                    heads = []
+                    for _ in range(args.steps):
+                        t0 = time.perf_counter()
+                        head(h)
+                        heads.append(time.perf_counter() - t0)
+                    times[k][key].append(statistics.median(heads) * 1e3)
+            for key, vocab in (("answer", None), ("answer_av", kept)):
+                t0, toks = time.perf_counter(), 0
+                for p in prompts:
+                    toks += len(generate(m, tok, [p], spec.student.max_new_tokens, 1,
+                                         answer_ids=vocab)[0].token_logprobs)
+                times[k][key].append((time.perf_counter() - t0) / max(toks, 1) * 1e3)
             times[k]["step"].append(statistics.median(steps) * 1e3)
-            times[k]["head"].append(statistics.median(heads) * 1e3)
-            times[k]["answer"].append((time.perf_counter() - t0) / max(toks, 1) * 1e3)
         print(f"round {rnd + 1}: " + ", ".join(f"{k} layers {times[k]['step'][-1]:.1f} ms/step" for k in depths),
               flush=True)
     med = {k: {key: round(statistics.median(v), 2) for key, v in t.items()} for k, t in times.items()}
@@ -110,6 +121,7 @@ def main() -> None:
     from causal_distill import _cpu
 
     results = {"args": vars(args), "machine": _cpu(), "layers_total": n, "head_mb": round(head_mb, 1),
+               "answer_vocab": len(kept), "allowed_ids": allowed.shape[1],
                "decoder_mb": {k: round(v, 1) for k, v in layer_mb.items()}, "median_ms": med,
                "fit": {"per_layer_ms": round(per_layer, 3), "fixed_ms": round(fixed, 2)}}
     write(results, Path(args.out))
@@ -128,15 +140,24 @@ def write(results: dict, out: Path) -> None:
         f"Command: `python bench/causal_decode.py --layers {a['layers']} --steps {a['steps']} "
         f"--answers {a['answers']} --repeat {a['repeat']}`", "",
         "| layers | decoder weights MB (fp32) | decode step ms | of which LM head ms | "
-        "whole answer ms/token (generate) | speed-up per step vs full depth |",
-        "|---:|---:|---:|---:|---:|---:|",
+        "whole answer ms/token (generate) | speed-up per step vs full depth | trimmed head ms | "
+        "whole answer ms/token, trimmed | speed-up per token, both trimmed | speed-up per token, "
+        "this depth trimmed vs full depth untrimmed |",
+        "|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
     ]
     for k in sorted(med, key=int):
         m = med[k]
-        lines.append(f"| {k} | {results['decoder_mb'][k]} | {m['step']} | {m['head']} | {m['answer']} | "
-                     f"{med[full]['step'] / m['step']:.2f}x |")
+        row = (f"| {k} | {results['decoder_mb'][k]} | {m['step']} | {m['head']} | {m['answer']} | "
+               f"{med[full]['step'] / m['step']:.2f}x |")
+        if "answer_av" in m:
+            row += (f" {m['head_av']} | {m['answer_av']} | {med[full]['answer_av'] / m['answer_av']:.2f}x | "
+                    f"{med[full]['answer'] / m['answer_av']:.2f}x |")
+        lines.append(row)
     lines += [
         "", f"LM head: {results['head_mb']} MB of float32 weights, read whole for every token.",
+        *([f"Trimmed: {results['allowed_ids']} ids scored for the first test request ({results['answer_vocab']} "
+           "from the gold training answers, the rest from the request); the other rows are -inf.", ""]
+          if "allowed_ids" in results else []),
         f"Least-squares fit over the depths: a decode step costs {fit['fixed_ms']} ms whatever the depth "
         f"(LM head, embeddings, final norm, Python) plus {fit['per_layer_ms']} ms per decoder layer. "
         "Largest speed-up a cut to k of the full depth's layers can give at batch 1: (fixed + full x "

@@ -11,6 +11,7 @@ between two models gets a paired interval.
 
 Usage: python bench/snips_json_wide.py --model teacher=DIR --model student=DIR [--model ...]
            [--reuse docs/bench_snips_json_wide.json] [--pair student-teacher ...] [--rows 600]
+           [--restricted student ...]
            [--src /work/shared/data/snips]
 
 The JSON it writes keeps every model's per-row counts; `--reuse` reads them back, so a model
@@ -76,6 +77,9 @@ def main() -> None:
     ap.add_argument("--reuse", action="append", default=[],
                     help="an earlier run's JSON: its models' per-row counts join without generating again")
     ap.add_argument("--pair", action="append", default=[], help="A-B: a paired interval for F1(A) - F1(B)")
+    ap.add_argument("--restricted", action="append", default=[],
+                    help="NAME: decode that model over its answer ids and the request's tokens "
+                         "(student.output_vocab answers+input)")
     ap.add_argument("--rows", type=int, default=None, help="the first N held-out rows (default: all)")
     ap.add_argument("--src", type=Path, default=Path("/work/shared/data/snips"))
     ap.add_argument("--batch", type=int, default=32)
@@ -86,7 +90,8 @@ def main() -> None:
     import torch
 
     from potstill.config import load_spec
-    from potstill.students.causal_lm import generate, load_causal_lm
+    from potstill.students.causal_lm import STUDENT_META, generate, load_causal_lm
+    from potstill.students.output_vocab import ANSWERS_AND_INPUT, FULL, decode_ids
     from potstill.tasks.extract import model_metrics
     from potstill.tasks.generate import json_objects
 
@@ -119,15 +124,18 @@ def main() -> None:
                 print(f"{name}: field F1 {m['field_f1']:.4f} (from {f})", flush=True)
     for name, path in models.items():
         model, tok = load_causal_lm(path)
+        vocab = ANSWERS_AND_INPUT if name in args.restricted else FULL
+        ids = decode_ids(json.loads((Path(path) / STUDENT_META).read_text()), vocab, Path(path))
         t0 = time.perf_counter()
         answers = [g.text for g in generate(model, tok, prompts, max_new_tokens=spec.student.max_new_tokens,
-                                            batch_size=args.batch, max_length=spec.student.max_length)]
+                                            batch_size=args.batch, max_length=spec.student.max_length,
+                                            answer_ids=ids)]
         secs = time.perf_counter() - t0
         pred = json_objects(answers, spec.json_schema)
         m = model_metrics([r["gold"] for r in rows], pred, fields)
         per_row[name] = [counts(r["gold"], p) for r, p in zip(rows, pred)]
         assert abs(f1(per_row[name]) - m["field_f1"]) < 1e-3, (f1(per_row[name]), m["field_f1"])
-        results["models"][name] = {"dir": path, "field_f1": m["field_f1"], "json_validity": m["json_validity"],
+        results["models"][name] = {"dir": path, "output_vocab": vocab, "field_f1": m["field_f1"], "json_validity": m["json_validity"],
                                    "exact_match": m["exact_match"], "seconds": round(secs, 1),
                                    "per_row": per_row[name]}
         print(f"{name}: field F1 {m['field_f1']:.4f}, valid JSON {m['json_validity']:.3f} ({secs:.0f} s)", flush=True)
@@ -155,16 +163,17 @@ def main() -> None:
 
     cmd = "python bench/snips_json_wide.py " + " ".join(
         [f"--model {m}" for m in args.model] + [f"--reuse {f}" for f in args.reuse]
-        + [f"--pair {p}" for p in args.pair]
+        + [f"--pair {p}" for p in args.pair] + [f"--restricted {r}" for r in args.restricted]
         + ([f"--rows {args.rows}"] if args.rows else []))
     lines = ["# snips-json's models on the held-out SNIPS test rows (bench/snips_json_wide.py)", "",
              f"{len(rows)} SNIPS test rows in none of examples/snips-json's data files; greedy answers, batch "
              f"{args.batch}; field-level micro F1 with 95% bootstrap intervals ({RESAMPLES} resamples of the rows).",
              "", f"Command: `{cmd}`", "",
-             "| model | field F1 | 95% interval | valid JSON | exact match | seconds |", "|---|---:|---|---:|---:|---:|"]
+             "| model | output vocabulary | field F1 | 95% interval | valid JSON | exact match | seconds |",
+             "|---|---|---:|---|---:|---:|---:|"]
     for name, m in results["models"].items():
         lo, hi = m["ci95"]
-        lines.append(f"| {name} | {m['field_f1']:.4f} | {lo:.4f}-{hi:.4f} | {m['json_validity']:.3f} | "
+        lines.append(f"| {name} | {m.get('output_vocab', FULL)} | {m['field_f1']:.4f} | {lo:.4f}-{hi:.4f} | {m['json_validity']:.3f} | "
                      f"{m['exact_match']:.3f} | {m['seconds']:.0f}{' (reused)' if 'reused_from' in m else ''} |")
     if results["pairs"]:
         lines += ["", "| pair | F1 difference | paired 95% interval | ratio |", "|---|---:|---|---:|"]

@@ -255,3 +255,59 @@ def test_causal_schedule_plans(tiny_lm):
     assert capped.total_steps == 400
     blind = causal_schedule(100, LMTrainConfig(schedule="adaptive", epochs=2, batch_size=10, patience=3), False)
     assert blind.eval_every < 0 and blind.patience is None
+
+
+def test_answers_decode_over_the_answer_and_request_tokens_only(tiny_lm, tiny_teacher):
+    """student.output_vocab answers+input: each step's token is the best of the allowed ids (the
+    answers' tokens and the request's), its logprob normalised over them; the output layer is the
+    model's own again afterwards; a trained model's answers inside the set do not change."""
+    from potstill.students.output_vocab import answer_ids, request_ids
+
+    model, tok = load_causal_lm(tiny_lm)  # random weights: its full-vocabulary answers wander
+    ids = answer_ids(tok, ["balance", "transfer"])
+    assert tok.eos_token_id in ids
+    prompt = "send money to mom"
+    allowed = set(ids) | request_ids(tok, prompt)
+    assert len(allowed) < len(tok) // 4
+    head = model.get_output_embeddings()
+    full = generate(model, tok, [prompt], max_new_tokens=6)[0]
+    assert not set(full.token_ids) <= allowed  # the test means something: unrestricted, it leaves the set
+    (g,) = generate(model, tok, [prompt], max_new_tokens=6, answer_ids=ids)
+    assert model.get_output_embeddings() is head
+    got = g.token_ids
+    assert got and set(got) <= allowed
+    # the first step by hand: argmax and log-softmax over the allowed ids of the full logits
+    from potstill.students.causal_lm import prompt_ids
+
+    with torch.no_grad():
+        logits = model(torch.tensor([prompt_ids(tok, prompt)])).logits[0, -1]
+    idx = torch.tensor(sorted(allowed))
+    lp = torch.log_softmax(logits[idx], -1)
+    assert got[0] == int(idx[lp.argmax()])
+    assert g.token_logprobs[0] == pytest.approx(float(lp.max()), abs=1e-4)
+
+    trained, ttok = load_causal_lm(tiny_teacher)
+    gens = generate(trained, ttok, ["what is my balance", "send money to mom"], max_new_tokens=6,
+                    answer_ids=answer_ids(ttok, [r.completion for r in ROWS]))
+    assert [x.text for x in gens] == ["balance", "transfer"]
+
+
+def test_request_ids_cover_a_value_copied_into_a_json_string():
+    """A value inside a JSON string follows a quote, with no leading space: the request's words
+    count alone and after a space, and so do their letter / digit / punctuation pieces."""
+    from potstill.students.output_vocab import request_ids
+
+    tok = build_tokenizer(["play jazz in boston at 5pm", '{"city": "boston", "time": "5pm"}'])
+    ids = request_ids(tok, "play jazz in boston at 5pm.")
+    for value in ["boston", " boston", "5", "pm", "5pm"]:
+        assert set(tok(value, add_special_tokens=False)["input_ids"]) <= ids, value
+
+
+def test_decode_ids_needs_the_answer_ids_a_student_keeps(tmp_path):
+    from potstill.errors import PotstillError
+    from potstill.students.output_vocab import decode_ids
+
+    assert decode_ids({}, "full", tmp_path) is None
+    assert decode_ids({"answer_ids": [3, 5]}, "answers+input", tmp_path) == [3, 5]
+    with pytest.raises(PotstillError, match="keeps no answer vocabulary.*output_vocab: full"):
+        decode_ids({}, "answers+input", tmp_path)

@@ -92,6 +92,36 @@ def test_gold_baseline_and_logit_kd_with_local_teacher(tmp_path, lms):
     assert b["objective"] == "gold" and (run.baseline / "adapter_config.json").exists()
 
 
+def test_a_student_keeps_its_answer_ids_and_evaluates_over_them(tmp_path, lms):
+    """Training keeps the token ids of every answer it taught beside the weights; with
+    student.output_vocab answers+input the evaluation writes answers from those and the request's."""
+    from transformers import AutoTokenizer
+
+    from potstill.stages.evaluate import evaluate
+    from potstill.stages.train import train_student
+    from potstill.students.causal_lm import STUDENT_META, generate, load_causal_lm
+    from potstill.students.output_vocab import answer_ids, request_ids
+
+    spec, run = _task(tmp_path, lms, ", objective: gold, epochs: 0.3")
+    train_student(spec, run)
+    tok = AutoTokenizer.from_pretrained(run.student)
+    kept = json.loads((run.student / STUDENT_META).read_text())["answer_ids"]
+    golds = sorted({json.loads(l)["label"] for l in (tmp_path / "data/train.jsonl").read_text().splitlines()})
+    assert kept == answer_ids(tok, golds)
+    evaluate(spec, run)
+    full = [json.loads(l)["student"] for l in (run.root / "eval/predictions.jsonl").read_text().splitlines()]
+    spec.student.output_vocab = "answers+input"
+    evaluate(spec, run)
+    preds = [json.loads(l)["student"] for l in (run.root / "eval/predictions.jsonl").read_text().splitlines()]
+    texts = [json.loads(l)["text"] for l in (tmp_path / "data/test.jsonl").read_text().splitlines()]
+    model, _ = load_causal_lm(run.student)
+    prompts = [spec.render_prompt(t, []) for t in texts]
+    by_hand = generate(model, tok, prompts, spec.student.max_new_tokens, answer_ids=kept,
+                       max_length=spec.student.max_length)
+    assert preds == [g.text for g in by_hand] != full
+    assert all(set(g.token_ids) <= set(kept) | request_ids(tok, p) for g, p in zip(by_hand, prompts))
+
+
 def test_both_trains_on_gold_answers_with_token_kd_from_the_teacher(tmp_path, lms, monkeypatch):
     """objective both: the gold answer where the input has one (not the teacher's), gold inputs the
     filter dropped included, with token KD from the local causal-LM teacher along them."""

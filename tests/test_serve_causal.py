@@ -443,3 +443,33 @@ def test_serve_command_takes_adapter_flags(causal_run, tmp_path):
         p.wait(30)
     assert [m["id"] for m in models["data"]] == ["tinyc", "bee"]
     assert r.status_code == 200 and r.json()["route"] == "student"
+
+
+def test_served_answers_decode_over_the_students_answer_ids(causal_run, tmp_path):
+    """student.output_vocab answers+input in serving: a student that keeps no answer ids is a
+    clear error at start; one that keeps them answers over those ids and the request's tokens."""
+    import shutil
+
+    from transformers import AutoTokenizer
+
+    from potstill.errors import PotstillError
+    from potstill.students.causal_lm import STUDENT_META, generate
+    from potstill.students.output_vocab import answer_ids
+
+    run = shutil.copytree(causal_run[0], tmp_path / "run", ignore=shutil.ignore_patterns("potstill.db*"))
+    with pytest.raises(PotstillError, match="keeps no answer vocabulary"):
+        make_app(run, tmp_path / "q.db", "student.output_vocab=answers+input")
+    tok = AutoTokenizer.from_pretrained(run / "student")
+    ids = answer_ids(tok, ["balance", "weather"])  # "transfer" cannot be written whole
+    meta = json.loads((run / "student" / STUDENT_META).read_text())
+    (run / "student" / STUDENT_META).write_text(json.dumps({**meta, "answer_ids": ids}))
+    svc = make_app(run, tmp_path / "q.db", "student.output_vocab=answers+input").state.potstill
+    host = svc.student.host
+    assert host.answer_ids[host.default] == ids
+    served = host.generate_texts(host.default, PROBES)
+    by_hand = generate(host.model, tok, PROBES, 8, batch_size=len(PROBES), answer_ids=ids)
+    full = generate(host.model, tok, PROBES, 8, batch_size=len(PROBES))
+    assert [t for t, _ in served] == [g.text for g in by_hand]
+    # where the request does not say "transfer", the student cannot write it
+    assert any(g.text == "transfer" and "transfer" not in p for g, p in zip(full, PROBES))
+    assert not any(t == "transfer" for (t, _), p in zip(served, PROBES) if "transfer" not in p)

@@ -132,17 +132,18 @@ class CausalLMStudent:
     def __init__(self, model_dir: str | Path, *, name: str, kind: str, labels: Sequence[str] = (),
                  schema: dict[str, Any] | None = None, prompt: Callable[[str], str] = lambda t: t,
                  score: str = "min", max_new_tokens: int = 32, max_length: int = 256,
-                 threads: int | None = None, device: str = "auto"):
+                 threads: int | None = None, device: str = "auto", output_vocab: str = "full"):
         import torch
 
-        from ..students.causal_lm import STUDENT_META, is_peft, load_causal_lm
+        from ..students.causal_lm import is_peft, load_causal_lm
+        from ..students.output_vocab import decode_ids
 
         if score not in SCORES:
             raise PotstillError(f"serve.logprob_confidence {score!r}: one of {', '.join(SCORES)}")
         limit_threads(threads)  # torch and numpy's BLAS: threads.py
         self.model_dir = Path(model_dir)
-        meta_path = self.model_dir / STUDENT_META
-        meta = json.loads(meta_path.read_text()) if meta_path.exists() else {}
+        self.output_vocab = output_vocab
+        meta = _student_meta(self.model_dir)
         self.objective = meta.get("objective", "sequence")
         self.model, self.tokenizer = load_causal_lm(self.model_dir)
         if device == "auto":
@@ -159,6 +160,9 @@ class CausalLMStudent:
         peft's module dicts refuse)."""
         self.paths: dict[str, Path] = {name: self.model_dir}
         self.identities: dict[str, str] = {name: student_version(self.model_dir)}
+        self.answer_ids: dict[str, list[int] | None] = {
+            name: decode_ids(meta, output_vocab, self.model_dir)}
+        """served name -> the answer ids it decodes over (None: the full vocabulary)."""
         self._peft = is_peft(self.model)
         self._next = 1
 
@@ -186,6 +190,9 @@ class CausalLMStudent:
             raise ValueError(f"{cfg_path}: not valid JSON ({_clip(str(e))})") from None
         if not isinstance(cfg, dict):
             raise ValueError(f"{cfg_path}: expected a JSON object, got {type(cfg).__name__}")
+        from ..students.output_vocab import decode_ids
+
+        ids = decode_ids(_student_meta(path), self.output_vocab, path)
         base = cfg.get("base_model_name_or_path")
         mine = self.model.peft_config["default"].base_model_name_or_path
         if base != mine:
@@ -202,6 +209,7 @@ class CausalLMStudent:
             self.adapters[name] = peft_name
             self.paths[name] = path
             self.identities[name] = student_version(path)
+            self.answer_ids[name] = ids
         return self.view(name)
 
     def unload_adapter(self, name: str) -> None:
@@ -214,6 +222,7 @@ class CausalLMStudent:
             peft_name = self.adapters.pop(name)
             self.paths.pop(name, None)
             self.identities.pop(name, None)
+            self.answer_ids.pop(name, None)
             self.model.set_adapter(self.adapters[self.default])
             self.model.delete_adapter(peft_name)
 
@@ -236,7 +245,7 @@ class CausalLMStudent:
                 self.model.set_adapter(peft_name)
             gens = generate(self.model, self.tokenizer, prompts, self.max_new_tokens,
                             batch_size=max(len(prompts), 1), objective=self.objective,
-                            max_length=self.max_length)
+                            max_length=self.max_length, answer_ids=self.answer_ids[name])
         return [(g.text, g.token_logprobs) for g in gens]
 
     def predict_with(self, name: str, texts: Sequence[str]) -> list[StudentOutput]:
@@ -343,16 +352,25 @@ def build_causal_student(spec, run, recalibrate: bool = True, teacher_share: flo
         schema=spec.json_schema,
         prompt=lambda t: spec.render_prompt(t, render_labels), score=sv.logprob_confidence,
         max_new_tokens=spec.student.max_new_tokens, max_length=spec.student.max_length,
-        threads=sv.threads, device=sv.device)
+        threads=sv.threads, device=sv.device, output_vocab=spec.student.output_vocab)
     for n, p in (adapters or {}).items():
         host.load_adapter(n, p)
     student = host.view(name)
     return threshold_routing(
         student, spec, run, routing=routing, teacher_share=teacher_share, path=run.root / CAUSAL_CALIBRATION,
         settings={"logprob_confidence": sv.logprob_confidence, "model": model,
-                  "max_new_tokens": spec.student.max_new_tokens},
+                  "max_new_tokens": spec.student.max_new_tokens,
+                  "output_vocab": spec.student.output_vocab},
         recalibrate=recalibrate, batch=16, what="causal student",
         choose=lambda outs, golds, share: calibrate_threshold(outs, golds, share, spec.kind))
+
+
+def _student_meta(model_dir: Path) -> dict[str, Any]:
+    """potstill_student.json of a causal student or adapter ({} when it has none)."""
+    from ..students.causal_lm import STUDENT_META
+
+    p = Path(model_dir) / STUDENT_META
+    return json.loads(p.read_text()) if p.exists() else {}
 
 
 def _input_labels(run, missing_ok: bool = False) -> list[str]:

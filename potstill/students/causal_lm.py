@@ -62,6 +62,7 @@ from ..timing import Timer, time_alone
 from .base import Student, baseline_train
 from .hf import dir_size_mb
 from .lm_checkpoint import load_best, load_lm_checkpoint, load_trainable, save_best, save_lm_checkpoint, trainable_state
+from .output_vocab import META_KEY, answer_ids, decode_ids, request_ids, restricted_output
 from .prune import hidden_pairs, select_layers
 
 LABEL_TAG = "[label]"
@@ -765,6 +766,8 @@ def load_teacher_lm(name: str, student_tokenizer, precision: str = "fp32"):
 class Generation:
     text: str
     token_logprobs: list[float] = field(default_factory=list)
+    token_ids: list[int] = field(default_factory=list)
+    """The generated tokens (EOS not included)."""
 
     @property
     def mean_logprob(self) -> float:
@@ -784,10 +787,12 @@ def sequence_logprob_stats(logprobs: Sequence[float]) -> dict[str, float]:
 
 @torch.no_grad()
 def generate(model, tokenizer, prompts: Sequence[str], max_new_tokens: int = 32, batch_size: int = 16,
-             objective: str = "sequence", max_length: int = 256) -> list[Generation]:
+             objective: str = "sequence", max_length: int = 256,
+             answer_ids: Sequence[int] | None = None) -> list[Generation]:
     """Greedy answers for `prompts` with the logprob of every generated token (EOS included, as
     it ends the answer). Under the rationale objective the prompts are tagged "[label]" so the
-    student answers without a rationale."""
+    student answers without a rationale. With `answer_ids`, each answer is decoded over those
+    ids and the tokens of its prompt only (output_vocab.py: `student.output_vocab`)."""
     model.eval()
     device = next(model.parameters()).device
     pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
@@ -802,10 +807,13 @@ def generate(model, tokenizer, prompts: Sequence[str], max_new_tokens: int = 32,
         for i, e in enumerate(enc):  # left padding: every row's next token is at the end
             ids[i, T - len(e):] = torch.tensor(e)
             attn[i, T - len(e):] = 1
-        res = model.generate(input_ids=ids.to(device), attention_mask=attn.to(device),
-                             max_new_tokens=max_new_tokens, do_sample=False, num_beams=1,
-                             output_scores=True, return_dict_in_generate=True,
-                             pad_token_id=pad, eos_token_id=eos)
+        allowed = (None if answer_ids is None else
+                   [set(answer_ids) | request_ids(tokenizer, p) for p in prompts[s:s + batch_size]])
+        with restricted_output(model, allowed):
+            res = model.generate(input_ids=ids.to(device), attention_mask=attn.to(device),
+                                 max_new_tokens=max_new_tokens, do_sample=False, num_beams=1,
+                                 output_scores=True, return_dict_in_generate=True,
+                                 pad_token_id=pad, eos_token_id=eos)
         new = res.sequences[:, -len(res.scores):]  # (B, n)
         lps = torch.stack([F.log_softmax(sc.float(), -1) for sc in res.scores], 1)  # (B, n, V)
         tok_lp = lps.gather(-1, new.unsqueeze(-1)).squeeze(-1)  # (B, n)
@@ -817,7 +825,7 @@ def generate(model, tokenizer, prompts: Sequence[str], max_new_tokens: int = 32,
                 if t == eos:
                     break
                 toks.append(t)
-            out.append(Generation(tokenizer.decode(toks, skip_special_tokens=True).strip(), lp))
+            out.append(Generation(tokenizer.decode(toks, skip_special_tokens=True).strip(), lp, toks))
     return out
 
 
@@ -1132,6 +1140,9 @@ def train_causal_student(spec: TaskSpec, run: RunPaths, inputs: Inputs,
         model = merge_adapters(model)
     save_causal_lm(model, tok, out, meta={"base_model": init, "method": lora.method,
                                           "objective": objective, "kind": spec.kind,
+                                          # what `student.output_vocab: answers+input` decodes over
+                                          META_KEY: answer_ids(tok, [r.completion for r in rows
+                                                                     if r.kind != "general"]),
                                           **({"layers": keep} if keep is not None else {})})
     import shutil
 
@@ -1145,10 +1156,12 @@ def train_causal_student(spec: TaskSpec, run: RunPaths, inputs: Inputs,
 
 
 def generation_timer(model, tok, max_new_tokens: int, max_length: int, objective: str = "sequence",
-                     samples: int = 8, render: Callable[[str], str] = str) -> Timer:
+                     samples: int = 8, render: Callable[[str], str] = str,
+                     answer_ids: Sequence[int] | None = None) -> Timer:
     """One answer at a time (batch 1, greedy, to EOS or max_new_tokens) from the prompt `render`
     makes of an input; its rate is generated tokens per second at batch 1."""
-    return Timer(lambda text: generate(model, tok, [render(text)], max_new_tokens, 1, objective, max_length)[0],
+    return Timer(lambda text: generate(model, tok, [render(text)], max_new_tokens, 1, objective, max_length,
+                                       answer_ids)[0],
                  samples, warmup=1, units=lambda g: len(g.token_logprobs), rate_key="gen_tokens_per_s_b1")
 
 
@@ -1165,10 +1178,12 @@ def _student_answers(path, texts: list[str], spec: TaskSpec, render: Callable[[s
     and the batch-1 timer."""
     prompts = [render(t) for t in texts]
     meta = json.loads((path / STUDENT_META).read_text())
+    ids = decode_ids(meta, spec.student.output_vocab, path)
     model, tok = load_causal_lm(path)
     t0 = time.perf_counter()
     gens = generate(model, tok, prompts, spec.student.max_new_tokens, spec.eval.batch_size,
-                    objective=meta.get("objective", "sequence"), max_length=spec.student.max_length)
+                    objective=meta.get("objective", "sequence"), max_length=spec.student.max_length,
+                    answer_ids=ids)
     elapsed = time.perf_counter() - t0
     _, total = count_trainable(model)
     return gens, {"params": total, "adapter_size_mb": dir_size_mb(path), "method": meta.get("method"),
@@ -1177,7 +1192,7 @@ def _student_answers(path, texts: list[str], spec: TaskSpec, render: Callable[[s
                   "gen_tokens_per_s": round(sum(len(g.token_logprobs) for g in gens) / max(elapsed, 1e-9), 1)
                   }, generation_timer(model, tok, spec.student.max_new_tokens, spec.student.max_length,
                                       meta.get("objective", "sequence"), spec.eval.latency_samples_generate,
-                                      render)
+                                      render, ids)
 
 
 class CausalLMStudent:
