@@ -59,7 +59,7 @@ def main() -> None:
     from potstill.config import load_spec
     from potstill.data.inputs import read_jsonl
     from potstill.students.causal_lm import build_causal_lm, generate, prompt_ids, resolve_causal_path
-    from potstill.students.output_vocab import RestrictedHead, answer_ids, padded_ids, request_ids
+    from potstill.students.output_vocab import RestrictedHead, answer_ids, request_ids, union_ids
     from potstill.students.prune import spread
 
     torch.set_num_threads(1)
@@ -81,7 +81,7 @@ def main() -> None:
                                                     "answer_av": []} for k in depths}
     ids = torch.tensor([prompt_ids(tok, prompts[0])])
     kept = answer_ids(tok, [r["label"] for r in read_jsonl(EX / "data/train.jsonl")])
-    allowed = padded_ids([set(kept) | request_ids(tok, prompts[0])], torch.device("cpu"))
+    allowed = union_ids([set(kept) | request_ids(tok, prompts[0])], torch.device("cpu"))
     for rnd in range(args.repeat):
         for k in depths[rnd % len(depths):] + depths[:rnd % len(depths)]:
             m = models[k]
@@ -95,7 +95,7 @@ def main() -> None:
                     steps.append(time.perf_counter() - t0)
                     past, nxt = out.past_key_values, out.logits[:, -1].argmax(-1, keepdim=True)
                 h = torch.randn(1, 1, m.config.hidden_size)
-                small = RestrictedHead(m.get_output_embeddings(), allowed)
+                small = RestrictedHead(m.get_output_embeddings(), *allowed)
                 for head, key in ((m.get_output_embeddings(), "head"), (small, "head_av")):
                     heads = []
                     for _ in range(args.steps):
@@ -121,7 +121,7 @@ def main() -> None:
     from causal_distill import _cpu
 
     results = {"args": vars(args), "machine": _cpu(), "layers_total": n, "head_mb": round(head_mb, 1),
-               "answer_vocab": len(kept), "allowed_ids": allowed.shape[1],
+               "answer_vocab": len(kept), "allowed_ids": len(allowed[0]),
                "decoder_mb": {k: round(v, 1) for k, v in layer_mb.items()}, "median_ms": med,
                "fit": {"per_layer_ms": round(per_layer, 3), "fixed_ms": round(fixed, 2)}}
     write(results, Path(args.out))

@@ -76,30 +76,33 @@ def decode_ids(meta: dict[str, Any], output_vocab: str, model_dir: Path) -> list
 
 
 class RestrictedHead(nn.Module):
-    """The output layer scored on each row's allowed ids only; -inf elsewhere. `ids` (B, K) are
-    padded with a repeat of a row's own first id (scatter writes the same logit twice)."""
+    """The output layer scored on the union of the rows' allowed ids only (one small matmul),
+    -inf for a row at the ids it does not allow and at every other id. `ids` (K,) is the union,
+    `allow` (B, K) says which of them each row may write."""
 
-    def __init__(self, head: nn.Module, ids: torch.Tensor):
+    def __init__(self, head: nn.Module, ids: torch.Tensor, allow: torch.Tensor):
         super().__init__()
-        self.ids = ids
-        self.weight = head.weight[ids]  # (B, K, H)
+        self.ids, self.allow = ids, allow
+        self.weight = head.weight[ids]  # (K, H)
         self.bias = head.bias[ids] if getattr(head, "bias", None) is not None else None
         self.vocab = head.weight.shape[0]
 
     def forward(self, h: torch.Tensor) -> torch.Tensor:  # (B, T, H) -> (B, T, V)
-        w = self.weight.to(h.dtype)
-        sel = torch.bmm(h, w.transpose(1, 2))
+        sel = h @ self.weight.to(h.dtype).T
         if self.bias is not None:
-            sel = sel + self.bias.to(h.dtype).unsqueeze(1)
+            sel = sel + self.bias.to(h.dtype)
+        sel = sel.masked_fill(~self.allow.unsqueeze(1), float("-inf"))
         out = sel.new_full((*h.shape[:2], self.vocab), float("-inf"))
-        return out.scatter_(-1, self.ids.unsqueeze(1).expand(-1, h.shape[1], -1), sel)
+        out[..., self.ids] = sel
+        return out
 
 
-def padded_ids(allowed: Sequence[Iterable[int]], device: torch.device) -> torch.Tensor:
-    """(B, K) long tensor of each row's sorted ids, short rows padded with their first id."""
-    rows = [sorted(set(a)) for a in allowed]
-    k = max(len(r) for r in rows)
-    return torch.tensor([r + [r[0]] * (k - len(r)) for r in rows], dtype=torch.long, device=device)
+def union_ids(allowed: Sequence[Iterable[int]], device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
+    """(ids (K,), allow (B, K)): the sorted union of the rows' allowed ids, and which each row allows."""
+    rows = [set(a) for a in allowed]
+    ids = sorted(set().union(*rows))
+    allow = torch.tensor([[i in r for i in ids] for r in rows], dtype=torch.bool, device=device)
+    return torch.tensor(ids, dtype=torch.long, device=device), allow
 
 
 @contextmanager
@@ -110,7 +113,7 @@ def restricted_output(model, allowed: Sequence[Iterable[int]] | None) -> Iterato
         yield
         return
     head = model.get_output_embeddings()
-    model.set_output_embeddings(RestrictedHead(head, padded_ids(allowed, head.weight.device)))
+    model.set_output_embeddings(RestrictedHead(head, *union_ids(allowed, head.weight.device)))
     try:
         yield
     finally:
