@@ -6,15 +6,16 @@ about as much as its ten layers do (docs/RESULTS.md, "Where the per-token speed-
 answer that extracts or classifies is made of few tokens: the ones of the answers the student was
 trained on (JSON keys, punctuation, label names) and the ones of the request it copies values
 from. Decoding scores only those rows: the tokens of every training answer (kept with the model,
-`answer_ids`) and, per request, the tokens of its text, of each of its words and of their
-letter/digit/punctuation pieces, with and without a leading space (a value inside a JSON string
-starts after a quote, with no space: `"boston"`, where the request says ` boston`).
+`answer_ids`) and, per request, the tokens of its prompt (the request in the spec's template), of
+each of its words and of their letter/digit/punctuation pieces, with and without a leading space
+(a value inside a JSON string starts after a quote, with no space: `"boston"`, where the request
+says ` boston`).
 
 The scores of the other rows are -inf, so greedy decoding picks the best allowed token and the
 token logprobs the router reads are normalised over the allowed set. An answer that needs a
 token outside the set cannot be written: the option suits answers copied from the request, not
-free text (summaries, rewrites). On SNIPS (examples/snips-json) every test row's gold answer lies
-inside its set of about 1,500 ids.
+free text (summaries, rewrites). On SNIPS (examples/snips-json) the gold answer of every one of
+597 held-out rows lies inside its set: about 2,200 ids, the student's 2,141 and the request's.
 """
 
 from __future__ import annotations
