@@ -192,21 +192,29 @@ def test_throughput_is_timed_on_a_bounded_sample(tiny_bert, monkeypatch):
 
 def test_the_baseline_trains_at_least_the_students_steps(tmp_path):
     """A baseline with fewer rows than the student (whose inputs also count unlabelled or
-    augmented ones) gets the student's step budget as its floor; unchanged otherwise."""
+    augmented ones) gets the student's step budget as its floor; unchanged otherwise. Under
+    objective both the student also trains on the gold inputs the filter dropped: they count."""
     from potstill.spec import TrainSpec
     from potstill.students.base import baseline_train
 
     t = TrainSpec(schedule="adaptive", epochs=2, batch_size=8, min_steps=0, max_steps=100)
     kept = tmp_path / "kept.jsonl"
-    assert baseline_train(t, kept, 40) is t  # no records yet (`train --baseline` before labelling)
-    kept.write_text('{"text": "x"}\n' * 80)
-    assert baseline_train(t, kept, 40).min_steps == 20  # 2 passes over 80 inputs in batches of 8
-    assert baseline_train(t, kept, 80) is t  # as many rows as the student: left as it is
+    own = [f"g{i}" for i in range(40)]
+    assert baseline_train(t, kept, own) is t  # no records yet (`train --baseline` before labelling)
+    kept.write_text("".join(f'{{"text": "u{i}"}}\n' for i in range(80)))
+    assert baseline_train(t, kept, own).min_steps == 20  # 2 passes over 80 inputs in batches of 8
+    assert baseline_train(t, kept, [f"g{i}" for i in range(80)]) is t  # as many rows: left as it is
+    # both: 80 kept + the 40 gold inputs the filter dropped = 120 inputs -> 30 steps
+    assert baseline_train(t.model_copy(update={"objective": "both"}), kept, own).min_steps == 30
+    kept.write_text("".join(f'{{"text": "g{i}"}}\n' for i in range(20)) +
+                    "".join(f'{{"text": "u{i}"}}\n' for i in range(60)))
+    # both: 80 kept (20 of them gold) + the 20 gold the filter dropped = 100 -> 2 x 13 batches
+    assert baseline_train(t.model_copy(update={"objective": "both"}), kept, own).min_steps == 26
     kept.write_text('{"text": "x"}\n' * 800)
-    assert baseline_train(t, kept, 40).min_steps == 100  # the cap holds
-    assert baseline_train(t.model_copy(update={"min_steps": 500, "max_steps": 1000}), kept, 40).min_steps == 500
+    assert baseline_train(t, kept, own).min_steps == 100  # the cap holds
+    assert baseline_train(t.model_copy(update={"min_steps": 500, "max_steps": 1000}), kept, own).min_steps == 500
     fixed = t.model_copy(update={"schedule": "fixed"})
-    assert baseline_train(fixed, kept, 40) is fixed
+    assert baseline_train(fixed, kept, own) is fixed
 
 
 def test_a_run_gives_its_baseline_the_students_steps(task_dir):

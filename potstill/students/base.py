@@ -7,8 +7,9 @@ found by `students.get_student(spec.student.kind)`. Predictions come back in the
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
-from typing import Any, Literal, Protocol
+from typing import Any, Literal, Protocol, Sequence
 
 from ..data.inputs import Inputs
 from ..paths import RunPaths
@@ -43,19 +44,20 @@ class Student(Protocol):
         with the teacher's and the other model's for the latency columns)."""
 
 
-def baseline_train(t: TrainSpec, kept: Path, n_own: int) -> TrainSpec:
-    """The gold-only baseline's `train` part, for its `n_own` training rows. On the adaptive
-    schedule it trains for at least the steps that the distilled student's inputs (the kept
-    records in `kept`) give the student: a baseline with fewer rows than the student (whose inputs
+def baseline_train(t: TrainSpec, kept: Path, own: Sequence[str]) -> TrainSpec:
+    """The gold-only baseline's `train` part, for its training inputs `own`. On the adaptive
+    schedule it trains for at least the steps that the distilled student's inputs give the student:
+    the kept records in `kept`, and under objective `both` also the gold inputs the filter dropped
+    (the student trains on those too). A baseline with fewer rows than the student (whose inputs
     also count unlabelled or augmented ones) is not simply trained for fewer steps. Early stopping
     on validation still ends it sooner. `t` as it is when its own budget is already as large,
     when the records are not there yet, or on the fixed schedule."""
     if t.schedule != "adaptive" or not kept.exists():
         return t
-    with kept.open(encoding="utf-8") as f:
-        n = sum(1 for line in f if line.strip())
-    steps, own = adaptive_steps(t, n), adaptive_steps(t, n_own)
-    if steps is None or own is None or steps <= own:
+    texts = [json.loads(line)["text"] for line in kept.read_text(encoding="utf-8").splitlines() if line.strip()]
+    n = len(texts) + (len(set(own) - set(texts)) if t.objective == "both" else 0)
+    steps, own_steps = adaptive_steps(t, n), adaptive_steps(t, len(own))
+    if steps is None or own_steps is None or steps <= own_steps:
         return t
-    log(f"baseline: {steps} steps, the student's budget for its {n} inputs ({own} for its own {n_own} rows)")
+    log(f"baseline: {steps} steps, the student's budget for its {n} inputs ({own_steps} for its own {len(own)} rows)")
     return t.model_copy(update={"min_steps": steps})

@@ -1073,7 +1073,7 @@ def train_causal_student(spec: TaskSpec, run: RunPaths, inputs: Inputs,
     if not rows:
         raise PotstillError(f"no training rows for the {mode} ({objective}); check the filter report")
     if mode == "baseline":
-        t = baseline_train(t, records / KEPT, len(rows))
+        t = baseline_train(t, records / KEPT, [ex.text for ex in inputs.train if ex.gold is not None])
     if missing:
         log(f"{mode}: {missing} of {len(kept)} records had no {'rationale' if objective == 'rationale' else 'usable top-k logprobs'}"
             "; they train on the answer text alone")

@@ -553,7 +553,7 @@ def train_classifier_student(spec: TaskSpec, run: RunPaths, inputs: Inputs,
     if not rows:
         raise PotstillError(f"no training rows for the {mode} ({objective}); check the filter report")
     if mode == "baseline":
-        t = baseline_train(t, records / KEPT, len(rows))
+        t = baseline_train(t, records / KEPT, [r.text for r in rows])
     # the gold-only baseline never sees the teacher, not even its weights: it is what
     # fine-tuning the small model alone gives, the other side of "fine-tune or distill?"
     init = spec.student.model if mode == "baseline" else encoder_init(spec, run)

@@ -429,7 +429,7 @@ def train_tagger_student(spec: TaskSpec, run: RunPaths, inputs: Inputs, mode: Li
     if not texts:
         raise PotstillError(f"no training rows for the {mode} ({objective}); check the filter report")
     if mode == "baseline":
-        t = baseline_train(t, records / KEPT, len(texts))
+        t = baseline_train(t, records / KEPT, texts)
     # the gold-only baseline never sees the teacher, not even its weights
     init = s.model if mode == "baseline" else encoder_init(spec, run)
     init_path = Path(resolve_model_path(init))
