@@ -49,7 +49,8 @@ def test_snips_json_example_specs_agree_and_its_data_fits_the_schema():
     spec, teacher = load_spec(here / "potstill.yaml"), load_spec(here / "teacher.yaml")
     # the teacher answers the prompt it was fine-tuned on
     assert spec.render_prompt("play jazz", []) == teacher.render_prompt("play jazz", [])
-    assert spec.student.layers == "auto" and spec.student.prune == "greedy" and spec.train.objective == "both"
+    assert spec.student.layers == 12 and spec.student.prune == "greedy" and spec.train.objective == "both"
+    assert spec.student.output_vocab == "answers+input"
     assert teacher.student.layers is None and teacher.student.model == "smollm2-135m-instruct"
     assert Path(spec.teacher.model).resolve() == (here / "runs/snips-json-teacher/baseline").resolve()
     fields = set(spec.json_schema["properties"])
