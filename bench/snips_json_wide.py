@@ -11,7 +11,8 @@ between two models gets a paired interval.
 
 Usage: python bench/snips_json_wide.py --model teacher=DIR --model student=DIR [--model ...]
            [--reuse docs/bench_snips_json_wide.json] [--pair student-teacher ...] [--rows 600]
-           [--restricted student ...]
+           [--restricted student ...] [--span-values] [--span-similarity 0.5 ...]
+           [--rows-from held-out|test]
            [--src /work/shared/data/snips]
 
 The JSON it writes keeps every model's per-row counts; `--reuse` reads them back, so a model
@@ -51,6 +52,12 @@ def held_out_rows(src: Path, n: int | None) -> list[dict]:
     return out[:n]
 
 
+def example_test_rows(n: int | None) -> list[dict]:
+    """The example's own test rows (data/test.jsonl)."""
+    lines = (EX / "data" / "test.jsonl").read_text(encoding="utf-8").splitlines()
+    return [{"text": r["text"], "gold": json.loads(r["label"])} for r in map(json.loads, filter(None, lines))][:n]
+
+
 def counts(gold: dict, pred: dict | None) -> tuple[int, int, int]:
     """(tp, fp, fn) of one row's (field, value) pairs, as the extract scorer counts them."""
     from potstill.tasks.extract import field_pairs
@@ -80,6 +87,15 @@ def main() -> None:
     ap.add_argument("--restricted", action="append", default=[],
                     help="NAME: decode that model over its answer ids and the request's tokens "
                          "(student.output_vocab answers+input)")
+    ap.add_argument("--span-values", action="store_true",
+                    help="also score each generated model with its values made spans of the request "
+                         "(the spec's span_values), as NAME+spans")
+    ap.add_argument("--span-similarity", type=float, action="append", default=[],
+                    help="X: also score each generated model with span_values at min_similarity X, as "
+                         "NAME+spansX (choosing the rule's threshold)")
+    ap.add_argument("--rows-from", choices=("held-out", "test"), default="held-out",
+                    help="held-out: the SNIPS test rows in none of the example's files (default); test: "
+                         "the example's own 100 test rows")
     ap.add_argument("--rows", type=int, default=None, help="the first N held-out rows (default: all)")
     ap.add_argument("--src", type=Path, default=Path("/work/shared/data/snips"))
     ap.add_argument("--batch", type=int, default=32)
@@ -92,12 +108,13 @@ def main() -> None:
     from potstill.config import load_spec
     from potstill.students.causal_lm import STUDENT_META, generate, load_causal_lm
     from potstill.students.output_vocab import ANSWERS_AND_INPUT, FULL, decode_ids
+    from potstill.tasks.align import SNAP_SIMILARITY
     from potstill.tasks.extract import model_metrics
-    from potstill.tasks.generate import json_objects
+    from potstill.tasks.generate import json_objects, spans_only
 
     torch.set_num_threads(args.threads)
     spec = load_spec(EX / "potstill.yaml")
-    rows = held_out_rows(args.src, args.rows)
+    rows = held_out_rows(args.src, args.rows) if args.rows_from == "held-out" else example_test_rows(args.rows)
     prompts = [spec.render_prompt(r["text"], []) for r in rows]
     fields = list(spec.json_schema["properties"])
     models = dict(m.split("=", 1) for m in args.model)
@@ -106,7 +123,10 @@ def main() -> None:
     results: dict = {"args": {k: str(v) for k, v in vars(args).items()}, "rows": len(rows),
                      "rows_sha": rows_sha, "models": {}}
     reused = {f: json.loads(Path(f).read_text()) for f in args.reuse}
-    names = set(models) | {n for old in reused.values() for n in old["models"]}
+    span_rules = ([("+spans", SNAP_SIMILARITY)] if args.span_values else []) + [
+        (f"+spans{x:g}", x) for x in args.span_similarity]
+    answered = set(models) | {n for old in reused.values() for n, m in old["models"].items() if "answers" in m}
+    names = {n + tag for n in answered for tag, _ in span_rules} | set(models) | {n for old in reused.values() for n in old["models"]}
     pairs = {}  # "A-B" -> (A, B): the one split at a hyphen whose two sides are model names
     for pair in args.pair:
         splits = [(pair[:i], pair[i + 1:]) for i, c in enumerate(pair) if c == "-"]
@@ -114,14 +134,30 @@ def main() -> None:
         if len(ok) != 1:
             sys.exit(f"--pair {pair}: not one A-B split into two of the models {sorted(names)}")
         pairs[pair] = ok[0]
+    def with_spans(name: str, answers: list[str], entry: dict) -> None:
+        """NAME+spans* entries: `answers` scored under each span rule (no generating again)."""
+        for tag, sim in span_rules:
+            snapped = [spans_only(a, r["text"], spec.json_schema, sim) for a, r in zip(answers, rows)]
+            pred = json_objects(snapped, spec.json_schema)
+            m = model_metrics([r["gold"] for r in rows], pred, fields)
+            per_row[name + tag] = [counts(r["gold"], p) for r, p in zip(rows, pred)]
+            results["models"][name + tag] = {
+                **{k: entry[k] for k in ("dir", "output_vocab", "seconds", "reused_from") if k in entry},
+                "span_values": sim, "field_f1": m["field_f1"], "json_validity": m["json_validity"],
+                "exact_match": m["exact_match"], "per_row": per_row[name + tag]}
+            print(f"{name}{tag}: field F1 {m['field_f1']:.4f}, valid JSON {m['json_validity']:.3f}", flush=True)
+
     for f, old in reused.items():
         if old.get("rows_sha") != rows_sha:
             sys.exit(f"--reuse {f}: scored on other rows than these {len(rows)} (rows_sha differs)")
         for name, m in old["models"].items():
-            if name not in models and "per_row" in m:
+            if name not in models and name not in results["models"] and "per_row" in m:  # a span rule's
+                # entry made from the answers above is not overwritten by the file's own
                 per_row[name] = [tuple(c) for c in m["per_row"]]
                 results["models"][name] = {**m, "reused_from": f}
                 print(f"{name}: field F1 {m['field_f1']:.4f} (from {f})", flush=True)
+                if "answers" in m and "span_values" not in m:
+                    with_spans(name, m["answers"], results["models"][name])
     for name, path in models.items():
         model, tok = load_causal_lm(path)
         vocab = ANSWERS_AND_INPUT if name in args.restricted else FULL
@@ -138,8 +174,10 @@ def main() -> None:
         results["models"][name] = {"dir": path, "output_vocab": vocab, "field_f1": m["field_f1"], "json_validity": m["json_validity"],
                                    "exact_match": m["exact_match"], "seconds": round(secs, 1),
                                    "per_row": per_row[name]}
+        results["models"][name]["answers"] = answers
         print(f"{name}: field F1 {m['field_f1']:.4f}, valid JSON {m['json_validity']:.3f} ({secs:.0f} s)", flush=True)
         del model
+        with_spans(name, answers, results["models"][name])
 
     if not per_row:
         sys.exit("nothing to score: give --model NAME=DIR or --reuse FILE")
@@ -164,9 +202,14 @@ def main() -> None:
     cmd = "python bench/snips_json_wide.py " + " ".join(
         [f"--model {m}" for m in args.model] + [f"--reuse {f}" for f in args.reuse]
         + [f"--pair {p}" for p in args.pair] + [f"--restricted {r}" for r in args.restricted]
+        + (["--span-values"] if args.span_values else []) + [f"--span-similarity {x:g}" for x in args.span_similarity]
+        + ([f"--rows-from {args.rows_from}"] if args.rows_from != "held-out" else [])
         + ([f"--rows {args.rows}"] if args.rows else []))
-    lines = ["# snips-json's models on the held-out SNIPS test rows (bench/snips_json_wide.py)", "",
-             f"{len(rows)} SNIPS test rows in none of examples/snips-json's data files; greedy answers, batch "
+    where = ("SNIPS test rows in none of examples/snips-json's data files" if args.rows_from == "held-out"
+             else "test rows of examples/snips-json (its data/test.jsonl)")
+    title = "the held-out SNIPS test rows" if args.rows_from == "held-out" else "the example's test rows"
+    lines = [f"# snips-json's models on {title} (bench/snips_json_wide.py)", "",
+             f"{len(rows)} {where}; greedy answers, batch "
              f"{args.batch}; field-level micro F1 with 95% bootstrap intervals ({RESAMPLES} resamples of the rows).",
              "", f"Command: `{cmd}`", "",
              "| model | output vocabulary | field F1 | 95% interval | valid JSON | exact match | seconds |",

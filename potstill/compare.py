@@ -381,6 +381,7 @@ def compare(spec_path: str | Path, overrides: Sequence[str] = (), workdir: str |
             rows.append(prev)
             continue
         pred, info, ex = student.evaluate(spec, task, out, texts, inputs.labels, v.name)
+        pred = [task.within_input(p, t, spec) for p, t in zip(pred, texts)]  # as evaluate scores them
         info.update(time_alone(ex["timer"], texts))
         rows.append({
             "name": v.name, "objective": v.objective, "gold_share": v.gold_share, "gold_labels":

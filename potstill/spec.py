@@ -449,6 +449,12 @@ class TaskSpec(_Strict):
     json_schema: dict[str, Any] | None = None
     """For `extract`: an object schema whose string-valued properties are the fields
     (see answers.check_extract_schema); the prompt template may show it as {schema}."""
+    span_values: bool = False
+    """With a json_schema: every string value of an answer is a span of the input it answers. A
+    model's value that is not in the input takes the input's most similar word span (a near-copy:
+    "BenBurnley" for "Ben Burnley"), or is dropped when none is similar (tasks/align.py `snap_fields`).
+    Applied alike to the teacher's, the student's and the baseline's answers, in evaluation,
+    calibration and serving; the teacher's cached answers stay as it wrote them."""
     data: DataSpec
     teacher: TeacherSpec = TeacherSpec()
     filters: FilterSpec = FilterSpec()
@@ -524,6 +530,9 @@ class TaskSpec(_Strict):
         if not causal and isinstance(self.student.layers, (int, str)):
             raise ValueError(f"student.layers {self.student.layers!r}: a count or `auto` is for "
                              "student.kind causal_lm; list the encoder layers to keep, e.g. [0, 5]")
+        if self.span_values and self.json_schema is None:
+            raise ValueError("span_values: true needs a json_schema (it makes the string values of an "
+                             "answer object spans of the input)")
         if self.kind == "extract":
             _extract_defaults(self)
         elif self.student.kind == "tagger":

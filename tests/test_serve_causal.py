@@ -404,6 +404,39 @@ def test_generate_task_escalates_to_the_teachers_text(causal_run, tmp_path):
     assert len(three["choices"]) == 3 and three["usage"]["completion_tokens"] == 3 * est("weather")
 
 
+def test_span_values_snap_the_served_answers_of_student_and_teacher(causal_run, tmp_path):
+    """span_values in serving: the teacher's reply and the student's generated text both have
+    their values made spans of the request before they are checked and served (a near-copy
+    takes the request's own word). Before, the misspelt copy was served as it came."""
+    import shutil
+
+    from potstill.config import load_spec, run_paths
+    from potstill.stages.prepare import prepare_inputs
+
+    task = Path(causal_run[0]).parent
+    doc = (task / "potstill.yaml").read_text().replace("name: tinyc", (
+        "name: tinys\nkind: generate\nspan_values: true\n"
+        "json_schema: {type: object, properties: {city: {type: string}}}"))
+    (task / "span.yaml").write_text(doc.replace(f"labels: {json.dumps(LABELS)}\n", ""))
+    spec = load_spec(task / "span.yaml")
+    run = run_paths(spec, tmp_path / "run")
+    prepare_inputs(spec, run)
+    shutil.copytree(Path(causal_run[0]) / "student", run.student)
+    word = max(PROBES[0].split(), key=len)
+    typo = word[:-1] + "q"  # a near-copy of a word of the request
+    with FakeOpenAI(lambda t: json.dumps({"city": typo}), labels=LABELS) as url:
+        app = make_app(run.root, tmp_path / "q.db", f"teacher.base_url={url}",
+                       "serve.confidence_threshold=1.01", teacher="auto")  # every answer escalates
+        with live_server(app) as base:
+            r = post_chat(base, "tinys", PROBES[0]).json()
+    assert r["route"] == "teacher"
+    assert r["choices"][0]["message"]["content"] == json.dumps({"city": word}, separators=(",", ":"))
+    host = app.state.potstill.student.host
+    host.generate_texts = lambda name, texts: [(json.dumps({"city": typo}), [0.0]) for _ in texts]
+    (out,) = host.predict_with(host.default, [PROBES[0]])
+    assert out.error is None and json.loads(out.label) == {"city": word}
+
+
 SERVE_SCRIPT = """
 import sys
 from pathlib import Path

@@ -474,9 +474,10 @@ def create_app(config: ServeConfig):
             raise PotstillError(f"the teacher cannot be built ({e}); fix the spec's teacher, or serve "
                                 "without a safety net with --no-teacher") from e
         if task.answer_is_text:  # the teacher's whole reply is the answer, checked as the student's
-            from .causal import TextTeacher
+            from .causal import TextTeacher, span_snapper
 
-            teacher = TextTeacher(teacher, parse=lambda text: task.serve_answer(text, [], spec.json_schema))
+            teacher = TextTeacher(teacher, parse=lambda text: task.serve_answer(text, [], spec.json_schema),
+                                  snap=span_snapper(spec))
     breaker = None
     if teacher is not None:
         from .breaker import CircuitBreaker

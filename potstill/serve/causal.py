@@ -132,7 +132,8 @@ class CausalLMStudent:
     def __init__(self, model_dir: str | Path, *, name: str, kind: str, labels: Sequence[str] = (),
                  schema: dict[str, Any] | None = None, prompt: Callable[[str], str] = lambda t: t,
                  score: str = "min", max_new_tokens: int = 32, max_length: int = 256,
-                 threads: int | None = None, device: str = "auto", output_vocab: str = "full"):
+                 threads: int | None = None, device: str = "auto", output_vocab: str = "full",
+                 snap: Callable[[str, str], str] | None = None):
         import torch
 
         from ..students.causal_lm import is_peft, load_causal_lm
@@ -151,6 +152,8 @@ class CausalLMStudent:
         self.model.to(torch.device(device))
         self.kind, self.labels, self.schema = kind, list(labels), schema
         self.prompt, self.score = prompt, score
+        self.snap = snap
+        """(generated text, input) -> text, before the task reads it (`span_snapper`)."""
         self.max_new_tokens, self.max_length = max_new_tokens, max_length
         self.lock = threading.Lock()
         """Held around set_adapter + generate, and while an adapter loads or unloads."""
@@ -249,8 +252,9 @@ class CausalLMStudent:
         return [(g.text, g.token_logprobs) for g in gens]
 
     def predict_with(self, name: str, texts: Sequence[str]) -> list[StudentOutput]:
-        return [output_from(t, lp, self.kind, self.labels, self.schema, self.score)
-                for t, lp in self.generate_texts(name, texts)]
+        return [output_from(self.snap(t, src) if self.snap else t, lp, self.kind, self.labels, self.schema,
+                            self.score)
+                for (t, lp), src in zip(self.generate_texts(name, texts), texts)]
 
 
 class AdapterView:
@@ -300,8 +304,11 @@ class TextTeacher:
     the teacher is up, but the request is answered degraded rather than with text that breaks the
     schema. Without `parse`: the stripped text."""
 
-    def __init__(self, inner, parse: Callable[[str], tuple[str | None, str | None, Any]] | None = None):
+    def __init__(self, inner, parse: Callable[[str], tuple[str | None, str | None, Any]] | None = None,
+                 snap: Callable[[str, str], str] | None = None):
         self.inner = inner
+        self.snap = snap
+        """(reply, input) -> reply, before `parse` (`span_snapper`)."""
         self.identity = f"{inner.identity}#text"
         self.labels = inner.labels
         self.parse = parse
@@ -313,6 +320,8 @@ class TextTeacher:
         for i, a in self.inner.answer(texts):
             if a.error is None:
                 text = a.raw or ""
+                if self.snap is not None:
+                    text = self.snap(text, texts[i])
                 if self.parse is None:
                     a.label = text.strip() or None
                 else:
@@ -323,11 +332,16 @@ class TextTeacher:
             yield i, a
 
 
-def make_text_teacher(spec, run) -> TextTeacher:
-    from ..stages.prepare import load_inputs
-    from ..teachers import make_teacher
+def span_snapper(spec) -> Callable[[str, str], str] | None:
+    """Under `span_values`: (generated text, input) -> the text with its object's values made
+    spans of the input (tasks/generate.py `spans_only`), for the student and the teacher alike;
+    None when the spec does not ask for it."""
+    if not spec.span_values:
+        return None
+    from ..tasks.generate import spans_only
 
-    return TextTeacher(make_teacher(spec, run, load_inputs(run).labels))
+    schema = spec.json_schema
+    return lambda text, source: spans_only(text, source, schema) or text
 
 
 # -- building it for the server ------------------------------------------------------------------
@@ -352,7 +366,8 @@ def build_causal_student(spec, run, recalibrate: bool = True, teacher_share: flo
         schema=spec.json_schema,
         prompt=lambda t: spec.render_prompt(t, render_labels), score=sv.logprob_confidence,
         max_new_tokens=spec.student.max_new_tokens, max_length=spec.student.max_length,
-        threads=sv.threads, device=sv.device, output_vocab=spec.student.output_vocab)
+        threads=sv.threads, device=sv.device, output_vocab=spec.student.output_vocab,
+        snap=span_snapper(spec))
     for n, p in (adapters or {}).items():
         host.load_adapter(n, p)
     student = host.view(name)
@@ -360,7 +375,7 @@ def build_causal_student(spec, run, recalibrate: bool = True, teacher_share: flo
         student, spec, run, routing=routing, teacher_share=teacher_share, path=run.root / CAUSAL_CALIBRATION,
         settings={"logprob_confidence": sv.logprob_confidence, "model": model,
                   "max_new_tokens": spec.student.max_new_tokens,
-                  "output_vocab": spec.student.output_vocab},
+                  "output_vocab": spec.student.output_vocab, "span_values": spec.span_values},
         recalibrate=recalibrate, batch=16, what="causal student",
         choose=lambda outs, golds, share: calibrate_threshold(outs, golds, share, spec.kind))
 

@@ -102,6 +102,7 @@ def evaluate(spec: TaskSpec, run: RunPaths) -> dict[str, Any]:
             for name, lat in time_interleaved(timers, texts, advance=bar.advance).items():
                 models[name].update(lat)
     timers.clear()  # the models they hold are not needed any more
+    preds = {name: [task.within_input(p, t, spec) for p, t in zip(pred, texts)] for name, pred in preds.items()}
     for name, pred in preds.items():
         models[name].update(task.score(gold, pred, labels, None if name == "teacher" else preds["teacher"], spec))
     metric = task.metric_for(spec)

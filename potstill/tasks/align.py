@@ -16,6 +16,8 @@ Alignment rules (pure: `occurrences`, `align_value`, `align_fields`):
 
 from __future__ import annotations
 
+import difflib
+import re
 import unicodedata
 from typing import Any, Sequence
 
@@ -101,3 +103,71 @@ def align_fields(text: str, fields: dict[str, Any]) -> tuple[list[Span], list[tu
             continue
         spans.append((name, *span))
     return sorted(spans, key=lambda x: x[1]), drops
+
+
+# -- values that must be spans of the input: a model's near-copies snapped to the text ----------
+SPAN_NOTE = ("Every model's answer values were made spans of its input before scoring (span_values: "
+             "a near-copy takes the input's own words; a value like nothing in the input is dropped).")
+"""The line report.md carries under span_values."""
+
+SNAP_SIMILARITY = 0.7
+"""A value not in the text takes the text's most similar word span when their similarity (difflib's
+ratio of the folded strings) is at least this; below it the value is dropped. Chosen on
+examples/snips-json's 100 test rows, checked on 597 held-out SNIPS rows (docs/RESULTS.md)."""
+
+_EDGE_PUNCT = ".,;:!?\"'()[]{}"
+
+
+def _candidate_spans(text: str, words: int) -> list[tuple[int, int]]:
+    """Character spans of the text's runs of 1 .. `words` whitespace-separated words, each also
+    with its edge punctuation stripped, in order of start then length (no duplicates)."""
+    toks = [(m.start(), m.end()) for m in re.finditer(r"\S+", text)]
+    out: dict[tuple[int, int], None] = {}
+    for i in range(len(toks)):
+        for j in range(i, min(len(toks), i + words)):
+            s, e = toks[i][0], toks[j][1]
+            out[(s, e)] = None
+            while s < e and text[s] in _EDGE_PUNCT:
+                s += 1
+            while e > s and text[e - 1] in _EDGE_PUNCT:
+                e -= 1
+            if s < e:
+                out[(s, e)] = None
+    return list(out)
+
+
+def snap_value(text: str, value: str, min_similarity: float = SNAP_SIMILARITY) -> str | None:
+    """`value` as a span of `text`: where it occurs as whole words (the module's rules), the text's
+    own characters there; else (also when it occurs only inside a word: "Adel" in "Adele") the
+    word span most similar to it (the earliest, then shortest, of equals) when the
+    similarity reaches `min_similarity`; else None. A model that copies a name from the request
+    and misspells it ("BenBurnley" for "Ben Burnley", "1/2/2023" for "1/20/2023") gets the name back;
+    one that writes a different name ("Tonyine" for "Toyan", similarity 0.5) loses it."""
+    whole = next(((s, e) for s, e, w in occurrences(text, value) if w), None)
+    if whole is not None:
+        return text[whole[0]:whole[1]]
+    want = _fold_value(value)
+    if not want:
+        return None
+    best, best_r = None, -1.0
+    for s, e in _candidate_spans(text, len(value.split()) + 2):
+        r = difflib.SequenceMatcher(None, want, _fold_value(text[s:e]), autojunk=False).ratio()
+        if r > best_r:
+            best, best_r = (s, e), r
+    if best is None or best_r < min_similarity:
+        return None
+    return text[best[0]:best[1]]
+
+
+def snap_fields(text: str, fields: dict[str, Any], min_similarity: float = SNAP_SIMILARITY) -> dict[str, Any]:
+    """Every string value of `fields` as a span of `text` (`snap_value`); a value with no span
+    similar enough is dropped. Other values are kept as they are."""
+    out: dict[str, Any] = {}
+    for name, value in fields.items():
+        if not isinstance(value, str):
+            out[name] = value
+            continue
+        v = snap_value(text, value, min_similarity)
+        if v is not None:
+            out[name] = v
+    return out

@@ -58,6 +58,10 @@ class Task(Protocol):
     def from_text(self, text: str, spec: TaskSpec, labels: Sequence[str]) -> Any:
         """A generated text (causal-LM student) as a prediction; None when it is not a valid one."""
 
+    def within_input(self, pred: Any, source: str, spec: TaskSpec) -> Any:
+        """A prediction for input `source` as the spec asks: under `span_values`, its values made
+        spans of the input (every model's, before scoring)."""
+
     def to_json(self, pred: Any) -> Any:
         """A prediction as it is written to eval/predictions.jsonl."""
 

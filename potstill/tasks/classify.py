@@ -98,6 +98,9 @@ class Classify:
     def from_text(self, text: str, spec: TaskSpec, labels: Sequence[str]) -> Any:
         return parse_label(text, list(labels))
 
+    def within_input(self, pred: Any, source: str, spec: TaskSpec) -> Any:
+        return pred
+
     def to_json(self, pred: Any) -> Any:
         return pred
 

@@ -25,7 +25,7 @@ from typing import Any, Sequence
 from ..answers import Answer, canonical_json, clean_fields, parse_answer, schema_fields, validate_fields
 from ..data.inputs import InputError, Splits, normalise
 from ..spec import FilterSpec, TaskSpec
-from .align import align_fields
+from .align import SNAP_SIMILARITY, SPAN_NOTE, align_fields, snap_fields
 from .base import input_checks, summary_lines
 
 Obj = dict[str, Any]
@@ -182,6 +182,8 @@ def render_markdown(report: dict[str, Any]) -> str:
     lines += ["| " + " | ".join(r) + " |" for r in rows]
     d = report["data"]
     lines.append("")
+    if report.get("span_values"):
+        lines += [SPAN_NOTE, ""]
     lines += summary_lines(report, "field_f1", "field F1")
     lines += ["## Per field (F1, support)", "", "| field | " + " | ".join(report["models"]) + " | support |",
               "|---|" + "---:|" * (len(report["models"]) + 1)]
@@ -195,6 +197,15 @@ def render_markdown(report: dict[str, Any]) -> str:
         if d.get(key):
             lines += [f"- {key.replace('_', ' ')}: " + ", ".join(f"{k} {v}" for k, v in d[key].items() if v)]
     return "\n".join(lines) + "\n"
+
+
+def spans_of_input(obj: Obj, source: str, schema: dict[str, Any],
+                   min_similarity: float = SNAP_SIMILARITY) -> Obj:
+    """`obj` with its string values made spans of `source` (`align.snap_fields`: a near-copy takes
+    the input's own words, a value like nothing in it is dropped); `obj` as it was when a dropped
+    value would leave it breaking the schema (`span_values`)."""
+    snapped = snap_fields(source, obj, min_similarity)
+    return obj if validate_fields(snapped, schema) is not None else snapped
 
 
 def serve_object(text: str, schema: dict[str, Any]) -> tuple[str | None, str | None, dict[str, Any]]:
@@ -251,6 +262,12 @@ class Extract:
         assert spec.json_schema is not None
         return parse_answer(text, spec.json_schema)[0]
 
+    def within_input(self, pred: Any, source: str, spec: TaskSpec) -> Any:
+        if pred is None or not spec.span_values:
+            return pred
+        assert spec.json_schema is not None
+        return spans_of_input(pred, source, spec.json_schema)
+
     def to_json(self, pred: Any) -> Any:
         return pred
 
@@ -285,7 +302,7 @@ class Extract:
         return self.metric
 
     def report_header(self, labels: Sequence[str], spec: TaskSpec | None = None) -> dict[str, Any]:
-        return {"fields": len(labels)}
+        return {"fields": len(labels), **({"span_values": True} if spec is not None and spec.span_values else {})}
 
     def table(self, report: dict[str, Any]) -> tuple[list[str], list[list[str]]]:
         return table_rows(report)

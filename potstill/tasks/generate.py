@@ -17,15 +17,17 @@ from typing import Any, Sequence
 from ..answers import (
     RATIONALE_INSTRUCTION,
     Answer,
+    canonical_json,
     normalize_answer,
     parse_answer,
     schema_fields,
 )
 from ..data.inputs import Splits, normalise
 from ..spec import FilterSpec, TaskSpec
+from .align import SNAP_SIMILARITY, SPAN_NOTE
 from .base import input_checks
 from .extract import exact_match as objects_match
-from .extract import model_metrics, serve_object
+from .extract import model_metrics, serve_object, spans_of_input
 
 REASONS = ("teacher_error", "empty_output", "unparseable", "too_short", "too_long", "duplicate",
            "low_votes", "low_confidence", "gold_disagreement")
@@ -119,6 +121,8 @@ def render_generate_markdown(report: dict[str, Any]) -> str:
                         f"{m.get('latency_ms_p50', '—')} | {m.get('gen_tokens_per_s_b1', '—')} | "
                         f"{m.get('answers_per_s', '—')} |")
         rows += ["", *(f"- {k}: {v}" for k, v in report.get("summary", {}).items())]
+        if report.get("span_values"):
+            rows += ["", SPAN_NOTE]
     return "\n".join([f"# potstill report: {report['task']} ({report['kind']})", "",
                       f"Held-out test: {report['test_rows']} rows.", "", *rows, ""])
 
@@ -128,6 +132,15 @@ def json_objects(answers: Sequence[str | None], schema: dict[str, Any]) -> list[
     """Each answer's first JSON object, cleaned and checked against the schema (None when there is
     none or it breaks the schema), as the extract task parses a teacher's reply."""
     return [parse_answer(a, schema)[0] for a in answers]
+
+
+def spans_only(answer: str | None, source: str, schema: dict[str, Any],
+               min_similarity: float = SNAP_SIMILARITY) -> str | None:
+    """A generated answer whose object's values are made spans of `source`, the input it answers
+    (`extract.spans_of_input`), as canonical JSON; the answer as it was when it holds no
+    schema-valid object (`span_values`)."""
+    obj = parse_answer(answer, schema)[0]
+    return answer if obj is None else canonical_json(spans_of_input(obj, source, schema, min_similarity))
 
 
 def json_metrics(gold: Sequence[str | None], answers: Sequence[str | None], schema: dict[str, Any],
@@ -198,6 +211,12 @@ class Generate:
     def from_text(self, text: str, spec: TaskSpec, labels: Sequence[str]) -> Any:
         return text
 
+    def within_input(self, pred: Any, source: str, spec: TaskSpec) -> Any:
+        if pred is None or not spec.span_values:
+            return pred
+        assert spec.json_schema is not None
+        return spans_only(pred, source, spec.json_schema)
+
     def to_json(self, pred: Any) -> Any:
         return pred
 
@@ -239,7 +258,9 @@ class Generate:
         return answer
 
     def report_header(self, labels: Sequence[str], spec: TaskSpec | None = None) -> dict[str, Any]:
-        return {"json_fields": True} if spec is not None and spec.json_schema is not None else {}
+        if spec is None or spec.json_schema is None:
+            return {}
+        return {"json_fields": True, **({"span_values": True} if spec.span_values else {})}
 
     def table(self, report: dict[str, Any]) -> tuple[list[str], list[list[str]]]:
         head = ["model", "exact match", "token F1", "agree w/ teacher", "general ppl (base → student)",
