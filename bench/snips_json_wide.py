@@ -15,8 +15,9 @@ Usage: python bench/snips_json_wide.py --model teacher=DIR --model student=DIR [
            [--rows-from held-out|test]
            [--src /work/shared/data/snips]
 
-The JSON it writes keeps every model's per-row counts; `--reuse` reads them back, so a model
-scored once joins later comparisons without answering the rows again.
+The JSON it writes keeps every model's per-row counts and answers; `--reuse` reads them back, so a
+model scored once joins later comparisons, and is scored under new span rules, without answering
+the rows again.
 """
 
 from __future__ import annotations
@@ -134,6 +135,7 @@ def main() -> None:
         if len(ok) != 1:
             sys.exit(f"--pair {pair}: not one A-B split into two of the models {sorted(names)}")
         pairs[pair] = ok[0]
+
     def with_spans(name: str, answers: list[str], entry: dict) -> None:
         """NAME+spans* entries: `answers` scored under each span rule (no generating again)."""
         for tag, sim in span_rules:
@@ -151,8 +153,8 @@ def main() -> None:
         if old.get("rows_sha") != rows_sha:
             sys.exit(f"--reuse {f}: scored on other rows than these {len(rows)} (rows_sha differs)")
         for name, m in old["models"].items():
-            if name not in models and name not in results["models"] and "per_row" in m:  # a span rule's
-                # entry made from the answers above is not overwritten by the file's own
+            # a span rule's entry already made from a model's stored answers is not overwritten
+            if name not in models and name not in results["models"] and "per_row" in m:
                 per_row[name] = [tuple(c) for c in m["per_row"]]
                 results["models"][name] = {**m, "reused_from": f}
                 print(f"{name}: field F1 {m['field_f1']:.4f} (from {f})", flush=True)
