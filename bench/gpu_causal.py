@@ -50,6 +50,7 @@ VARIANTS = {
     "full-10": ("spread10", "full", False),
     "lora-10": ("spread10", "lora", False),
     "qlora-10": ("spread10", "lora", True),
+    "full-12": ("spread12", "full", False),  # examples/snips-json's student shape
 }
 
 
@@ -117,8 +118,8 @@ def build(variant: str, device: str, tmp: Path):
     if TINY:  # --tiny: a dry run of every code path on a CPU in seconds (same vocabulary, tiny width)
         cfg.num_hidden_layers, cfg.hidden_size, cfg.intermediate_size = 30, 64, 128
         cfg.num_attention_heads, cfg.num_key_value_heads, cfg.head_dim = 4, 2, 16
-    if layers == "spread10":
-        keep = spread(cfg.num_hidden_layers, 10)
+    if layers is not None:  # "spreadN": N of the layers, evenly spread
+        keep = spread(cfg.num_hidden_layers, int(layers.removeprefix("spread")))
         cfg.num_hidden_layers = len(keep)  # a pruned model is a plain model of fewer layers
     torch.manual_seed(0)
     if four_bit:

@@ -557,11 +557,12 @@ def train_causal_lm(model, tokenizer, rows: list[LMRow], cfg: LMTrainConfig, tea
     every cfg.checkpoint_every steps, at each epoch end and at the last step (the caller removes
     it once the model is saved); see students/lm_checkpoint.py.
     """
-    from .hf import length_grouped_batches
+    from .hf import length_grouped_batches, peak_gpu_mib
 
     torch.manual_seed(cfg.seed)
     precision = resolve_precision(cfg.precision)
     device = next(model.parameters()).device
+    peak_gpu_mib(device, reset=True)
     if cfg.objective == "logit_kd" and teacher is None and not any(r.topk for r in rows):
         raise PotstillError("logit_kd needs a local teacher causal LM (teacher.kind hf) or rows with the "
                          "API teacher's cached top-k logprobs")
@@ -680,6 +681,8 @@ def train_causal_lm(model, tokenizer, rows: list[LMRow], cfg: LMTrainConfig, tea
     seconds = time.perf_counter() - t0
     history.update(steps=step, seconds=round(seconds, 2), tokens=tokens,
                    tokens_per_s=round(tokens / max(seconds, 1e-9), 1))
+    if (peak := peak_gpu_mib(device)) is not None:
+        history["peak_gpu_mib"] = peak  # CUDA only: weights, optimizer state, activations, teacher
     if plan.mode == "adaptive" and track["val"]:
         if best is not None and track["best_step"] != step:
             load_trainable(model, best)

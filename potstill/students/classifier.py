@@ -36,6 +36,7 @@ from .hf import (
     encoder_init,
     length_grouped_batches,
     load_encoder,
+    peak_gpu_mib,
     pick_precision,
     resolve_model_path,
 )
@@ -315,6 +316,7 @@ def train_classifier(
     model.train()
     t0 = time.monotonic() - state["seconds"]
     session_t0 = time.monotonic()
+    peak_gpu_mib(accelerator.device, reset=True)
     seen = 0  # examples trained in this session (for throughput)
     loss = torch.tensor(float("nan"))
 
@@ -415,6 +417,8 @@ def train_classifier(
         "precision": accelerator.mixed_precision,
         "processes": accelerator.num_processes,
     }
+    if (peak := peak_gpu_mib(accelerator.device)) is not None:
+        result["peak_gpu_mib"] = peak
     accelerator.wait_for_everyone()
     if is_main:
         (out_dir / HISTORY).write_text(json.dumps(result, indent=2))

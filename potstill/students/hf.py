@@ -120,6 +120,19 @@ def pick_precision(precision: str) -> str:
     return "bf16" if ("avx512_bf16" in flags or "amx_bf16" in flags) else "no"
 
 
+def peak_gpu_mib(device: Any, reset: bool = False) -> float | None:
+    """The peak of CUDA memory torch allocated on `device` since the last reset, in MiB (None off
+    CUDA); reset=True starts a new peak."""
+    import torch
+
+    device = torch.device(device)
+    if device.type != "cuda":
+        return None
+    if reset:
+        torch.cuda.reset_peak_memory_stats(device)
+    return round(torch.cuda.max_memory_allocated(device) / 2**20, 1)
+
+
 def length_grouped_batches(lengths: Sequence[int], batch_size: int, seed: int,
                            group: int = 50) -> list[list[int]]:
     """Shuffled batches of indices whose items have similar lengths, so dynamic padding pads little.
