@@ -59,7 +59,7 @@ def random_model(dest: Path) -> Path:
 
 def potstill_train(variant: str, model: Path, steps: int, work: Path, precision: str = "bf16") -> dict:
     # the adaptive schedule capped at `steps`, with no validation inside them (a throughput run)
-    sets = ["student.model=" + str(model), f"train.precision={precision}", f"train.max_steps={steps}",
+    sets = ["student.model=" + str(model), "teacher.model=" + str(model), f"train.precision={precision}", f"train.max_steps={steps}",
             "train.eval_every=1000000", *VARIANTS[variant][0]]
     cmd = [sys.executable, "-m", "potstill", "train", str(SPEC), "--baseline", "--workdir", str(work)]
     for s in sets:

@@ -15,6 +15,13 @@ CORPUS = [
 ]
 
 
+def to_model(batch: dict, model) -> dict:
+    """`batch`'s tensors on `model`'s device: potstill puts models on the GPU when torch sees one,
+    so tests that feed a model by hand must too (bench/gpu_check.sh runs them there)."""
+    device = next(model.parameters()).device
+    return {k: v.to(device) if hasattr(v, "to") else v for k, v in batch.items()}
+
+
 def build_tokenizer(corpus: list[str] | None = None, vocab_size: int = 400):
     from tokenizers import Tokenizer, decoders, models, pre_tokenizers, processors, trainers
     from transformers import PreTrainedTokenizerFast

@@ -6,7 +6,7 @@ import math
 
 import pytest
 import torch
-from causal_fixtures import build_tiny_llama, build_tokenizer, one_torch_thread  # noqa: F401 (autouse)
+from causal_fixtures import build_tiny_llama, build_tokenizer, one_torch_thread, to_model  # noqa: F401 (autouse)
 
 from potstill.students.causal_lm import (
     IGNORE,
@@ -56,9 +56,9 @@ def tiny_teacher(tmp_path_factory, tiny_lm):
 
 
 def _logits(model, tok, text="what is my balance"):
-    enc = tok(text, return_tensors="pt")
+    enc = to_model(dict(tok(text, return_tensors="pt")), model)
     with torch.no_grad():
-        return model(**enc).logits
+        return model(**enc).logits.cpu()
 
 
 def test_completion_only_masking(tiny_lm):

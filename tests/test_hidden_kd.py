@@ -52,10 +52,12 @@ def test_student_reads_the_teachers_hidden_states(tiny_bert, tmp_path):
     enc = tok([r.text for r in val], padding=True, return_tensors="pt")
 
     def gap(student):
+        device = next(student.parameters()).device  # the GPU where training ran on one
+        on = {k: v.to(device) for k, v in enc.items()}
         with torch.no_grad():
-            hs = student(**enc, output_hidden_states=True).hidden_states
-            ht = teacher(**enc, output_hidden_states=True).hidden_states
-        return hidden_state_loss(hs, ht, layer_map, enc["attention_mask"]).item()
+            hs = student(**on, output_hidden_states=True).hidden_states
+            ht = teacher.to(device)(**on, output_hidden_states=True).hidden_states
+        return hidden_state_loss(hs, ht, layer_map, on["attention_mask"]).item()
 
     out = {}
     for w in (0.0, 5.0):

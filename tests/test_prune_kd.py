@@ -7,7 +7,7 @@ import json
 
 import pytest
 import torch
-from causal_fixtures import build_tiny_llama, one_torch_thread  # noqa: F401 (autouse)
+from causal_fixtures import build_tiny_llama, one_torch_thread, to_model  # noqa: F401 (autouse)
 
 from potstill.losses import chunked_kd_ce, hidden_state_kd, token_kd_loss
 from potstill.students.prune import block_drop, hidden_pairs, prune_decoder, select_layers, spread
@@ -66,10 +66,14 @@ def test_pruned_model_matches_the_kept_blocks_and_round_trips(llama4, tmp_path):
         h = full.model.embed_tokens(x)
         pos = torch.arange(9)[None].expand(2, -1)
         rope = full.model.rotary_emb(h, pos)
+        import inspect
+
         from transformers.masking_utils import create_causal_mask
 
+        # the cache argument is `cache` in transformers 5.2x, `past_key_values` in 5.1x
+        cache_kw = "cache" if "cache" in inspect.signature(create_causal_mask).parameters else "past_key_values"
         mask = create_causal_mask(config=full.config, inputs_embeds=h, attention_mask=torch.ones_like(x),
-                                  cache=None, position_ids=pos)
+                                  position_ids=pos, **{cache_kw: None})
         for i in (0, 3):
             h = full.model.layers[i](h, attention_mask=mask, position_embeddings=rope, position_ids=pos)
             h = h[0] if isinstance(h, tuple) else h
@@ -190,9 +194,10 @@ def test_lm_loss_chunked_path_equals_full_logits_path(llama4, tmp_path):
 
     teacher = AutoModelForCausalLM.from_pretrained(teacher_dir).eval()
     model, tok = build_causal_lm(str(llama4), "lora", r=4, dropout=0.0, layers=[0, 3])
+    teacher.to(next(model.parameters()).device)
     rows = [LMRow("what is my balance", "balance"), LMRow("send money to mom", "transfer", weight=2.0),
             LMRow("", "the cat sat on the mat", "general")]
-    b = collate(tok, [encode_row(tok, r, 64) for r in rows], rows)
+    b = to_model(collate(tok, [encode_row(tok, r, 64) for r in rows], rows), model)
     for obj, t in (("sequence", None), ("logit_kd", teacher)):
         full = lm_loss(model, b, LMTrainConfig(objective=obj, kd_chunk=0, temperature=2.0), t, len(tok))[0]
         chunked = lm_loss(model, b, LMTrainConfig(objective=obj, kd_chunk=3, temperature=2.0), t, len(tok))[0]
@@ -221,13 +226,16 @@ def test_cached_teacher_states_give_the_same_loss_with_one_teacher_pass_per_row(
     rows = [LMRow(f"request number {i} " + "word " * (i % 4), f"answer {i % 3}") for i in range(6)]
     rows.append(LMRow("", "the cat sat on the mat", "general"))
     model, tok = build_causal_lm(str(llama4), "full", layers=[0, 3])
+    device = next(model.parameters()).device
+    teacher.to(device)
     enc = [encode_row(tok, r, 64) for r in rows]
     cfg = LMTrainConfig(objective="logit_kd", kd_chunk=3, temperature=2.0)
-    live = lm_loss(model, collate(tok, enc, rows), cfg, teacher, len(tok))[0]
+    live = lm_loss(model, to_model(collate(tok, enc, rows), model), cfg, teacher, len(tok))[0]
     cached = cache_teacher_hidden(teacher, enc, [r.kind != "general" for r in rows], 4,
-                                  lambda e: collate(tok, e, rows[:len(e)]), torch.no_grad, "cpu")
+                                  lambda e: collate(tok, e, rows[:len(e)]), torch.no_grad, device)
     with_cache = [{**e, **c} for e, c in zip(enc, cached)]
-    assert torch.allclose(lm_loss(model, collate(tok, with_cache, rows), cfg, teacher, len(tok))[0], live, atol=1e-5)
+    got = lm_loss(model, to_model(collate(tok, with_cache, rows), model), cfg, teacher, len(tok))[0]
+    assert torch.allclose(got, live, atol=1e-5)
 
     calls = []
     teacher.model.register_forward_hook(lambda *a: calls.append(1))
@@ -264,14 +272,16 @@ def test_hidden_state_kd_reads_the_paired_teacher_layers_from_the_cache(llama4):
     rows.append(LMRow("", "the cat sat on the mat", "general"))  # no token KD, but hidden-state KD
     pairs = hidden_pairs([0, 2, 3])  # (1, 1): equal at the cut, (2, 3): not
     model, tok = build_causal_lm(str(llama4), "full", layers=[0, 2, 3])
+    device = next(model.parameters()).device
+    teacher.to(device)
     enc = [encode_row(tok, r, 64) for r in rows]
     cfg = LMTrainConfig(objective="logit_kd", kd_chunk=3, hidden_weight=1.0, hidden_pairs=pairs)
-    live, live_parts = lm_loss(model, collate(tok, enc, rows), cfg, teacher, len(tok))
+    live, live_parts = lm_loss(model, to_model(collate(tok, enc, rows), model), cfg, teacher, len(tok))
     cached = cache_teacher_hidden(teacher, enc, [r.kind != "general" for r in rows], 4, lambda e: collate(tok, e, rows[:len(e)]),
-                                  torch.no_grad, "cpu", layers=[t for _, t in pairs])
+                                  torch.no_grad, device, layers=[t for _, t in pairs])
     assert all(c["t_layers"].shape == (2, len(e["input_ids"]), 32) for c, e in zip(cached, enc))
-    loss, parts = lm_loss(model, collate(tok, [{**e, **c} for e, c in zip(enc, cached)], rows), cfg, teacher,
-                          len(tok))
+    loss, parts = lm_loss(model, to_model(collate(tok, [{**e, **c} for e, c in zip(enc, cached)], rows), model),
+                          cfg, teacher, len(tok))
     assert live_parts["hidden"] > 0.01
     assert parts["hidden"] == pytest.approx(live_parts["hidden"], rel=1e-2)
     assert loss.item() == pytest.approx(live.item(), rel=1e-2)

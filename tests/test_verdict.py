@@ -122,3 +122,26 @@ def test_guard_after_baseline_reads_the_fitted_teacher_and_warns(tmp_path, monke
     # an API teacher: nothing to compare on validation, no warning
     spec.teacher.kind = "openai"
     assert guard.guard_after_baseline(spec, run, inputs, {"best_val_accuracy": 0.99}) is None
+
+
+def test_guard_after_baseline_passes_over_a_teacher_that_is_not_installed(monkeypatch):
+    """`potstill train --baseline` ends with the guard; a teacher whose packaged GGUF is not
+    installed (or, for a task kind other than classify, any hf teacher) is nothing to compare
+    against, not a crash after the baseline has trained."""
+    from types import SimpleNamespace
+
+    from potstill.stages import guard
+    from potstill.students import hf, model_source
+
+    monkeypatch.setitem(model_source.PACKAGED, "nope-135m", ("no_such_pkg_xyz", "a.gguf"))
+    run = SimpleNamespace(teacher=None)
+    inputs = SimpleNamespace(validation=[SimpleNamespace(gold="a")] * 100)
+    for kind in ("classify", "generate"):
+        spec = SimpleNamespace(kind=kind, teacher=SimpleNamespace(kind="hf", model="nope-135m"))
+        assert hf.local_teacher_or_none(spec, run) is None
+        assert guard.guard_after_baseline(spec, run, inputs, {"best_val_accuracy": 0.9}) is None
+    # a generate task's hf teacher is not loaded as a classifier at all
+    spec = SimpleNamespace(kind="generate", teacher=SimpleNamespace(kind="hf", model="anything"))
+    monkeypatch.setattr(hf, "resolve_model_path", lambda name: (_ for _ in ()).throw(AssertionError("resolved")))
+    assert guard.teacher_val_accuracy(spec, run, inputs) is None
+

@@ -22,7 +22,9 @@ def teacher_val_accuracy(spec, run, inputs) -> float | None:
             return (read_manifest(run.teacher).get("metrics") or {}).get("best_val_accuracy")
         except FileNotFoundError:
             return None
-    if spec.teacher.kind == "hf":
+    if spec.teacher.kind == "hf" and getattr(spec, "kind", "classify") == "classify":
+        # an hf teacher of another task kind is no classifier: nothing to load (for a packaged
+        # GGUF that would mean converting it) to compare on validation
         from ..students.classifier import load_classifier, model_labels, predict_logits
 
         d = local_teacher_or_none(spec, run)

@@ -205,7 +205,10 @@ def local_teacher_or_none(spec: TaskSpec, run: RunPaths) -> Path | None:
     if t.kind == "fit":
         p = run.teacher
     elif t.kind == "hf":
-        p = Path(resolve_model_path(t.model or ""))
+        try:
+            p = Path(resolve_model_path(t.model or ""))
+        except FileNotFoundError:  # a packaged GGUF whose package is not installed, a missing file
+            return None
     else:
         return None
     return p if (p / "config.json").exists() else None
