@@ -54,9 +54,11 @@ def supports_chunked(model) -> bool:
 
 
 def chunked_lm_loss(model, batch: dict[str, torch.Tensor], cfg, teacher=None, vocab_size: int | None = None,
-                    ) -> tuple[torch.Tensor, dict[str, float]]:
+                    ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
     """Same value as `causal_lm.lm_loss` (CE for sequence objectives; kd_weight * KD + ce_weight *
-    CE under logit_kd), plus cfg.hidden_weight * hidden-state KD when cfg.hidden_pairs is set."""
+    CE under logit_kd), plus cfg.hidden_weight * hidden-state KD when cfg.hidden_pairs is set.
+    The parts come back as detached tensors: reading one is a host sync, which on a GPU stalls the
+    queue of the next step's kernels, so the training loop reads them only when it logs."""
     dec, head = _parts(model)
     want_hidden = bool(teacher is not None and cfg.objective == "logit_kd" and cfg.hidden_weight > 0
                        and cfg.hidden_pairs)
@@ -65,10 +67,12 @@ def chunked_lm_loss(model, batch: dict[str, torch.Tensor], cfg, teacher=None, vo
     labels = batch["labels"]  # (B, T)
     tgt = labels[:, 1:]  # (B, T-1): the token each position predicts
     mask = tgt != IGNORE  # (B, T-1)
-    h = out.last_hidden_state[:, :-1][mask]  # (N, H)
-    targets = tgt[mask]  # (N,)
-    weights = batch["weight"][:, None].expand_as(mask)[mask].float()  # (N,)
-    kd_rows = batch["kd"][:, None].expand_as(mask)[mask]  # (N,) general text: CE only
+    # the answer positions, row-major; one host sync (their number) instead of one per boolean index
+    at_b, at_t = mask.nonzero(as_tuple=True)  # (N,), (N,)
+    h = out.last_hidden_state[at_b, at_t]  # (N, H)
+    targets = tgt[at_b, at_t]  # (N,)
+    weights = batch["weight"][at_b].float()  # (N,)
+    kd_rows = batch["kd"][at_b]  # (N,) general text: CE only
     kd_on = teacher is not None and cfg.objective == "logit_kd"
     t_h = t_head = t_out = None
     t_layers: list[torch.Tensor] | None = None
@@ -82,20 +86,20 @@ def chunked_lm_loss(model, batch: dict[str, torch.Tensor], cfg, teacher=None, vo
         with torch.no_grad():
             t_out = t_dec(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"],
                           output_hidden_states=want_hidden)
-            t_h = t_out.last_hidden_state[:, :-1][mask]  # (N, H_t)
+            t_h = t_out.last_hidden_state[at_b, at_t]  # (N, H_t)
         if want_hidden:
             t_layers = [t_out.hidden_states[t] for _, t in cfg.hidden_pairs]
     kd, ce = chunked_kd_ce(h, head, targets, weights, t_h, t_head, kd_rows, cfg.kd_loss, cfg.temperature,
                            cfg.jsd_beta, vocab_size if kd_on else None, cfg.kd_chunk)
     if not kd_on:
-        return ce, {"ce": float(ce.detach())}
+        return ce, {"ce": ce.detach()}
     loss = cfg.kd_weight * kd + cfg.ce_weight * ce
-    parts = {"ce": float(ce.detach()), "kd": float(kd.detach())}
+    parts = {"ce": ce.detach(), "kd": kd.detach()}
     if want_hidden:
         pairs = cfg.hidden_pairs
         hid = hidden_state_kd([out.hidden_states[s] for s, _ in pairs], t_layers, batch["attention_mask"].bool())
         loss = loss + cfg.hidden_weight * hid
-        parts["hidden"] = float(hid.detach())
+        parts["hidden"] = hid.detach()
     return loss, parts
 
 

@@ -435,8 +435,9 @@ def weighted_ce(logits: torch.Tensor, targets: torch.Tensor, mask: torch.Tensor,
 
 
 def lm_loss(model, batch: dict[str, torch.Tensor], cfg: LMTrainConfig, teacher=None,
-            vocab_size: int | None = None) -> tuple[torch.Tensor, dict[str, float]]:
-    """The loss of one batch for cfg.objective; returns (loss, parts for logging)."""
+            vocab_size: int | None = None) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+    """The loss of one batch for cfg.objective; returns (loss, parts for logging, detached tensors:
+    read them only to log, each read is a host sync on a GPU)."""
     if cfg.kd_chunk > 0 and "topk_ids" not in batch:
         from .causal_kd import chunked_lm_loss, supports_chunked
 
@@ -446,7 +447,7 @@ def lm_loss(model, batch: dict[str, torch.Tensor], cfg: LMTrainConfig, teacher=N
     s_logits, tgt, mask = shifted(logits, batch["labels"])  # (B, T-1, V), (B, T-1), (B, T-1)
     ce = weighted_ce(s_logits, tgt, mask, batch["weight"])
     if cfg.objective != "logit_kd":
-        return ce, {"ce": float(ce.detach())}
+        return ce, {"ce": ce.detach()}
     kd_mask = mask & batch["kd"][:, None]  # general text trains on CE only
     kd = s_logits.new_zeros((), dtype=torch.float32)
     if teacher is not None:
@@ -460,7 +461,7 @@ def lm_loss(model, batch: dict[str, torch.Tensor], cfg: LMTrainConfig, teacher=N
         m = kd_mask & batch["has_topk"][:, None]
         kd = topk_tail_kd(s_logits, batch["topk_ids"][:, 1:], batch["topk_logprobs"][:, 1:], m)
     loss = cfg.kd_weight * kd + cfg.ce_weight * ce
-    return loss, {"ce": float(ce.detach()), "kd": float(kd.detach())}
+    return loss, {"ce": ce.detach(), "kd": kd.detach()}
 
 
 def _autocast(precision: str, device: torch.device):
@@ -651,6 +652,7 @@ def train_causal_lm(model, tokenizer, rows: list[LMRow], cfg: LMTrainConfig, tea
                 if k < done_in_epoch:  # done before the resumed checkpoint
                     continue
                 b = collate(tokenizer, [encoded[i] for i in idx], [rows[i] for i in idx])
+                n_tokens = int(b["attention_mask"].sum())  # on the host: no GPU sync per step
                 b = {k: v.to(device) for k, v in b.items()}
                 with _autocast(precision, device):
                     loss, parts = lm_loss(model, b, cfg, teacher, vocab_size)
@@ -660,10 +662,10 @@ def train_causal_lm(model, tokenizer, rows: list[LMRow], cfg: LMTrainConfig, tea
                 sched.step()
                 opt.zero_grad(set_to_none=True)
                 step += 1
-                tokens += int(b["attention_mask"].sum())
+                tokens += n_tokens
                 if step % cfg.log_every == 0 or step == total_steps:
                     history["losses"].append({"step": step, "loss": round(float(loss.detach()), 5),
-                                              **{k: round(v, 5) for k, v in parts.items()}})
+                                              **{k: round(float(v), 5) for k, v in parts.items()}})
                     bar.set_postfix(f"loss {float(loss.detach()):.3f}")
                 bar.advance()
                 if plan.eval_every > 0 and plan.eval_due(step, False):
