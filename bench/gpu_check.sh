@@ -2,7 +2,10 @@
 # potstill on a CUDA GPU, in one prepared run (about 8 minutes on an H200; figures in
 # docs/RESULTS.md, "potstill's own loop on a CUDA GPU"):
 #   1. potstill's dependencies that a bare GPU image lacks, from wheels in .whl/ (no network there):
-#      pydantic, openai, fastapi, uvicorn and theirs, bitsandbytes (QLoRA). Fetch them here with
+#      pydantic(-core), annotated-types, typing-inspection, typing_extensions, openai, jiter, sniffio,
+#      httpx2, httpcore2, truststore, anyio, fastapi, starlette, annotated-doc, opentelemetry-api,
+#      importlib-metadata, uvicorn, jsonschema(-specifications), referencing, rpds-py, and
+#      bitsandbytes (QLoRA); 48 MiB with the tree's 12 under the 64 MiB a call carries. Fetch them with
 #      `pip download --no-deps --only-binary=:all: --python-version 3.12 --platform manylinux_2_28_x86_64
 #      --platform manylinux_2_17_x86_64 -d .whl NAME==VERSION` (the versions of your venv).
 #   2. pytest -m gpu (tests/test_gpu.py): bf16 on CUDA, KD from a cached teacher, QLoRA, an encoder run
