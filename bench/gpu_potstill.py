@@ -32,13 +32,13 @@ ROOT = HERE.parent
 ASSETS = HERE / "gpu_assets" / "smollm2"
 SPEC = ROOT / "examples" / "snips-json" / "teacher.yaml"
 
-# name -> (--set overrides, gpu_causal.py's variant of the same shape)
+# name (gpu_causal.py's variant of the same shape) -> --set overrides
 VARIANTS = {
-    "full-30": (["student.lora.method=full"], "full-30"),
-    "lora-30": (["student.lora.method=lora", "student.lora.r=16", "student.lora.alpha=32"], "lora-30"),
-    "qlora-30": (["student.lora.method=lora", "student.lora.r=16", "student.lora.alpha=32",
-                  "student.lora.quantize_4bit=true"], "qlora-30"),
-    "full-12": (["student.lora.method=full", "student.layers=12", "student.prune=spread"], "full-12"),
+    "full-30": ["student.lora.method=full"],
+    "lora-30": ["student.lora.method=lora", "student.lora.r=16", "student.lora.alpha=32"],
+    "qlora-30": ["student.lora.method=lora", "student.lora.r=16", "student.lora.alpha=32",
+                 "student.lora.quantize_4bit=true"],
+    "full-12": ["student.lora.method=full", "student.layers=12", "student.prune=spread"],
 }
 
 
@@ -60,7 +60,7 @@ def random_model(dest: Path) -> Path:
 def potstill_train(variant: str, model: Path, steps: int, work: Path, precision: str = "bf16") -> dict:
     # the adaptive schedule capped at `steps`, with no validation inside them (a throughput run)
     sets = ["student.model=" + str(model), "teacher.model=" + str(model), f"train.precision={precision}", f"train.max_steps={steps}",
-            "train.eval_every=1000000", *VARIANTS[variant][0]]
+            "train.eval_every=1000000", *VARIANTS[variant]]
     cmd = [sys.executable, "-m", "potstill", "train", str(SPEC), "--baseline", "--workdir", str(work)]
     for s in sets:
         cmd += ["--set", s]
@@ -80,7 +80,7 @@ def potstill_train(variant: str, model: Path, steps: int, work: Path, precision:
 def plain_loop(variants: list[str], steps: int, out: Path) -> dict[str, dict]:
     """bench/gpu_causal.py on the same rows, batch 8 and max length 96 (teacher.yaml's)."""
     cmd = [sys.executable, str(HERE / "gpu_causal.py"), "--steps", str(steps), "--batch-size", "8",
-           "--max-length", "96", "--variants", ",".join(VARIANTS[v][1] for v in variants), "--out", str(out)]
+           "--max-length", "96", "--variants", ",".join(variants), "--out", str(out)]
     p = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True)
     if p.returncode != 0:
         print(p.stderr[-2000:], file=sys.stderr)
@@ -104,7 +104,7 @@ def render(rows: list[dict], plain: dict[str, dict], meta: dict) -> str:
         if "error" in r:
             lines.append(f"| {r['variant']} | failed: {r['error']} | | | | | | |")
             continue
-        q = plain.get(VARIANTS[r["variant"]][1], {})
+        q = plain.get(r["variant"], {})
         ratio = round(r["tokens_per_s"] / q["tokens_per_s"], 2) if q.get("tokens_per_s") else "—"
         lines.append(f"| {r['variant']} | {r['params_m']} | {r['trainable_m']} | {r['tokens_per_s']} | "
                      f"{q.get('tokens_per_s', '—')} | {ratio} | {r['peak_gpu_mib']} | {q.get('peak_mb', '—')} |")

@@ -3,6 +3,7 @@ that reads a teacher's hidden states in the training loop."""
 
 import pytest
 import torch
+from causal_fixtures import to_model
 from test_student import LABELS, rows
 
 from potstill.losses import default_layer_map, hidden_state_loss
@@ -52,11 +53,10 @@ def test_student_reads_the_teachers_hidden_states(tiny_bert, tmp_path):
     enc = tok([r.text for r in val], padding=True, return_tensors="pt")
 
     def gap(student):
-        device = next(student.parameters()).device  # the GPU where training ran on one
-        on = {k: v.to(device) for k, v in enc.items()}
+        on = to_model(dict(enc), student)  # on the GPU where training ran on one
         with torch.no_grad():
             hs = student(**on, output_hidden_states=True).hidden_states
-            ht = teacher.to(device)(**on, output_hidden_states=True).hidden_states
+            ht = teacher.to(next(student.parameters()).device)(**on, output_hidden_states=True).hidden_states
         return hidden_state_loss(hs, ht, layer_map, on["attention_mask"]).item()
 
     out = {}
