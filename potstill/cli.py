@@ -21,7 +21,8 @@ app.add_typer(teacher_app, name="teacher")
 
 SpecArg = Annotated[Path, typer.Argument(help="Task spec (potstill.yaml or .toml).")]
 SetOpt = Annotated[Optional[list[str]], typer.Option(
-    "--set", help="Override a spec field, e.g. --set train.epochs=3 --set student.layers=[0,5]. Repeatable.")]
+    "--set", help="Override a spec field, e.g. --set train.epochs=3 --set student.layers=[0,5]. Repeatable. "
+    "A relative path given here is relative to the current directory (in the spec file, to the spec's folder).")]
 WorkdirOpt = Annotated[Optional[Path], typer.Option(
     "--workdir", "-w", help="Run directory (default: runs/<name> beside the spec).")]
 NoCheckOpt = Annotated[bool, typer.Option(

@@ -455,6 +455,11 @@ class TaskSpec(_Strict):
     "BenBurnley" for "Ben Burnley"), or is dropped when none is similar (tasks/align.py `snap_fields`).
     Applied alike to the teacher's, the student's and the baseline's answers, in evaluation,
     calibration and serving; the teacher's cached answers stay as it wrote them."""
+    json_decoding: Literal["free", "schema"] = "free"
+    """With a json_schema, how a causal LM (an hf teacher, a causal student or baseline) writes an
+    answer. free: any token. schema: only tokens that keep the answer one JSON object of the
+    schema's string fields, each field at most once, closed within the answer's token budget
+    (students/json_decoding.py). In labelling, evaluation, calibration and serving alike."""
     data: DataSpec
     teacher: TeacherSpec = TeacherSpec()
     filters: FilterSpec = FilterSpec()
@@ -530,6 +535,15 @@ class TaskSpec(_Strict):
         if not causal and isinstance(self.student.layers, (int, str)):
             raise ValueError(f"student.layers {self.student.layers!r}: a count or `auto` is for "
                              "student.kind causal_lm; list the encoder layers to keep, e.g. [0, 5]")
+        if self.json_decoding == "schema" and self.json_schema is None:
+            raise ValueError("json_decoding: schema needs a json_schema (the fields an answer may write)")
+        if self.json_decoding == "schema" and not (
+                self.student.kind == "causal_lm" or (self.teacher.kind == "hf" and self.kind == "generate")):
+            raise ValueError("json_decoding: schema holds what a local causal LM writes: it needs student.kind "
+                             "causal_lm or a local teacher (teacher.kind hf) of kind generate")
+        if self.json_decoding == "schema" and self.train.objective == "rationale":
+            raise ValueError("json_decoding: schema makes the whole answer one JSON object, so it leaves no "
+                             "room for a rationale: use train.objective other than rationale, or json_decoding: free")
         if self.span_values and self.json_schema is None:
             raise ValueError("span_values: true needs a json_schema (it makes the string values of an "
                              "answer object spans of the input)")
@@ -553,6 +567,12 @@ class TaskSpec(_Strict):
             "json_schema": self.json_schema,
         }
         return hashlib.sha256(json.dumps(core, sort_keys=True).encode()).hexdigest()[:16]
+
+    def json_keys(self) -> list[str] | None:
+        """The fields a causal LM's answer is held to (`json_decoding: schema`), else None."""
+        if self.json_decoding != "schema" or self.json_schema is None:
+            return None
+        return list(self.json_schema["properties"])
 
     def render_prompt(self, text: str, labels: list[str]) -> str:
         return self.prompt_template.format_map(

@@ -15,7 +15,10 @@ What a generated text becomes (`output_from`, pure):
   escalates it as `invalid_output`);
 - `kind: generate`: the text itself; an empty text -> `error`. With a `json_schema` (a JSON
   object written as text), the canonical JSON of the object in it, as for extract: no object,
-  or one that breaks the schema -> `error`; calibration compares objects field by field;
+  or one that breaks the schema -> `error`; calibration compares objects field by field. Under
+  `json_decoding: schema` the student writes only objects of the schema's keys and string values
+  (students/json_decoding.py), so this error is left to what that does not check (`required`,
+  `enum`) and to answers the output vocabulary could not finish;
 - `kind: extract` (a schema given): the canonical JSON of the object `answers.parse_answer`
   finds and validates; no JSON object, or one that breaks the schema -> `error`. (The spec pins
   extract tasks to the tagger student today, so this path serves adapters trained elsewhere.)
@@ -133,7 +136,7 @@ class CausalLMStudent:
                  schema: dict[str, Any] | None = None, prompt: Callable[[str], str] = lambda t: t,
                  score: str = "min", max_new_tokens: int = 32, max_length: int = 256,
                  threads: int | None = None, device: str = "auto", output_vocab: str = "full",
-                 snap: Callable[[str, str], str] | None = None):
+                 snap: Callable[[str, str], str] | None = None, json_keys: Sequence[str] | None = None):
         import torch
 
         from ..students.causal_lm import is_peft, load_causal_lm
@@ -155,6 +158,8 @@ class CausalLMStudent:
         self.snap = snap
         """(generated text, input) -> text, before the task reads it (`span_snapper`)."""
         self.max_new_tokens, self.max_length = max_new_tokens, max_length
+        self.json_keys = json_keys
+        """The fields an answer is held to while it is written (`json_decoding: schema`), or None."""
         self.lock = threading.Lock()
         """Held around set_adapter + generate, and while an adapter loads or unloads."""
         self.default = name
@@ -248,7 +253,8 @@ class CausalLMStudent:
                 self.model.set_adapter(peft_name)
             gens = generate(self.model, self.tokenizer, prompts, self.max_new_tokens,
                             batch_size=max(len(prompts), 1), objective=self.objective,
-                            max_length=self.max_length, answer_ids=self.answer_ids[name])
+                            max_length=self.max_length, answer_ids=self.answer_ids[name],
+                            json_keys=self.json_keys)
         return [(g.text, g.token_logprobs) for g in gens]
 
     def predict_with(self, name: str, texts: Sequence[str]) -> list[StudentOutput]:
@@ -367,7 +373,7 @@ def build_causal_student(spec, run, recalibrate: bool = True, teacher_share: flo
         prompt=lambda t: spec.render_prompt(t, render_labels), score=sv.logprob_confidence,
         max_new_tokens=spec.student.max_new_tokens, max_length=spec.student.max_length,
         threads=sv.threads, device=sv.device, output_vocab=spec.student.output_vocab,
-        snap=span_snapper(spec))
+        snap=span_snapper(spec), json_keys=spec.json_keys())
     for n, p in (adapters or {}).items():
         host.load_adapter(n, p)
     student = host.view(name)
@@ -375,7 +381,8 @@ def build_causal_student(spec, run, recalibrate: bool = True, teacher_share: flo
         student, spec, run, routing=routing, teacher_share=teacher_share, path=run.root / CAUSAL_CALIBRATION,
         settings={"logprob_confidence": sv.logprob_confidence, "model": model,
                   "max_new_tokens": spec.student.max_new_tokens,
-                  "output_vocab": spec.student.output_vocab, "span_values": spec.span_values},
+                  "output_vocab": spec.student.output_vocab, "span_values": spec.span_values,
+                  **({"json_decoding": spec.json_decoding} if spec.json_keys() else {})},
         recalibrate=recalibrate, batch=16, what="causal student",
         choose=lambda outs, golds, share: calibrate_threshold(outs, golds, share, spec.kind))
 

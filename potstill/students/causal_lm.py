@@ -793,11 +793,18 @@ def sequence_logprob_stats(logprobs: Sequence[float]) -> dict[str, float]:
 @torch.no_grad()
 def generate(model, tokenizer, prompts: Sequence[str], max_new_tokens: int = 32, batch_size: int = 16,
              objective: str = "sequence", max_length: int = 256,
-             answer_ids: Sequence[int] | None = None) -> list[Generation]:
+             answer_ids: Sequence[int] | None = None, json_keys: Sequence[str] | None = None
+             ) -> list[Generation]:
     """Greedy answers for `prompts` with the logprob of every generated token (EOS included, as
     it ends the answer). Under the rationale objective the prompts are tagged "[label]" so the
     student answers without a rationale. With `answer_ids`, each answer is decoded over those
-    ids and the tokens of its prompt only (output_vocab.py: `student.output_vocab`)."""
+    ids and the tokens of its prompt only (output_vocab.py: `student.output_vocab`). With
+    `json_keys`, each answer is one JSON object of string values under those keys, each at most
+    once, closed within `max_new_tokens` (json_decoding.py: `json_decoding: schema`); its token
+    logprobs are still the model's own, before the constraint, so a token the schema forced on
+    the model lowers the answer's confidence as it would have freely."""
+    from transformers import LogitsProcessorList
+
     model.eval()
     device = next(model.parameters()).device
     pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
@@ -814,13 +821,21 @@ def generate(model, tokenizer, prompts: Sequence[str], max_new_tokens: int = 32,
             attn[i, T - len(e):] = 1
         allowed = (None if answer_ids is None else
                    [set(answer_ids) | request_ids(tokenizer, p) for p in prompts[s:s + batch_size]])
+        processors = LogitsProcessorList()
+        if json_keys is not None:
+            from .json_decoding import JsonDecoding, SchemaLogitsProcessor
+
+            processors.append(SchemaLogitsProcessor(JsonDecoding.for_tokenizer(tokenizer, json_keys), T,
+                                                    max_new_tokens))
         with restricted_output(model, allowed):
             res = model.generate(input_ids=ids.to(device), attention_mask=attn.to(device),
                                  max_new_tokens=max_new_tokens, do_sample=False, num_beams=1,
-                                 output_scores=True, return_dict_in_generate=True,
-                                 pad_token_id=pad, eos_token_id=eos)
-        new = res.sequences[:, -len(res.scores):]  # (B, n)
-        lps = torch.stack([F.log_softmax(sc.float(), -1) for sc in res.scores], 1)  # (B, n, V)
+                                 output_scores=True, output_logits=bool(processors),
+                                 return_dict_in_generate=True, pad_token_id=pad, eos_token_id=eos,
+                                 logits_processor=processors)
+        own = res.logits if processors else res.scores  # logits: before the processors
+        new = res.sequences[:, -len(own):]  # (B, n)
+        lps = torch.stack([F.log_softmax(sc.float(), -1) for sc in own], 1)  # (B, n, V)
         tok_lp = lps.gather(-1, new.unsqueeze(-1)).squeeze(-1)  # (B, n)
         for i in range(new.shape[0]):
             toks, lp = [], []
@@ -1162,11 +1177,11 @@ def train_causal_student(spec: TaskSpec, run: RunPaths, inputs: Inputs,
 
 def generation_timer(model, tok, max_new_tokens: int, max_length: int, objective: str = "sequence",
                      samples: int = 8, render: Callable[[str], str] = str,
-                     answer_ids: Sequence[int] | None = None) -> Timer:
+                     answer_ids: Sequence[int] | None = None, json_keys: Sequence[str] | None = None) -> Timer:
     """One answer at a time (batch 1, greedy, to EOS or max_new_tokens) from the prompt `render`
     makes of an input; its rate is generated tokens per second at batch 1."""
     return Timer(lambda text: generate(model, tok, [render(text)], max_new_tokens, 1, objective, max_length,
-                                       answer_ids)[0],
+                                       answer_ids, json_keys)[0],
                  samples, warmup=1, units=lambda g: len(g.token_logprobs), rate_key="gen_tokens_per_s_b1")
 
 
@@ -1188,7 +1203,7 @@ def _student_answers(path, texts: list[str], spec: TaskSpec, render: Callable[[s
     t0 = time.perf_counter()
     gens = generate(model, tok, prompts, spec.student.max_new_tokens, spec.eval.batch_size,
                     objective=meta.get("objective", "sequence"), max_length=spec.student.max_length,
-                    answer_ids=ids)
+                    answer_ids=ids, json_keys=spec.json_keys())
     elapsed = time.perf_counter() - t0
     _, total = count_trainable(model)
     return gens, {"params": total, "adapter_size_mb": dir_size_mb(path), "method": meta.get("method"),
@@ -1197,7 +1212,7 @@ def _student_answers(path, texts: list[str], spec: TaskSpec, render: Callable[[s
                   "gen_tokens_per_s": round(sum(len(g.token_logprobs) for g in gens) / max(elapsed, 1e-9), 1)
                   }, generation_timer(model, tok, spec.student.max_new_tokens, spec.student.max_length,
                                       meta.get("objective", "sequence"), spec.eval.latency_samples_generate,
-                                      render, ids)
+                                      render, ids, spec.json_keys())
 
 
 class CausalLMStudent:

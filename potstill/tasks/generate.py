@@ -102,6 +102,11 @@ def text_metrics(gold: Sequence[str | None], pred: Sequence[str | None],
     return m
 
 
+SCHEMA_DECODING_NOTE = ("The local causal models wrote their answers held to the schema (json_decoding: schema: "
+                        "one object, the schema's fields only, each at most once, closed within the token budget).")
+"""The line report.md carries under json_decoding: schema."""
+
+
 def render_generate_markdown(report: dict[str, Any]) -> str:
     rows = ["| model | exact match | token F1 | agreement | general ppl (base → student) | params |",
             "|---|---:|---:|---:|---:|---:|"]
@@ -123,6 +128,8 @@ def render_generate_markdown(report: dict[str, Any]) -> str:
         rows += ["", *(f"- {k}: {v}" for k, v in report.get("summary", {}).items())]
         if report.get("span_values"):
             rows += ["", SPAN_NOTE]
+        if report.get("json_decoding") == "schema":
+            rows += ["", SCHEMA_DECODING_NOTE]
     return "\n".join([f"# potstill report: {report['task']} ({report['kind']})", "",
                       f"Held-out test: {report['test_rows']} rows.", "", *rows, ""])
 
@@ -260,7 +267,8 @@ class Generate:
     def report_header(self, labels: Sequence[str], spec: TaskSpec | None = None) -> dict[str, Any]:
         if spec is None or spec.json_schema is None:
             return {}
-        return {"json_fields": True, **({"span_values": True} if spec.span_values else {})}
+        return {"json_fields": True, **({"span_values": True} if spec.span_values else {}),
+                **({"json_decoding": "schema"} if spec.json_keys() else {})}
 
     def table(self, report: dict[str, Any]) -> tuple[list[str], list[list[str]]]:
         head = ["model", "exact match", "token F1", "agree w/ teacher", "general ppl (base → student)",

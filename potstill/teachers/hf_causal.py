@@ -53,11 +53,14 @@ class HFCausalTeacher:
         self.max_new_tokens = teacher_max_new_tokens(spec)
         self.batch_size, self.max_length = t.batch_size, t.max_length
         self.rationale = spec.train.objective == "rationale"
+        self.json_keys = spec.json_keys()
         self.identity = local_identity(path).replace("hf:", "hf-causal:", 1)
 
     def request(self, text: str) -> dict[str, Any]:
-        return {"prompt": generate_prompt(self.spec, text, self.labels),
-                "max_new_tokens": self.max_new_tokens, "max_length": self.max_length}
+        req = {"prompt": generate_prompt(self.spec, text, self.labels),
+               "max_new_tokens": self.max_new_tokens, "max_length": self.max_length}
+        # in the cache key only when on, so answers cached before json_decoding existed still count
+        return {**req, "json_decoding": "schema"} if self.json_keys else req
 
     def answer(self, texts: Sequence[str]) -> Iterator[tuple[int, Answer]]:
         from ..students.causal_lm import generate
@@ -67,7 +70,7 @@ class HFCausalTeacher:
             prompts = [self.request(t)["prompt"] for t in texts[s:s + chunk]]
             t0 = time.perf_counter()
             gens = generate(self.model, self.tokenizer, prompts, self.max_new_tokens, self.batch_size,
-                            max_length=self.max_length)
+                            max_length=self.max_length, json_keys=self.json_keys)
             ms = (time.perf_counter() - t0) * 1000 / max(len(gens), 1)
             for j, g in enumerate(gens):
                 conf = math.exp(g.mean_logprob) if g.token_logprobs else None
@@ -85,4 +88,5 @@ class HFCausalTeacher:
         from ..students.causal_lm import generation_timer
 
         return generation_timer(self.model, self.tokenizer, self.max_new_tokens, self.max_length,
-                                samples=ev.latency_samples_generate, render=lambda t: self.request(t)["prompt"])
+                                samples=ev.latency_samples_generate, render=lambda t: self.request(t)["prompt"],
+                                json_keys=self.json_keys)
