@@ -12,7 +12,7 @@ between two models gets a paired interval.
 Usage: python bench/snips_json_wide.py --model teacher=DIR --model student=DIR [--model ...]
            [--reuse docs/bench_snips_json_wide.json] [--pair student-teacher ...] [--rows 600]
            [--restricted student ...] [--span-values] [--span-similarity 0.5 ...]
-           [--rows-from held-out|test]
+           [--rows-from held-out|test] [--schema-decoding student ...]
            [--src /work/shared/data/snips]
 
 The JSON it writes keeps every model's per-row counts and answers; `--reuse` reads them back, so a
@@ -97,6 +97,8 @@ def main() -> None:
     ap.add_argument("--rows-from", choices=("held-out", "test"), default="held-out",
                     help="held-out: the SNIPS test rows in none of the example's files (default); test: "
                          "the example's own 100 test rows")
+    ap.add_argument("--schema-decoding", action="append", default=[], metavar="NAME",
+                    help="model NAME writes under json_decoding: schema (repeatable; the others write freely)")
     ap.add_argument("--rows", type=int, default=None, help="the first N held-out rows (default: all)")
     ap.add_argument("--src", type=Path, default=Path("/work/shared/data/snips"))
     ap.add_argument("--batch", type=int, default=32)
@@ -144,7 +146,8 @@ def main() -> None:
             m = model_metrics([r["gold"] for r in rows], pred, fields)
             per_row[name + tag] = [counts(r["gold"], p) for r, p in zip(rows, pred)]
             results["models"][name + tag] = {
-                **{k: entry[k] for k in ("dir", "output_vocab", "seconds", "reused_from") if k in entry},
+                **{k: entry[k] for k in ("dir", "output_vocab", "json_decoding", "seconds", "reused_from")
+                   if k in entry},
                 "span_values": sim, "field_f1": m["field_f1"], "json_validity": m["json_validity"],
                 "exact_match": m["exact_match"], "per_row": per_row[name + tag]}
             print(f"{name}{tag}: field F1 {m['field_f1']:.4f}, valid JSON {m['json_validity']:.3f}", flush=True)
@@ -167,13 +170,16 @@ def main() -> None:
         t0 = time.perf_counter()
         answers = [g.text for g in generate(model, tok, prompts, max_new_tokens=spec.student.max_new_tokens,
                                             batch_size=args.batch, max_length=spec.student.max_length,
-                                            answer_ids=ids)]
+                                            answer_ids=ids,
+                                            json_keys=fields if name in args.schema_decoding else None)]
         secs = time.perf_counter() - t0
         pred = json_objects(answers, spec.json_schema)
         m = model_metrics([r["gold"] for r in rows], pred, fields)
         per_row[name] = [counts(r["gold"], p) for r, p in zip(rows, pred)]
         assert abs(f1(per_row[name]) - m["field_f1"]) < 1e-3, (f1(per_row[name]), m["field_f1"])
-        results["models"][name] = {"dir": path, "output_vocab": vocab, "field_f1": m["field_f1"], "json_validity": m["json_validity"],
+        results["models"][name] = {"dir": path, "output_vocab": vocab,
+                                   "json_decoding": "schema" if name in args.schema_decoding else "free",
+                                   "field_f1": m["field_f1"], "json_validity": m["json_validity"],
                                    "exact_match": m["exact_match"], "seconds": round(secs, 1),
                                    "per_row": per_row[name]}
         results["models"][name]["answers"] = answers
@@ -214,11 +220,11 @@ def main() -> None:
              f"{len(rows)} {where}; greedy answers, batch "
              f"{args.batch}; field-level micro F1 with 95% bootstrap intervals ({RESAMPLES} resamples of the rows).",
              "", f"Command: `{cmd}`", "",
-             "| model | output vocabulary | field F1 | 95% interval | valid JSON | exact match | seconds |",
-             "|---|---|---:|---|---:|---:|---:|"]
+             "| model | output vocabulary | decoding | field F1 | 95% interval | valid JSON | exact match | seconds |",
+             "|---|---|---|---:|---|---:|---:|---:|"]
     for name, m in results["models"].items():
         lo, hi = m["ci95"]
-        lines.append(f"| {name} | {m.get('output_vocab', FULL)} | {m['field_f1']:.4f} | {lo:.4f}-{hi:.4f} | {m['json_validity']:.3f} | "
+        lines.append(f"| {name} | {m.get('output_vocab', FULL)} | {m.get('json_decoding', 'free')} | {m['field_f1']:.4f} | {lo:.4f}-{hi:.4f} | {m['json_validity']:.3f} | "
                      f"{m['exact_match']:.3f} | {m['seconds']:.0f}{' (reused)' if 'reused_from' in m else ''} |")
     if results["pairs"]:
         lines += ["", "| pair | F1 difference | paired 95% interval | ratio |", "|---|---:|---|---:|"]
