@@ -459,7 +459,8 @@ class TaskSpec(_Strict):
     """With a json_schema, how a causal LM (an hf teacher, a causal student or baseline) writes an
     answer. free: any token. schema: only tokens that keep the answer one JSON object of the
     schema's string fields, each field at most once, closed within the answer's token budget
-    (students/json_decoding.py). In labelling, evaluation, calibration and serving alike."""
+    (students/json_decoding.py). In labelling, evaluation, calibration and serving alike. A
+    schema with fields of another type is refused: hold those answers with free decoding."""
     data: DataSpec
     teacher: TeacherSpec = TeacherSpec()
     filters: FilterSpec = FilterSpec()
@@ -541,6 +542,14 @@ class TaskSpec(_Strict):
                 self.student.kind == "causal_lm" or (self.teacher.kind == "hf" and self.kind == "generate")):
             raise ValueError("json_decoding: schema holds what a local causal LM writes: it needs student.kind "
                              "causal_lm or a local teacher (teacher.kind hf) of kind generate")
+        if self.json_decoding == "schema" and self.json_schema is not None and self.kind != "extract":
+            from .answers import check_extract_schema  # an extract schema was checked already
+
+            try:
+                check_extract_schema(self.json_schema)
+            except ValueError as e:
+                raise ValueError(f"{e} (json_decoding: schema holds an answer to one object of "
+                                 "string fields; use json_decoding: free for this schema)") from None
         if self.json_decoding == "schema" and self.train.objective == "rationale":
             raise ValueError("json_decoding: schema makes the whole answer one JSON object, so it leaves no "
                              "room for a rationale: use train.objective other than rationale, or json_decoding: free")

@@ -150,6 +150,23 @@ def test_json_decoding_needs_a_schema_and_a_causal_lm(tmp_path):
         load_spec(tmp_path / "c.yaml", ["train.objective=rationale"])
 
 
+def test_json_decoding_refuses_a_schema_it_cannot_hold(tmp_path):
+    """The automaton writes string values only: a generate schema with a number field (or with no
+    properties) would get answers the parser then refuses, every one; the spec says so instead."""
+    (tmp_path / "t.jsonl").write_text('{"text": "a", "label": "{}"}\n')
+    base = ("name: t\nkind: generate\ndata: {train: t.jsonl}\nstudent: {kind: causal_lm, model: x}\n"
+            "teacher: {kind: openai, model: m}\njson_decoding: schema\n")
+    (tmp_path / "n.yaml").write_text(base + "json_schema: {type: object, properties: "
+                                     "{city: {type: string}, nights: {type: integer}}}\n")
+    with pytest.raises(SpecError, match=r"json_schema.properties.nights: .*json_decoding: schema"):
+        load_spec(tmp_path / "n.yaml")
+    (tmp_path / "e.yaml").write_text(base + "json_schema: {type: array}\n")
+    with pytest.raises(SpecError, match=r"json_schema.type.*json_decoding: schema"):
+        load_spec(tmp_path / "e.yaml")
+    # without the constraint such a schema stays a generate task's business
+    assert load_spec(tmp_path / "n.yaml", ["json_decoding=free"]).json_keys() is None
+
+
 def test_evaluation_scores_the_answers_written_under_the_schema(tmp_path):
     """`potstill eval` of a causal student with json_decoding: schema: every answer is a valid
     object (the random student writes none freely), and the report says how it decoded."""
