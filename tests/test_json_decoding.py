@@ -238,3 +238,17 @@ def test_an_hf_teachers_cache_key_names_json_decoding_only_when_on(tmp_path):
     assert held.request("x")["json_decoding"] == "schema"
     (_, a), = held.answer(["weather in boston"])
     assert set(json.loads(a.label)) <= {"city"}
+
+
+def test_scores_wider_than_the_tokenizer():
+    """Many models pad their output layer beyond the tokenizer (Qwen2.5: 151,936 rows for 151,665
+    tokens): the padding rows are never allowed, and the rest is masked as usual."""
+    tok = build_tokenizer()
+    proc = SchemaLogitsProcessor(JsonDecoding(tok, KEYS), prompt_len=2, max_new_tokens=10)
+    scores = torch.zeros((1, len(tok) + 7))
+    scores[0, -1] = 5.0  # a padding row the random model likes best
+    scores[0, tok.convert_tokens_to_ids("{")] = 1.0
+    out = proc(torch.zeros((1, 2), dtype=torch.long), scores)
+    assert out.shape == scores.shape
+    assert torch.isinf(out[0, len(tok):]).all()
+    assert out[0].argmax() == tok.convert_tokens_to_ids("{")

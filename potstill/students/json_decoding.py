@@ -257,13 +257,15 @@ class SchemaLogitsProcessor:
         if not self.states:
             self.states = [State()] * input_ids.shape[0]
         masks = torch.ones(scores.shape, dtype=torch.bool)
+        v = self.d.vocab_size  # an output layer padded beyond the tokenizer: the rest never allowed
         for i, s in enumerate(self.states):
             if s is not None and n > 0:
                 tok = int(input_ids[i, -1])
                 s = None if tok == self.d.eos else self.d.advance(s, tok)
                 self.states[i] = s
             if s is not None:
-                masks[i] = self.d.allowed(s, self.max_new_tokens - n)
+                masks[i, :v] = self.d.allowed(s, self.max_new_tokens - n)[: scores.shape[-1]]
+                masks[i, v:] = False
         out = scores.masked_fill(~masks.to(scores.device), float("-inf"))
         dead = torch.isinf(out).all(-1) & ~torch.isinf(scores).all(-1)
         if self.d.eos is not None and bool(dead.any()):
