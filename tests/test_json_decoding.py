@@ -252,3 +252,23 @@ def test_scores_wider_than_the_tokenizer():
     assert out.shape == scores.shape
     assert torch.isinf(out[0, len(tok):]).all()
     assert out[0].argmax() == tok.convert_tokens_to_ids("{")
+
+
+def test_a_sentencepiece_tokens_leading_space_is_not_lost():
+    """Decoded alone, SentencePiece's "▁city" reads "city" (Llama 2, Mistral, Gemma, TinyLlama):
+    allowed after `{"` it would write the key " city", which the schema does not have."""
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+    from transformers import PreTrainedTokenizerFast
+
+    sp = Tokenizer(models.BPE())
+    sp.pre_tokenizer = pre_tokenizers.Metaspace(replacement="▁", prepend_scheme="first")
+    sp.decoder = decoders.Metaspace(replacement="▁", prepend_scheme="first")
+    sp.train_from_iterator(['{"city": "boston", "state": "ma"} weather in the city of boston'] * 20,
+                           trainers.BpeTrainer(vocab_size=120, special_tokens=["<pad>", "<s>", "</s>"]))
+    tok = PreTrainedTokenizerFast(tokenizer_object=sp, bos_token="<s>", eos_token="</s>", pad_token="<pad>")
+    vocab = tok.get_vocab()
+    d = JsonDecoding(tok, KEYS)
+    assert d.texts[vocab["▁city"]] == " city" and d.texts[vocab["city"]] == "city"
+    in_key = d.allowed(d.auto.run(State(), '{"'), 40)
+    assert in_key[vocab["city"]] and not in_key[vocab["▁city"]]
+    assert d.allowed(d.auto.run(State(), '{"city": "'), 40)[vocab["▁city"]]  # a value may hold it

@@ -133,6 +133,20 @@ class JsonObjectAutomaton:
         return {START: 2, OPEN: 1, COLON: 4, VAL0: 3, VALUE: 2, ESC: 3, AFTER: 1, DONE: 0}[k]
 
 
+def token_texts(tokenizer) -> list[str]:
+    """Each token's text as it reads after other text. Decoded alone, a SentencePiece token's
+    leading space is dropped ("\u2581city" would read "city", and a key `" city"` would pass for
+    `"city"`), so each token is decoded after a plain one and that one's text cut off."""
+    ids = tokenizer.encode("a", add_special_tokens=False)
+    if not ids:
+        return [tokenizer.decode([i], clean_up_tokenization_spaces=False) for i in range(len(tokenizer))]
+    lead = tokenizer.decode(ids[-1:], clean_up_tokenization_spaces=False)
+    pairs = tokenizer.batch_decode([[ids[-1], i] for i in range(len(tokenizer))],
+                                   clean_up_tokenization_spaces=False)
+    return [t[len(lead):] if t.startswith(lead) else tokenizer.decode([i], clean_up_tokenization_spaces=False)
+            for i, t in enumerate(pairs)]
+
+
 class JsonDecoding:
     """The automaton lifted to one tokenizer's tokens (built once per tokenizer and key set:
     `for_tokenizer`)."""
@@ -142,8 +156,7 @@ class JsonDecoding:
         self.vocab_size = len(tokenizer)
         self.eos = tokenizer.eos_token_id
         special = set(tokenizer.all_special_ids)
-        self.texts: list[str] = [tokenizer.decode([i], clean_up_tokenization_spaces=False)
-                                 for i in range(self.vocab_size)]
+        self.texts = token_texts(tokenizer)
         in_value = torch.zeros(self.vocab_size, dtype=torch.bool)
         self.by_first: dict[str, list[int]] = {}  # tokens run through the automaton, by first character
         self.quoting: list[int] = []  # of those, the ones that can leave a value (a quote or a backslash)
