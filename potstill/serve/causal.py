@@ -46,7 +46,6 @@ the teacher is right on every escalated row (no teacher is asked during calibrat
 
 from __future__ import annotations
 
-import asyncio
 import json
 import logging
 import math
@@ -289,13 +288,7 @@ class AdapterRouter(Router):
         await self.batcher.start()
 
     async def stop(self, wait_s: float = 2.0) -> None:
-        if self._background:
-            await asyncio.wait(set(self._background), timeout=wait_s)
-        for t in list(self._background):
-            t.cancel()
-        if self._background:
-            await asyncio.gather(*self._background, return_exceptions=True)
-        await self.batcher.stop()
+        await self.stop_own(wait_s)  # the shared teacher client is the main router's to stop
 
 
 # -- the teacher of a generate task --------------------------------------------------------------

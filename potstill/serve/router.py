@@ -391,8 +391,14 @@ class Router:
             await self.teacher.start()
 
     async def stop(self, wait_s: float = 2.0) -> None:
+        """Stop this router's own work (`stop_own`), then the teacher client."""
+        await self.stop_own(wait_s)
+        if self.teacher is not None:
+            await self.teacher.stop()
+
+    async def stop_own(self, wait_s: float = 2.0) -> None:
         """Let background work (shadow checks, late teacher answers) finish for up to `wait_s`,
-        then cancel it; stop the batchers."""
+        then cancel it; stop the batcher."""
         if self._background:
             await asyncio.wait(set(self._background), timeout=wait_s)
         for t in list(self._background):
@@ -400,8 +406,6 @@ class Router:
         if self._background:
             await asyncio.gather(*self._background, return_exceptions=True)
         await self.batcher.stop()
-        if self.teacher is not None:
-            await self.teacher.stop()
 
     @property
     def pending_background(self) -> int:
