@@ -210,6 +210,7 @@ def main() -> None:
     cmd = "python bench/snips_json_wide.py " + " ".join(
         [f"--model {m}" for m in args.model] + [f"--reuse {f}" for f in args.reuse]
         + [f"--pair {p}" for p in args.pair] + [f"--restricted {r}" for r in args.restricted]
+        + [f"--schema-decoding {n}" for n in args.schema_decoding]
         + (["--span-values"] if args.span_values else []) + [f"--span-similarity {x:g}" for x in args.span_similarity]
         + ([f"--rows-from {args.rows_from}"] if args.rows_from != "held-out" else [])
         + ([f"--rows {args.rows}"] if args.rows else []))
