@@ -536,23 +536,24 @@ class TaskSpec(_Strict):
         if not causal and isinstance(self.student.layers, (int, str)):
             raise ValueError(f"student.layers {self.student.layers!r}: a count or `auto` is for "
                              "student.kind causal_lm; list the encoder layers to keep, e.g. [0, 5]")
-        if self.json_decoding == "schema" and self.json_schema is None:
-            raise ValueError("json_decoding: schema needs a json_schema (the fields an answer may write)")
-        if self.json_decoding == "schema" and not (
-                self.student.kind == "causal_lm" or (self.teacher.kind == "hf" and self.kind == "generate")):
-            raise ValueError("json_decoding: schema holds what a local causal LM writes: it needs student.kind "
-                             "causal_lm or a local teacher (teacher.kind hf) of kind generate")
-        if self.json_decoding == "schema" and self.json_schema is not None and self.kind != "extract":
-            from .answers import check_extract_schema  # an extract schema was checked already
+        if self.json_decoding == "schema":
+            if self.json_schema is None:
+                raise ValueError("json_decoding: schema needs a json_schema (the fields an answer may write)")
+            if not (self.student.kind == "causal_lm" or (self.teacher.kind == "hf" and self.kind == "generate")):
+                raise ValueError("json_decoding: schema holds what a local causal LM writes: it needs student.kind "
+                                 "causal_lm or a local teacher (teacher.kind hf) of kind generate")
+            if self.kind != "extract":  # an extract schema was checked already (_valid_schema)
+                from .answers import check_extract_schema
 
-            try:
-                check_extract_schema(self.json_schema)
-            except ValueError as e:
-                raise ValueError(f"{e} (json_decoding: schema holds an answer to one object of "
-                                 "string fields; use json_decoding: free for this schema)") from None
-        if self.json_decoding == "schema" and self.train.objective == "rationale":
-            raise ValueError("json_decoding: schema makes the whole answer one JSON object, so it leaves no "
-                             "room for a rationale: use train.objective other than rationale, or json_decoding: free")
+                try:
+                    check_extract_schema(self.json_schema)
+                except ValueError as e:
+                    raise ValueError(f"{e} (json_decoding: schema holds an answer to one object of "
+                                     "string fields; use json_decoding: free for this schema)") from None
+            if self.train.objective == "rationale":
+                raise ValueError("json_decoding: schema makes the whole answer one JSON object, so it leaves no "
+                                 "room for a rationale: use train.objective other than rationale, or "
+                                 "json_decoding: free")
         if self.span_values and self.json_schema is None:
             raise ValueError("span_values: true needs a json_schema (it makes the string values of an "
                              "answer object spans of the input)")
@@ -579,9 +580,11 @@ class TaskSpec(_Strict):
 
     def json_keys(self) -> list[str] | None:
         """The fields a causal LM's answer is held to (`json_decoding: schema`), else None."""
+        from .answers import schema_fields
+
         if self.json_decoding != "schema" or self.json_schema is None:
             return None
-        return list(self.json_schema["properties"])
+        return schema_fields(self.json_schema)
 
     def render_prompt(self, text: str, labels: list[str]) -> str:
         return self.prompt_template.format_map(
