@@ -10,6 +10,8 @@
    length order (what the trainer does since 2026-11-29). It shows what padding to each batch's
    longest text costs. This part runs at torch's default thread count, as training does.
 
+`--extra NAME=DIR` adds another classifier directory to both (a student of another shape).
+
 Prints both tables and writes docs/bench_eval_timing.{md,json}.
 
     .venv/bin/python bench/eval_timing.py runs/clinc150          # about 2 minutes
@@ -42,6 +44,9 @@ def main() -> None:
     ap.add_argument("--samples", type=int, default=300)
     ap.add_argument("--repeats", type=int, default=2)
     ap.add_argument("--threads", type=int, default=1, help="torch threads (the evaluation's default: 1)")
+    ap.add_argument("--extra", action="append", default=[], metavar="NAME=DIR",
+                    help="another classifier directory timed in turn with the run's models (another "
+                         "student shape, say)")
     ap.add_argument("--out", type=Path, default=ROOT / "docs" / "bench_eval_timing")
     args = ap.parse_args()
     train_threads = torch.get_num_threads()  # the trainer's: torch's default
@@ -53,6 +58,11 @@ def main() -> None:
     val = [r["text"] for r in read_jsonl(resolve_data_path(spec.data.validation, spec, run))]
     models = {name: load_classifier(run.root / name) for name in ("teacher", "student", "baseline")
               if (run.root / name / "config.json").exists()}
+    for extra in args.extra:
+        name, sep, path = extra.partition("=")
+        if not sep or name in models:
+            raise SystemExit(f"--extra {extra!r}: give NAME=DIR, with a NAME not already timed")
+        models[name] = load_classifier(path)
     for m, _ in models.values():
         m.eval()
 

@@ -73,7 +73,9 @@ def run_variant(spec_path: Path, workdir: Path, overrides: list[str]) -> dict:
         steps[name] = {"steps": m.get("steps"), "seconds": m.get("seconds"),
                        "stopped_early": m.get("stopped_early"), "best_val": m.get("best_val_accuracy")}
     ms = rep["models"]
+    p50 = {n: (ms.get(n) or {}).get("latency_ms_p50") for n in ("teacher", "student")}
     return {"teacher": ms["teacher"]["accuracy"], "student": ms["student"]["accuracy"],
+            "speedup_p50": round(p50["teacher"] / p50["student"], 2) if all(p50.values()) else None,
             "baseline": (ms.get("baseline") or {}).get("accuracy"), "verdict": rep["verdict"]["deploy"],
             "test_rows": rep["test_rows"], "train": steps, "wall_s": round(wall, 1)}
 

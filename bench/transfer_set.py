@@ -14,6 +14,8 @@ the student:
     base   : the recipe as shipped (no augmentation)
     augK   : data.augment=K, on the recipe's adaptive schedule (more rows: more steps, up to the cap)
     augK@S : the same with train.max_steps=S (S = the base student's steps: the same training time)
+    ffnN   : student.intermediate_size=N (the student and the baseline narrowed to N feed-forward
+             neurons a layer, students/width.py; both retrain, the teacher is reused)
 
 Prints one table row per variant (teacher, student, baseline test accuracy, student / teacher,
 student - baseline, rows the student saw, its steps and seconds), appends the table to --out and
@@ -28,6 +30,7 @@ from __future__ import annotations
 import argparse
 import json
 import shutil
+import sys
 from pathlib import Path
 
 import yaml
@@ -67,7 +70,9 @@ def overrides_for(variant: str) -> list[str]:
     k, _, cap = variant.removeprefix("aug").partition("@")
     if variant.startswith("aug") and k.isdigit() and (not cap or cap.isdigit()):
         return [f"data.augment={int(k)}"] + ([f"train.max_steps={int(cap)}"] if cap else [])
-    raise SystemExit(f"--variants: unknown variant {variant!r} (base, augK, augK@STEPS)")
+    if variant.startswith("ffn") and variant[3:].isdigit():
+        return [f"student.intermediate_size={int(variant[3:])}"]
+    raise SystemExit(f"--variants: unknown variant {variant!r} (base, augK, augK@STEPS, ffnN)")
 
 
 def main() -> None:
@@ -102,19 +107,21 @@ def main() -> None:
     lines = [f"### {a.name} ({a.max_train or 'all'} training rows, {r0['test_rows']} test rows; "
              f"recipe of {a.spec.relative_to(ROOT) if a.spec.is_relative_to(ROOT) else a.spec}"
              + (f", {' '.join(a.set)}" if a.set else "") + ")", "",
+             "`python bench/transfer_set.py " + " ".join(sys.argv[1:]) + "`", "",
              "| variant | teacher | student | baseline | student / teacher | student − baseline | verdict "
-             "| rows the student saw | student steps | student s |",
-             "|---|---:|---:|---:|---:|---:|---|---:|---:|---:|"]
+             "| rows the student saw | student steps | student s | teacher p50 / student p50 |",
+             "|---|---:|---:|---:|---:|---:|---|---:|---:|---:|---:|"]
     for v, r in results.items():
         st = r["train"]["student"]
         b = r["baseline"]
         base = "—" if b is None else f"{b:.4f}"
         gap = "—" if b is None else f"{r['student'] - b:+.4f}"
         secs = "—" if st["seconds"] is None else f"{st['seconds']:.0f}"
+        speed = "—" if r.get("speedup_p50") is None else f"{r['speedup_p50']:.2f}x"
         lines.append(
             f"| {v} | {r['teacher']:.4f} | {r['student']:.4f} | {base} | {r['student'] / r['teacher']:.3f} | "
             f"{gap} | {r['verdict']} | {r['student_rows']} | {st['steps']}{'*' if st['stopped_early'] else ''} | "
-            f"{secs} |")
+            f"{secs} | {speed} |")
     lines += ["", "`*`: stopped early on validation. Seconds are indicative (a shared 2-core machine).", ""]
     from schedule_kd import append_results
 

@@ -1109,7 +1109,7 @@ def train_causal_student(spec: TaskSpec, run: RunPaths, inputs: Inputs,
     init = resolve_causal_path(s.model)
     init_weights = (file_hash(*sorted(Path(init).glob("*.safetensors")))
                     if Path(init).exists() and any(Path(init).glob("*.safetensors")) else init)
-    fp = fingerprint(mode, objective, data_hash, s.model_dump(mode="json"),
+    fp = fingerprint(mode, objective, data_hash, s.identity(mode="json"),
                      t.identity(mode="json", exclude={"baseline"}), init_weights,
                      file_hash(t.general_data) if t.general_data else None)
     if up_to_date(out, fp, STUDENT_META, HISTORY):

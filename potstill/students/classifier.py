@@ -41,6 +41,7 @@ from .hf import (
     resolve_model_path,
 )
 from .hidden_kd import hidden_teacher, hidden_teacher_hash
+from .width import narrow_ffn, width_note
 
 
 def build_classifier(base: str, labels: list[str], layers: Sequence[int] | None = None,
@@ -567,15 +568,18 @@ def train_classifier_student(spec: TaskSpec, run: RunPaths, inputs: Inputs,
     teacher_weights = hidden_teacher_hash(spec, run, objective)
     # the baseline never reads the teacher: its hidden-state weight is not part of what it is
     skip = {"baseline", "hidden_weight"} if objective == "gold" else {"baseline"}
-    fp = fingerprint(mode, objective, data_hash, labels, s.model_dump(), t.identity(exclude=skip),
+    fp = fingerprint(mode, objective, data_hash, labels, s.identity(), t.identity(exclude=skip),
                      init, init_weights, *([teacher_weights] if teacher_weights else []))
     if up_to_date(out, fp, "config.json", HISTORY):
         log(f"{mode}: up to date in {out}")
         return read_manifest(out)
     model, tok = build_classifier(init, labels, s.layers, seed=t.seed)
+    if s.intermediate_size is not None:
+        narrow_ffn(model, tok, [r.text for r in rows], s.intermediate_size, s.max_length, t.seed)
     teacher, layer_map, _ = hidden_teacher(spec, run, model, tok, objective, init)
     log(f"{mode}: {objective} objective, {len(rows)} rows, init from {init if init != s.model else s.model}"
-        f", layers {s.layers if s.layers is not None else 'all'}, {count_params(model) / 1e6:.1f}M params")
+        f", layers {s.layers if s.layers is not None else 'all'}{width_note(s.intermediate_size)}"
+        f", {count_params(model) / 1e6:.1f}M params")
     cfg = TrainConfig(epochs=t.epochs, batch_size=t.batch_size, lr=t.lr, head_lr_scale=t.head_lr_scale,
                       weight_decay=t.weight_decay,
                       warmup_ratio=t.warmup_ratio, temperature=t.temperature,

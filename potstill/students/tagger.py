@@ -54,6 +54,7 @@ from .hf import (
     resolve_model_path,
 )
 from .hidden_kd import hidden_teacher, hidden_teacher_hash
+from .width import narrow_ffn, width_note
 
 # ---------------------------------------------------------------------------------------------
 # BIO tags (pure)
@@ -438,7 +439,7 @@ def train_tagger_student(spec: TaskSpec, run: RunPaths, inputs: Inputs, mode: Li
     teacher_weights = (file_hash(*sorted(teacher_dir.glob("*.safetensors")))
                        if teacher_dir is not None and any(teacher_dir.glob("*.safetensors")) else None)
     hidden_hash = hidden_teacher_hash(spec, run, objective)
-    fp = fingerprint(mode, "tagger", objective, data_hash, fields, s.model_dump(),
+    fp = fingerprint(mode, "tagger", objective, data_hash, fields, s.identity(),
                      t.identity(exclude={"baseline", "hidden_weight"} if objective == "gold" else {"baseline"}),
                      init, init_weights, teacher_weights,
                      *([hidden_hash] if hidden_hash else []))
@@ -446,6 +447,8 @@ def train_tagger_student(spec: TaskSpec, run: RunPaths, inputs: Inputs, mode: Li
         log(f"{mode}: up to date in {out}")
         return read_manifest(out)
     model, tok = build_tagger(init, fields, s.layers, seed=t.seed)
+    if s.intermediate_size is not None:
+        narrow_ffn(model, tok, texts, s.intermediate_size, s.max_length, t.seed)
     hidden, layer_map, _ = hidden_teacher(spec, run, model, tok, objective, init)
     rows: list[TagRow] = tag_rows(tok, texts, spans, tags, s.max_length)
     soft = teacher_soft_tags(teacher_dir, tok, texts, tags, s.max_length) if teacher_dir else None
@@ -455,7 +458,8 @@ def train_tagger_student(spec: TaskSpec, run: RunPaths, inputs: Inputs, mode: Li
     signal = "hard tags" if objective == "gold" else (
         "teacher tag distribution (KL) + hard tags" if soft is not None else "teacher's hard tags")
     log(f"{mode}: {objective} objective ({signal}), {len(rows)} rows, init from {init}, layers "
-        f"{s.layers if s.layers is not None else 'all'}, {count_params(model) / 1e6:.1f}M params")
+        f"{s.layers if s.layers is not None else 'all'}{width_note(s.intermediate_size)}, "
+        f"{count_params(model) / 1e6:.1f}M params")
     cfg = TrainConfig(epochs=t.epochs, batch_size=t.batch_size, lr=t.lr, head_lr_scale=t.head_lr_scale,
                       weight_decay=t.weight_decay,
                       warmup_ratio=t.warmup_ratio, temperature=t.temperature,
