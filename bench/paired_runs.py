@@ -24,12 +24,12 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 RESAMPLES = 1000
 
+from snips_json_wide import counts, f1  # noqa: E402  (the extract scorer's per-row counts, micro F1)
+
 
 def per_row(run: Path, model: str) -> tuple[list[str], list[tuple[int, int, int]]]:
     """(texts, per-row (hits, wrong, missed)): for a label, (1, 0, 0) right and (0, 1, 1) wrong;
     for fields, the (tp, fp, fn) of the row's (field, value) pairs."""
-    from potstill.tasks.extract import field_pairs
-
     path = run / "eval" / "predictions.jsonl"
     if not path.exists():
         raise SystemExit(f"{path}: no predictions (run `potstill eval` on {run})")
@@ -40,17 +40,14 @@ def per_row(run: Path, model: str) -> tuple[list[str], list[tuple[int, int, int]
             raise SystemExit(f"{path}: no {model!r} column")
         texts.append(r["text"])
         if isinstance(r["gold"], dict):
-            g, p = field_pairs(r["gold"]), field_pairs(r[model])
-            rows.append((len(g & p), len(p - g), len(g - p)))
+            rows.append(counts(r["gold"], r[model]))
         else:
             rows.append((1, 0, 0) if r[model] == r["gold"] else (0, 1, 1))
     return texts, rows
 
 
-def score(rows: list[tuple[int, int, int]]) -> float:
-    """Micro F1 of the rows' counts; for labels, where every row is (1,0,0) or (0,1,1), accuracy."""
-    tp, fp, fn = (sum(r[i] for r in rows) for i in range(3))
-    return 2 * tp / (2 * tp + fp + fn) if tp else 0.0
+score = f1
+"""Micro F1 of the rows' counts; for labels, where every row is (1,0,0) or (0,1,1), accuracy."""
 
 
 def paired(a: list[tuple[int, int, int]], b: list[tuple[int, int, int]], seed: int = 0) -> dict:

@@ -574,8 +574,7 @@ def train_classifier_student(spec: TaskSpec, run: RunPaths, inputs: Inputs,
         log(f"{mode}: up to date in {out}")
         return read_manifest(out)
     model, tok = build_classifier(init, labels, s.layers, seed=t.seed)
-    if s.intermediate_size is not None:
-        narrow_ffn(model, tok, [r.text for r in rows], s.intermediate_size, s.max_length, t.seed)
+    narrow_ffn(model, tok, [r.text for r in rows], s.intermediate_size, s.max_length, t.seed)
     teacher, layer_map, _ = hidden_teacher(spec, run, model, tok, objective, init)
     log(f"{mode}: {objective} objective, {len(rows)} rows, init from {init if init != s.model else s.model}"
         f", layers {s.layers if s.layers is not None else 'all'}{width_note(s.intermediate_size)}"

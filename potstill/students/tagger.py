@@ -447,8 +447,7 @@ def train_tagger_student(spec: TaskSpec, run: RunPaths, inputs: Inputs, mode: Li
         log(f"{mode}: up to date in {out}")
         return read_manifest(out)
     model, tok = build_tagger(init, fields, s.layers, seed=t.seed)
-    if s.intermediate_size is not None:
-        narrow_ffn(model, tok, texts, s.intermediate_size, s.max_length, t.seed)
+    narrow_ffn(model, tok, texts, s.intermediate_size, s.max_length, t.seed)
     hidden, layer_map, _ = hidden_teacher(spec, run, model, tok, objective, init)
     rows: list[TagRow] = tag_rows(tok, texts, spans, tags, s.max_length)
     soft = teacher_soft_tags(teacher_dir, tok, texts, tags, s.max_length) if teacher_dir else None

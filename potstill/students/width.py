@@ -87,18 +87,18 @@ def ffn_importance(model: Any, tokenizer: Any, texts: Sequence[str], max_length:
     return [(x / max(tokens, 1)).sqrt().float() for x in sums]
 
 
-def narrow_ffn(model: Any, tokenizer: Any, texts: Sequence[str], size: int, max_length: int,
+def narrow_ffn(model: Any, tokenizer: Any, texts: Sequence[str], size: int | None, max_length: int,
                seed: int = 13) -> Any:
     """Keep the `size` most active intermediate neurons of every kept layer (measured on a seeded
     sample of `texts`), in their original order; sets `config.intermediate_size`, so the saved
-    model loads as an ordinary one of that width."""
+    model loads as an ordinary one of that width. None keeps the model as it is."""
     import torch
     from torch import nn
 
     from .hf import _encoder_layers
 
     width = int(getattr(model.config, "intermediate_size", None) or getattr(model.config, "hidden_dim", 0))
-    if size == width:
+    if size is None or size == width:
         return model
     if not 1 <= size < width:
         raise PotstillError(f"student.intermediate_size {size}: the model's feed-forward blocks have "
